@@ -1,0 +1,167 @@
+//! Wires one running agent together: store -> reconcile engine (own thread)
+//! -> sink dispatchers, the periodic re-check, and the HTTP server. Used by
+//! `vault-agent run`, the demo and the benchmark alike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::notification::Classifier;
+use crate::reconcile::policy;
+use crate::reconcile::{Engine, EngineHandle, EngineSettings};
+use crate::server::{self, AppState};
+use crate::sinks::{self, dispatcher, envelope::Origin};
+use crate::store::local_fs::prepare_state_dir;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, StoreReader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] sinks::SinkError),
+    #[error("unknown reconcile policy {0:?}")]
+    Policy(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub struct Agent {
+    addr: SocketAddr,
+    engine: EngineHandle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    engine_thread: std::thread::JoinHandle<()>,
+}
+
+impl Agent {
+    pub async fn start(config: &Config) -> Result<Agent, StartError> {
+        prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
+        let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
+        let status_reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
+        let mut sink_readers = Vec::new();
+        for sink_config in &config.sinks {
+            let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
+            sink_readers.push((sinks::open(sink_config)?, reader));
+        }
+        let policy_name = config.reconcile.policy.get_ref();
+        let policy = policy::builtin(policy_name).ok_or_else(|| StartError::Policy(policy_name.clone()))?;
+        let classifier = Classifier::new(
+            config.share.job_dir_suffix.0.clone(),
+            config.share.manifest_suffix.0.clone(),
+        );
+        let settings = EngineSettings {
+            share_path: config.share.path.clone(),
+            classifier: classifier.clone(),
+            deadline: config.reconcile.deadline(),
+            origin: Origin {
+                account: config.aws.account.clone(),
+                region: config.aws.region.clone(),
+            },
+        };
+        let (outbox_tx, outbox_rx) = watch::channel(0);
+        let (engine, handle) = Engine::new(Box::new(store), policy, settings, outbox_tx);
+        let engine_thread = std::thread::Builder::new()
+            .name("reconcile-engine".into())
+            .spawn(move || {
+                if let Err(e) = engine.run() {
+                    error!(error = %e, "reconcile engine stopped on an error");
+                }
+            })
+            .map_err(StartError::Thread)?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (sink, reader) in sink_readers {
+            tasks.push(tokio::spawn(dispatcher::run(
+                sink,
+                reader,
+                handle.clone(),
+                outbox_rx.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(recheck(handle.clone(), config.reconcile.wait.0, shutdown_rx.clone())));
+
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: config.http.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+        let state = AppState {
+            engine: handle.clone(),
+            reader: status_reader,
+            classifier: Arc::new(classifier),
+            api_key: config.http.api_key.clone(),
+        };
+        let app = server::router(state, &config.source);
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                error!(error = %e, "HTTP server failed");
+            }
+        }));
+        info!(%addr, policy = %policy_name, sinks = config.sinks.len(), "vault-agent listening");
+        Ok(Agent {
+            addr,
+            engine: handle,
+            shutdown,
+            tasks,
+            engine_thread,
+        })
+    }
+
+    /// The address the HTTP server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// Stops accepting, lets the engine commit what it holds, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.engine.shutdown().await;
+        let thread = self.engine_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        info!("vault-agent stopped");
+    }
+}
+
+/// The reference's re-check every `wait`: deadlines and unreadable manifests.
+async fn recheck(engine: EngineHandle, every: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if engine.tick().await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

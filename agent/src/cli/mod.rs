@@ -1,0 +1,4 @@
+//! Commands besides `run`: `status` (asks a running agent) and `demo`.
+
+pub mod demo;
+pub mod status;

@@ -1,0 +1,190 @@
+//! The configuration file's sections. Every section and key has a default, so
+//! an empty file is a valid config; unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{HumanDuration, Suffix};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentSection,
+    pub share: ShareSection,
+    pub reconcile: ReconcileSection,
+    pub store: StoreSection,
+    pub http: HttpSection,
+    pub source: SourceConfig,
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+    pub aws: AwsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Where the SQLite database lives. Must be on a local filesystem.
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            state_dir: PathBuf::from("state"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShareSection {
+    /// Where the File Gateway share is mounted on this host.
+    pub path: PathBuf,
+    pub job_dir_suffix: Suffix,
+    pub manifest_suffix: Suffix,
+}
+
+impl Default for ShareSection {
+    fn default() -> Self {
+        ShareSection {
+            path: PathBuf::from("/mnt/vaultdata"),
+            job_dir_suffix: Suffix("-vaultjob".into()),
+            manifest_suffix: Suffix(".manifest".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSection {
+    /// The reference's `reconcileWaitIterations`: the re-check period.
+    pub wait: HumanDuration,
+    /// The reference's `reconcileCountIterations`; deadline = wait x iterations.
+    pub iterations: NonZeroU32,
+    pub policy: Spanned<String>,
+}
+
+impl ReconcileSection {
+    /// How long after the manifest's notification a dataset times out.
+    pub fn deadline(&self) -> Duration {
+        self.wait.0.saturating_mul(self.iterations.get())
+    }
+}
+
+impl Default for ReconcileSection {
+    fn default() -> Self {
+        ReconcileSection {
+            wait: HumanDuration(Duration::from_secs(30)),
+            iterations: NonZeroU32::new(960).expect("960 is not zero"),
+            policy: Spanned::new(0..0, "exact-match".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub backend: StoreBackend,
+    pub sync: SyncMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sqlite,
+}
+
+/// What a `202 Accepted` promises (see README, "Durability").
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync the write-ahead log at every commit: accepted events survive
+    /// power loss.
+    #[default]
+    Full,
+    /// No fsync per commit: accepted events survive a crash of the agent, but
+    /// the last commits may be lost if the host loses power.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+    /// If set, `POST /events` requires `x-api-key` or `Authorization: Bearer`.
+    pub api_key: Option<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// `POST /events` on the HTTP server (EventBridge API destination).
+    Http,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig::Http
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// Appends one JSON event per line.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Prints one JSON event per line on standard output (logs go to stderr).
+    Stdout {
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+impl SinkConfig {
+    /// The sink's delivery-cursor name: stable across restarts unless renamed.
+    pub fn name(&self) -> String {
+        match self {
+            SinkConfig::File { name: Some(n), .. } | SinkConfig::Stdout { name: Some(n) } => {
+                n.clone()
+            }
+            SinkConfig::File { path, .. } => format!("file:{}", path.display()),
+            SinkConfig::Stdout { .. } => "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsSection {
+    /// Written into the envelopes of events the agent emits.
+    pub region: String,
+    pub account: String,
+}
+
+impl Default for AwsSection {
+    fn default() -> Self {
+        AwsSection {
+            region: "eu-west-1".into(),
+            account: "000000000000".into(),
+        }
+    }
+}

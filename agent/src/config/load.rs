@@ -1,0 +1,182 @@
+//! Reading a config file: TOML errors and our own checks both come out as
+//! `FILE:LINE:COLUMN: message`, and relative paths are resolved against the
+//! config file's folder (so a config works from any working directory).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::file::{Config, SinkConfig};
+use crate::reconcile::policy;
+
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        position: None,
+        message: format!("cannot read config file: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    parse(&text, path, base)
+}
+
+/// Parses config text; `file` names it in errors, `base` anchors relative paths.
+pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let at = |span: Option<Range<usize>>, message: String| ConfigError {
+        file: file.to_owned(),
+        position: span.map(|s| line_col(text, s.start)),
+        message,
+    };
+    let mut config: Config =
+        toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+
+    let policy = config.reconcile.policy.get_ref();
+    if !policy::BUILTIN.contains(&policy.as_str()) {
+        return Err(at(
+            Some(config.reconcile.policy.span()),
+            format!(
+                "unknown reconcile policy {policy:?}; built-in policies: {}",
+                policy::BUILTIN.join(", ")
+            ),
+        ));
+    }
+    if config.aws.account.len() != 12 || !config.aws.account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(at(
+            None,
+            format!("[aws] account {:?} must be 12 digits", config.aws.account),
+        ));
+    }
+
+    config.agent.state_dir = base.join(&config.agent.state_dir);
+    config.share.path = base.join(&config.share.path);
+    if config.sinks.is_empty() {
+        config.sinks.push(SinkConfig::Stdout { name: None });
+    }
+    for sink in &mut config.sinks {
+        if let SinkConfig::File { path, .. } = sink {
+            *path = base.join(&*path);
+        }
+    }
+    let mut names: Vec<String> = config.sinks.iter().map(SinkConfig::name).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(at(
+            None,
+            format!("two [[sink]] entries share the name {:?}; give one a distinct `name`", w[0]),
+        ));
+    }
+    Ok(config)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("agent.toml"), Path::new("/etc/vault")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_reference_defaults() {
+        let c = parse_str("").unwrap();
+        assert_eq!(c.reconcile.wait.0, Duration::from_secs(30));
+        assert_eq!(c.reconcile.iterations.get(), 960);
+        assert_eq!(c.reconcile.deadline(), Duration::from_secs(8 * 3600));
+        assert_eq!(c.share.job_dir_suffix.0, "-vaultjob");
+        assert_eq!(c.share.manifest_suffix.0, ".manifest");
+        assert_eq!(c.agent.state_dir, Path::new("/etc/vault/state"));
+        assert_eq!(c.sinks.len(), 1);
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = parse_str(
+            r#"
+[agent]
+state_dir = "state"
+[share]
+path = "/mnt/vaultdata"
+job_dir_suffix = "-vaultjob"
+manifest_suffix = ".manifest"
+[reconcile]
+wait = "30s"
+iterations = 960
+policy = "exact-match"
+[store]
+backend = "sqlite"
+[http]
+listen = "127.0.0.1:8787"
+[source]
+kind = "http"
+[[sink]]
+kind = "file"
+path = "events.jsonl"
+[[sink]]
+kind = "stdout"
+[aws]
+region = "eu-west-1"
+account = "123456789012"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.share.path, Path::new("/mnt/vaultdata"));
+        assert!(matches!(&c.sinks[0], SinkConfig::File { path, .. } if path == Path::new("/etc/vault/events.jsonl")));
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        assert_eq!(
+            parse_str("[share]\npath = \"/x\"\nsufix = \"-j\"\n").unwrap_err(),
+            "agent.toml:3:1: unknown field `sufix`, expected one of `path`, `job_dir_suffix`, `manifest_suffix`"
+        );
+        let e = parse_str("[reconcile]\nwait = \"30 parsecs\"\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:8: invalid duration \"30 parsecs\""), "{e}");
+        let e = parse_str("[reconcile]\niterations = 0\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:14: "), "{e}");
+        let e = parse_str("[reconcile]\npolicy = \"most-things\"\n").unwrap_err();
+        assert_eq!(e, "agent.toml:2:10: unknown reconcile policy \"most-things\"; built-in policies: exact-match");
+        let e = parse_str("[http]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:10: "), "{e}");
+        let e = parse_str("[share]\njob_dir_suffix = \"\"\n").unwrap_err();
+        assert_eq!(e, "agent.toml:2:18: suffix must not be empty");
+        let e = parse_str("[[sink]]\nkind = \"carrier-pigeon\"\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:8: unknown variant `carrier-pigeon`"), "{e}");
+        let e = parse_str("[[sink]]\nkind = \"stdout\"\ncolour = true\n").unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = parse_str("[store]\nbackend = \"dynamodb\"\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:11: unknown variant `dynamodb`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_sink_names_are_refused() {
+        let e = parse_str("[[sink]]\nkind=\"stdout\"\n[[sink]]\nkind=\"stdout\"\n").unwrap_err();
+        assert!(e.contains("share the name \"stdout\""), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! The agent's TOML configuration: the file's shape ([`file`]), loading with
+//! line-precise errors and path resolution ([`load`]), and the small value
+//! types that validate themselves while parsing ([`values`]).
+
+mod file;
+mod load;
+mod values;
+
+pub use file::{
+    AgentSection, AwsSection, Config, HttpSection, ReconcileSection, ShareSection, SinkConfig,
+    SourceConfig, StoreSection, SyncMode,
+};
+pub use load::{ConfigError, load, parse};
+pub use values::{HumanDuration, Suffix};

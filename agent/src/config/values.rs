@@ -1,0 +1,51 @@
+//! Config values that check themselves during deserialisation, so a bad value
+//! is reported at its own line and column.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+/// A duration written like `"30s"`, `"2m"` or `"1h 30m"`; never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let dur = humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like \"30s\", \"2m\" or \"1h 30m\""
+            ))
+        })?;
+        if dur.is_zero() {
+            return Err(de::Error::custom("duration must be greater than zero"));
+        }
+        Ok(HumanDuration(dur))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A name suffix such as `-vaultjob` or `.manifest`: non-empty, no `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suffix(pub String);
+
+impl<'de> Deserialize<'de> for Suffix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Err(de::Error::custom("suffix must not be empty"));
+        }
+        if text.contains('/') || text.contains('\n') {
+            return Err(de::Error::custom(format!(
+                "suffix {text:?} must not contain `/` or a newline"
+            )));
+        }
+        Ok(Suffix(text))
+    }
+}

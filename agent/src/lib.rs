@@ -1,0 +1,22 @@
+//! vault-agent: tells you when a dataset written to an AWS Storage Gateway
+//! (File Gateway) share is completely in S3.
+//!
+//! Data flows through the modules in this order (see ARCHITECTURE.md):
+//! [`sources`] (notifications in) -> [`notification`] (parse, classify) ->
+//! [`store`] (durable records) -> [`reconcile`] (engine + policy) ->
+//! [`sinks`] (reference-shaped events out). [`agent`] wires them together,
+//! [`server`] is the HTTP front, [`config`] the TOML file, [`cli`] the
+//! commands beyond `run`.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod notification;
+pub mod reconcile;
+pub mod server;
+pub mod sinks;
+pub mod sources;
+pub mod store;
+
+pub use agent::Agent;

@@ -1,0 +1,142 @@
+//! The `vault-agent` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use vault_agent::config::{self, SinkConfig};
+use vault_agent::logging::{self, LogFormat};
+use vault_agent::{Agent, cli};
+
+#[derive(Parser)]
+#[command(version, about = "Tells you when a dataset written to a File Gateway share is completely in S3")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent as a service until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print what it resolves to.
+    CheckConfig {
+        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show the datasets of a running agent.
+    Status {
+        /// The agent's config (its `[http] listen` is asked).
+        #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The agent's base URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        url: Option<String>,
+        /// One dataset, with example paths of what it waits for.
+        #[arg(long)]
+        set_id: Option<String>,
+        /// Print the JSON the agent answered.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch a dataset reconcile end to end on this machine: no AWS, no set-up.
+    Demo {
+        /// Files in the sample dataset.
+        #[arg(long, default_value_t = 300)]
+        files: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            logging::init(cli.log_format);
+            let config = config::load(&config)?;
+            let agent = Agent::start(&config).await.context("cannot start vault-agent")?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            agent.shutdown().await;
+        }
+        Command::CheckConfig { config: path } => {
+            let c = config::load(&path)?;
+            println!("{}: OK", path.display());
+            println!("  state_dir  {}", c.agent.state_dir.display());
+            println!(
+                "  share      {} (datasets *{}, manifests <SET-ID>{})",
+                c.share.path.display(),
+                c.share.job_dir_suffix.0,
+                c.share.manifest_suffix.0
+            );
+            println!(
+                "  reconcile  policy {}, re-check every {} x {} (deadline {})",
+                c.reconcile.policy.get_ref(),
+                c.reconcile.wait,
+                c.reconcile.iterations,
+                humantime::format_duration(c.reconcile.deadline())
+            );
+            println!("  store      {:?}, sync {:?}", c.store.backend, c.store.sync);
+            println!(
+                "  http       {} (source {:?}, api key {})",
+                c.http.listen,
+                c.source,
+                if c.http.api_key.is_some() { "required" } else { "not required" }
+            );
+            for sink in &c.sinks {
+                let what = match sink {
+                    SinkConfig::File { path, .. } => format!("file {}", path.display()),
+                    SinkConfig::Stdout { .. } => "stdout".to_owned(),
+                };
+                println!("  sink       {} ({what})", sink.name());
+            }
+        }
+        Command::Status { config, url, set_id, json } => {
+            let base = match (url, config) {
+                (Some(url), _) => url.trim_end_matches('/').to_owned(),
+                (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
+                (None, None) => cli::status::url_for(config::Config::default().http.listen),
+            };
+            let status = cli::status::fetch(&base, set_id.as_deref()).await?;
+            if json || set_id.is_some() {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                cli::status::print_table(&status);
+            }
+        }
+        Command::Demo { files } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                logging::init(cli.log_format);
+            }
+            cli::demo::run(files).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,648 @@
+//! The reconcile engine: the one writer of the store.
+//!
+//! It runs on its own thread and takes [`Command`]s from a channel. Whatever
+//! is queued when it wakes up is applied in one transaction (group commit):
+//! upload records, the touched datasets' counters, decisions and the events
+//! they produce all commit together, and only then are the senders answered.
+//! So a 202 means "recorded and reconciled", and an event is in the outbox
+//! exactly when its dataset's decision is.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::manifest::{self, ExpectedLine};
+use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, UploadView};
+use crate::notification::time::now_ms;
+use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
+use crate::sinks::envelope::{self, Origin};
+use crate::store::{
+    Counts, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent, Store, StoreResult,
+    StoreTx, UploadRecord, Verdict,
+};
+
+/// Most commands folded into one transaction.
+const MAX_COMMANDS_PER_BATCH: usize = 512;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the reconcile engine has stopped")]
+    Stopped,
+    #[error("could not record the batch: {0}")]
+    Store(String),
+}
+
+/// What a sender gets back once its notifications are committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IngestReceipt {
+    pub accepted: usize,
+    pub data: usize,
+    pub manifests: usize,
+    /// Keys outside any `*<job_dir_suffix>` directory: counted, ignored.
+    pub outside: usize,
+    /// Events of other detail-types: counted, ignored.
+    pub other: usize,
+}
+
+/// A notification already classified (done by the sender's thread, so the
+/// engine thread only writes).
+pub enum Ingested {
+    Upload {
+        upload: ObjectUpload,
+        set_id: String,
+        entry: String,
+        kind: UploadKind,
+    },
+    Outside,
+    Other,
+}
+
+pub enum Command {
+    Ingest {
+        items: Vec<Ingested>,
+        reply: oneshot::Sender<Result<IngestReceipt, EngineError>>,
+    },
+    ManifestRead {
+        set_id: String,
+        result: Result<Vec<ExpectedLine>, String>,
+    },
+    /// Periodic re-check: deadlines, manifests not yet readable, decisions.
+    Tick,
+    /// A sink delivered every event up to `seq`.
+    Ack { sink: String, seq: i64 },
+    /// Commit what is queued, then stop.
+    Shutdown,
+}
+
+/// The cloneable front door of the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    classifier: Arc<Classifier>,
+}
+
+impl EngineHandle {
+    pub fn classify(&self, notifications: Vec<Notification>) -> Vec<Ingested> {
+        notifications
+            .into_iter()
+            .map(|n| match n {
+                Notification::Other { .. } => Ingested::Other,
+                Notification::Upload(upload) => match self.classifier.classify(&upload.key) {
+                    Classification::Outside => Ingested::Outside,
+                    Classification::Dataset { set_id, entry, kind } => Ingested::Upload {
+                        upload,
+                        set_id,
+                        entry,
+                        kind,
+                    },
+                },
+            })
+            .collect()
+    }
+
+    /// Records notifications durably; returns once they are committed.
+    pub async fn ingest(&self, notifications: Vec<Notification>) -> Result<IngestReceipt, EngineError> {
+        let rx = self.submit(self.classify(notifications)).await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Queues classified items; the returned receiver resolves at commit.
+    pub async fn submit(
+        &self,
+        items: Vec<Ingested>,
+    ) -> Result<oneshot::Receiver<Result<IngestReceipt, EngineError>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ingest { items, reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(rx)
+    }
+
+    pub async fn ack(&self, sink: &str, seq: i64) -> Result<(), EngineError> {
+        self.tx
+            .send(Command::Ack { sink: sink.to_owned(), seq })
+            .await
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    pub async fn tick(&self) -> Result<(), EngineError> {
+        self.tx.send(Command::Tick).await.map_err(|_| EngineError::Stopped)
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    /// False once the engine thread has stopped.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub share_path: PathBuf,
+    pub classifier: Classifier,
+    /// wait x iterations: how long after its manifest a dataset times out.
+    pub deadline: Duration,
+    pub origin: Origin,
+}
+
+/// Everything the engine owns besides the store.
+struct Core {
+    policy: Box<dyn Policy>,
+    settings: EngineSettings,
+    /// Datasets not yet decided (decided ones are re-read when touched).
+    open: HashMap<String, DatasetRecord>,
+    /// Manifests being read from the share right now.
+    reading: HashSet<String>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// One transaction's worth of changes, applied to the cache only on commit.
+#[derive(Default)]
+struct Work {
+    touched: HashMap<String, DatasetRecord>,
+    events: Vec<OutboxEvent>,
+    counters: HashMap<&'static str, i64>,
+    manifest_reads: Vec<(String, String)>,
+}
+
+pub struct Engine {
+    store: Box<dyn Store>,
+    core: Core,
+    outbox: watch::Sender<i64>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl Engine {
+    /// Creates the engine and its handle. `outbox` is told the highest
+    /// outbox sequence after each commit that added events.
+    pub fn new(
+        store: Box<dyn Store>,
+        policy: Box<dyn Policy>,
+        settings: EngineSettings,
+        outbox: watch::Sender<i64>,
+    ) -> (Engine, EngineHandle) {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = EngineHandle {
+            tx: tx.clone(),
+            classifier: Arc::new(settings.classifier.clone()),
+        };
+        let core = Core {
+            policy,
+            settings,
+            open: HashMap::new(),
+            reading: HashSet::new(),
+            commands: tx,
+        };
+        (Engine { store, core, outbox, rx }, handle)
+    }
+
+    /// Runs until every handle is dropped. Call on a dedicated thread.
+    pub fn run(mut self) -> StoreResult<()> {
+        for ds in self.store.open_datasets()? {
+            self.core.open.insert(ds.set_id.clone(), ds);
+        }
+        info!(open_datasets = self.core.open.len(), "reconcile engine started");
+        // Resume: re-read manifests and re-check deadlines right away.
+        self.process(vec![Command::Tick]);
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMMANDS_PER_BATCH {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|c| matches!(c, Command::Shutdown));
+            self.process(batch);
+            if stop {
+                break;
+            }
+        }
+        info!("reconcile engine stopped");
+        Ok(())
+    }
+
+    fn process(&mut self, batch: Vec<Command>) {
+        let now = now_ms();
+        let mut work = Work::default();
+        let mut replies = Vec::new();
+        let result = (|| -> StoreResult<()> {
+            let mut tx = self.store.begin()?;
+            for cmd in batch {
+                match cmd {
+                    Command::Ingest { items, reply } => {
+                        let receipt = self.core.ingest(&mut *tx, &mut work, items, now)?;
+                        replies.push((reply, receipt));
+                    }
+                    Command::ManifestRead { set_id, result } => {
+                        self.core.apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
+                    }
+                    Command::Tick => self.core.tick(&mut *tx, &mut work, now)?,
+                    Command::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
+                    Command::Shutdown => {}
+                }
+            }
+            self.core.decide_touched(&mut work, now);
+            for ds in work.touched.values() {
+                if self.core.open.get(&ds.set_id) != Some(ds) {
+                    tx.put_dataset(ds)?;
+                }
+            }
+            for event in &mut work.events {
+                event.seq = tx.push_event(event)?;
+            }
+            for (name, delta) in &work.counters {
+                tx.add_counter(name, *delta)?;
+            }
+            tx.commit()
+        })();
+
+        match result {
+            Ok(()) => {
+                for (reply, receipt) in replies {
+                    let _ = reply.send(Ok(receipt));
+                }
+                self.core.committed(&mut work);
+                if let Some(max) = work.events.iter().map(|e| e.seq).max() {
+                    self.outbox.send_replace(max);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "could not commit a batch; its senders get an error and may retry");
+                let message = e.to_string();
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(EngineError::Store(message.clone())));
+                }
+                // Manifest reads of the failed batch are lost; the next tick re-reads.
+                self.core.reading.clear();
+            }
+        }
+    }
+}
+
+/// What one entry row adds to its dataset's counters.
+fn contribution(row: Option<&EntryRecord>) -> Counts {
+    let mut c = Counts::default();
+    let Some(row) = row else { return c };
+    let Some(up) = &row.upload else { return c };
+    match up.verdict {
+        Verdict::Ignore => c.ignored = 1,
+        Verdict::Reject => c.rejected = 1,
+        Verdict::Count => {
+            c.received = 1;
+            if row.expected.is_some() {
+                if up.matched {
+                    c.matched = 1;
+                } else {
+                    c.mismatched = 1;
+                }
+            }
+        }
+    }
+    c
+}
+
+fn view<'a>(set_id: &'a str, entry: &'a str, up: &'a UploadRecord, kind: UploadKind) -> UploadView<'a> {
+    UploadView {
+        set_id,
+        object_key: &up.object_key,
+        entry,
+        size: up.size,
+        event_time: up.event_time,
+        kind,
+    }
+}
+
+impl Work {
+    /// The dataset as this transaction sees it, loading it on first touch.
+    fn dataset<'w>(
+        &'w mut self,
+        tx: &mut dyn StoreTx,
+        open: &HashMap<String, DatasetRecord>,
+        set_id: &str,
+        now: i64,
+    ) -> StoreResult<&'w mut DatasetRecord> {
+        if !self.touched.contains_key(set_id) {
+            let ds = match open.get(set_id) {
+                Some(ds) => ds.clone(),
+                None => tx.dataset(set_id)?.unwrap_or_else(|| DatasetRecord::new(set_id, now)),
+            };
+            self.touched.insert(set_id.to_owned(), ds);
+        }
+        Ok(self.touched.get_mut(set_id).expect("inserted above"))
+    }
+
+    fn count(&mut self, name: &'static str) {
+        *self.counters.entry(name).or_default() += 1;
+    }
+}
+
+impl Core {
+    fn ingest(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        items: Vec<Ingested>,
+        now: i64,
+    ) -> StoreResult<IngestReceipt> {
+        let mut receipt = IngestReceipt {
+            accepted: items.len(),
+            ..Default::default()
+        };
+        for item in items {
+            match item {
+                Ingested::Outside => {
+                    receipt.outside += 1;
+                    work.count("outside_keys");
+                }
+                Ingested::Other => {
+                    receipt.other += 1;
+                    work.count("other_events");
+                }
+                Ingested::Upload { upload, set_id, entry, kind } => {
+                    match kind {
+                        UploadKind::Data => receipt.data += 1,
+                        UploadKind::Manifest => receipt.manifests += 1,
+                    }
+                    self.apply_upload(tx, work, upload, &set_id, entry, kind, now)?;
+                }
+            }
+        }
+        Ok(receipt)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_upload(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        upload: ObjectUpload,
+        set_id: &str,
+        entry: String,
+        kind: UploadKind,
+        now: i64,
+    ) -> StoreResult<()> {
+        info!(
+            kind = if kind == UploadKind::Manifest { "manifest" } else { "data" },
+            set_id, key = %upload.key, size = upload.size, "upload"
+        );
+        work.count("uploads");
+        let prev = tx.entry(&entry)?;
+        if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
+            && old.event_time > upload.event_time
+        {
+            // An older notification arriving late must not undo a newer one.
+            work.count("stale_uploads");
+            return Ok(());
+        }
+        let before = contribution(prev.as_ref());
+        let mut row = prev.unwrap_or_else(|| EntryRecord::new(&entry, set_id));
+        let mut record = UploadRecord {
+            object_key: upload.key,
+            bucket: upload.bucket,
+            size: upload.size,
+            event_time: upload.event_time,
+            verdict: Verdict::Count,
+            matched: false,
+        };
+        let mut note = None;
+        let v = view(set_id, &row.key, &record, kind);
+        record.verdict = match self.policy.on_upload(&v) {
+            Ok(UploadVerdict::Count) => Verdict::Count,
+            Ok(UploadVerdict::Ignore) => Verdict::Ignore,
+            Ok(UploadVerdict::Reject(reason)) => {
+                warn!(set_id, key = %record.object_key, %reason, "upload rejected by policy");
+                note = Some(format!("upload {} rejected: {reason}", record.object_key));
+                Verdict::Reject
+            }
+            Err(e) => {
+                error!(set_id, error = %e, "policy failed; upload rejected (fail closed)");
+                note = Some(e.to_string());
+                Verdict::Reject
+            }
+        };
+        if record.verdict == Verdict::Count
+            && let Some(size) = row.expected
+        {
+            let expected = ExpectedEntry { entry: &row.key, size };
+            record.matched = match self.policy.entry_matches(&expected, &view(set_id, &row.key, &record, kind)) {
+                Ok(m) => m,
+                Err(e) => {
+                    note = Some(e.to_string());
+                    false
+                }
+            };
+        }
+        let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
+            key: record.object_key.clone(),
+            bucket: record.bucket.clone(),
+            size: record.size,
+            event_time: record.event_time,
+        });
+        row.upload = Some(record);
+        tx.put_entry(&row)?;
+
+        let deadline = self.settings.deadline.as_millis() as i64;
+        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        ds.counts -= before;
+        ds.counts += contribution(Some(&row));
+        ds.last_seen_ms = ds.last_seen_ms.max(now);
+        if note.is_some() {
+            ds.note = note;
+        }
+        if let Some(m) = manifest {
+            if ds.manifest.as_ref().is_none_or(|old| old.event_time <= m.event_time) {
+                ds.manifest = Some(m);
+            }
+            if ds.state == DatasetState::Collecting {
+                ds.state = DatasetState::Reconciling;
+                ds.manifest_seen_ms = Some(now);
+                ds.deadline_ms = Some(now.saturating_add(deadline));
+                let key = ds.manifest.as_ref().map(|m| m.key.clone()).unwrap_or_default();
+                work.manifest_reads.push((set_id.to_owned(), key));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_manifest(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        result: Result<Vec<ExpectedLine>, String>,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.reading.remove(set_id);
+        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        if ds.manifest_loaded || ds.state.is_decided() {
+            return Ok(());
+        }
+        let lines = match result {
+            Ok(lines) => lines,
+            Err(message) => {
+                warn!(set_id, %message, "manifest not usable yet; retrying at the next re-check");
+                ds.note = Some(message);
+                return Ok(());
+            }
+        };
+        let mut counts = ds.counts;
+        for (key, size) in &lines {
+            let prev = tx.entry(key)?;
+            counts -= contribution(prev.as_ref());
+            let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
+            row.expected = Some(*size);
+            if let Some(up) = row.upload.as_ref().filter(|u| u.verdict == Verdict::Count) {
+                let kind = self.settings.classifier.classify(&up.object_key);
+                let kind = match kind {
+                    Classification::Dataset { kind, .. } => kind,
+                    Classification::Outside => UploadKind::Data,
+                };
+                let expected = ExpectedEntry { entry: key, size: *size };
+                let matched = self
+                    .policy
+                    .entry_matches(&expected, &view(set_id, key, up, kind))
+                    .unwrap_or(false);
+                if let Some(up) = row.upload.as_mut() {
+                    up.matched = matched;
+                }
+            }
+            counts += contribution(Some(&row));
+            tx.put_entry(&row)?;
+        }
+        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        ds.counts = counts;
+        ds.manifest_entries = lines.len() as u64;
+        ds.manifest_loaded = true;
+        ds.note = None;
+        info!(set_id, entries = lines.len(), "manifest loaded");
+        Ok(())
+    }
+
+    fn tick(&mut self, tx: &mut dyn StoreTx, work: &mut Work, now: i64) -> StoreResult<()> {
+        let reconciling: Vec<String> = self
+            .open
+            .values()
+            .filter(|d| d.state == DatasetState::Reconciling)
+            .map(|d| d.set_id.clone())
+            .collect();
+        for set_id in reconciling {
+            let ds = work.dataset(tx, &self.open, &set_id, now)?;
+            if !ds.manifest_loaded && !self.reading.contains(&set_id) {
+                let key = ds.manifest.as_ref().map(|m| m.key.clone()).unwrap_or_default();
+                work.manifest_reads.push((set_id, key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the policy about every touched dataset still reconciling.
+    fn decide_touched(&mut self, work: &mut Work, now: i64) {
+        for ds in work.touched.values_mut() {
+            if ds.state != DatasetState::Reconciling {
+                continue;
+            }
+            if ds.manifest_loaded {
+                let summary = Summary {
+                    set_id: &ds.set_id,
+                    manifest_entries: ds.manifest_entries,
+                    received: ds.counts.received,
+                    matched: ds.counts.matched,
+                    mismatched: ds.counts.mismatched,
+                    missing: ds.missing().unwrap_or(0),
+                    unexpected: ds.unexpected().unwrap_or(0),
+                    ignored: ds.counts.ignored,
+                    rejected: ds.counts.rejected,
+                };
+                match self.policy.decide(&summary) {
+                    Ok(Decision::Complete) => {
+                        ds.note = None;
+                        close(ds, DatasetState::Succeeded, &self.settings.origin, now, &mut work.events);
+                        continue;
+                    }
+                    Ok(Decision::Fail(reason)) => {
+                        ds.note = Some(reason);
+                        close(ds, DatasetState::Failed, &self.settings.origin, now, &mut work.events);
+                        continue;
+                    }
+                    Ok(Decision::Wait(reason)) => {
+                        ds.note = (!reason.is_empty()).then_some(reason).or(ds.note.take());
+                    }
+                    Err(e) => {
+                        error!(set_id = %ds.set_id, error = %e, "policy decision failed; dataset keeps waiting");
+                        ds.note = Some(e.to_string());
+                    }
+                }
+            }
+            if ds.deadline_ms.is_some_and(|d| d <= now) {
+                close(ds, DatasetState::TimedOut, &self.settings.origin, now, &mut work.events);
+            }
+        }
+    }
+
+    /// After a commit: update the cache and start the manifest reads.
+    fn committed(&mut self, work: &mut Work) {
+        for (set_id, ds) in work.touched.drain() {
+            if ds.state.is_decided() {
+                self.open.remove(&set_id);
+            } else {
+                self.open.insert(set_id, ds);
+            }
+        }
+        for (set_id, key) in work.manifest_reads.drain(..) {
+            if self.reading.insert(set_id.clone()) {
+                self.read_manifest(set_id, key);
+            }
+        }
+    }
+
+    /// Reads a manifest on its own thread so a slow share never stalls ingest.
+    fn read_manifest(&self, set_id: String, key: String) {
+        let share = self.settings.share_path.clone();
+        let dir = self.settings.classifier.dataset_dir(&set_id);
+        let with_sizes = self.policy.wants_expected_sizes();
+        let commands = self.commands.clone();
+        let spawned = std::thread::Builder::new()
+            .name("manifest-reader".into())
+            .spawn(move || {
+                let result = manifest::read(&share, &key, &dir, with_sizes).map_err(|e| e.to_string());
+                let _ = commands.blocking_send(Command::ManifestRead { set_id, result });
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start a manifest reader thread; retrying at the next re-check");
+        }
+    }
+}
+
+/// Decides a dataset once and for all, queueing its one event.
+fn close(ds: &mut DatasetRecord, state: DatasetState, origin: &Origin, now: i64, events: &mut Vec<OutboxEvent>) {
+    let Some(manifest) = ds.manifest.as_ref() else { return };
+    let detail_type = if state == DatasetState::Succeeded {
+        envelope::SUCCESSFUL
+    } else {
+        envelope::TIMEOUT
+    };
+    ds.state = state;
+    ds.decided_ms = Some(now);
+    let since_last = now - ds.last_seen_ms;
+    match state {
+        DatasetState::Succeeded => info!(
+            set_id = %ds.set_id, entries = ds.manifest_entries, ms_after_last_upload = since_last,
+            "{detail_type}"
+        ),
+        _ => warn!(
+            set_id = %ds.set_id, entries = ds.manifest_entries, missing = ds.missing().unwrap_or(0),
+            unexpected = ds.unexpected().unwrap_or(0), reason = ds.note.as_deref().unwrap_or("deadline passed"),
+            "{detail_type}"
+        ),
+    }
+    events.push(envelope::reconcile_event(detail_type, &ds.set_id, manifest, origin, now));
+}

@@ -1,0 +1,9 @@
+//! Deciding when a dataset is complete. The [`engine`] applies each committed
+//! batch of uploads to the touched datasets' incremental counters and asks the
+//! [`policy`] for a decision; [`manifest`] reads the manifest from the share.
+
+pub mod engine;
+pub mod manifest;
+pub mod policy;
+
+pub use engine::{Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt};

@@ -1,0 +1,74 @@
+//! `GET /status` (every dataset) and `GET /status/{set-id}` (one dataset with
+//! example paths of what it is waiting for).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::notification::time::format_event_time;
+use crate::store::DatasetRecord;
+
+/// Example paths listed per problem in `/status/{set-id}`.
+const EXAMPLES: usize = 100;
+
+type Reply = (StatusCode, Json<Value>);
+
+pub async fn all(State(state): State<AppState>) -> Reply {
+    let reader = state.reader.clone();
+    let result = tokio::task::spawn_blocking(move || -> crate::store::StoreResult<Value> {
+        let datasets: Vec<Value> = reader.datasets()?.iter().map(dataset_json).collect();
+        let counters: serde_json::Map<String, Value> =
+            reader.counters()?.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        Ok(json!({ "datasets": datasets, "counters": counters }))
+    })
+    .await;
+    reply(result)
+}
+
+pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> Reply {
+    let reader = state.reader.clone();
+    let dir = state.classifier.dataset_dir(&set_id);
+    let result = tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, &dir, EXAMPLES)).await;
+    let detail = match result {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => return (StatusCode::NOT_FOUND, Json(json!({"error": "no such dataset"}))),
+        Ok(Err(e)) => return reply(Ok(Err(e))),
+        Err(e) => return reply(Err(e)),
+    };
+    let mut v = dataset_json(&detail.record);
+    v["missing-paths"] = json!(detail.missing);
+    v["mismatched-paths"] = json!(detail.mismatched);
+    v["unexpected-paths"] = json!(detail.unexpected);
+    (StatusCode::OK, Json(v))
+}
+
+fn reply(result: Result<crate::store::StoreResult<Value>, tokio::task::JoinError>) -> Reply {
+    match result {
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))),
+    }
+}
+
+pub fn dataset_json(d: &DatasetRecord) -> Value {
+    let time = |ms: Option<i64>| ms.map(format_event_time);
+    json!({
+        "set-id": d.set_id,
+        "state": d.state,
+        "manifest-key": d.manifest.as_ref().map(|m| &m.key),
+        "manifest-entries": d.manifest_loaded.then_some(d.manifest_entries),
+        "received": d.counts.received,
+        "missing": d.missing(),
+        "unexpected": d.unexpected(),
+        "mismatched": d.counts.mismatched,
+        "ignored": d.counts.ignored,
+        "rejected": d.counts.rejected,
+        "first-notification": time(Some(d.first_seen_ms)),
+        "last-notification": time(Some(d.last_seen_ms)),
+        "deadline": time(d.deadline_ms),
+        "decided": time(d.decided_ms),
+        "note": d.note,
+    })
+}

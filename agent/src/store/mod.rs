@@ -1,0 +1,72 @@
+//! Durable state: one record per notified key (the reference's DynamoDB item),
+//! one record per dataset with its incremental counters, and an outbox of
+//! events waiting for delivery to each sink.
+//!
+//! [`Store`] is the write side, used by the single reconcile engine thread
+//! inside one transaction per batch; [`StoreReader`] is the read side used by
+//! `/status` and the sink dispatchers. SQLite ([`sqlite`]) is the embedded
+//! backend; a DynamoDB backend implements the same traits.
+
+pub mod local_fs;
+pub mod model;
+pub mod sqlite;
+
+pub use model::{
+    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent,
+    UploadRecord, Verdict,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state directory {path}: {message}")]
+    StateDir { path: String, message: String },
+    #[error("state database {path} has schema version {found}; this vault-agent understands up to {supported}. Upgrade vault-agent or point [agent] state_dir elsewhere")]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("state database holds a value this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The write side. Everything done through one [`StoreTx`] commits atomically.
+pub trait Store: Send {
+    /// Datasets still waiting for a decision, to resume after a restart.
+    fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>>;
+    fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>>;
+}
+
+pub trait StoreTx {
+    fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>>;
+    fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
+    fn entry(&mut self, key: &str) -> StoreResult<Option<EntryRecord>>;
+    fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()>;
+    /// Appends an event to the outbox; returns its sequence number. An event
+    /// whose id is already there is not added again.
+    fn push_event(&mut self, event: &OutboxEvent) -> StoreResult<i64>;
+    /// Records that `sink` delivered every event up to `seq`.
+    fn set_cursor(&mut self, sink: &str, seq: i64) -> StoreResult<()>;
+    fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()>;
+    fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// The read side: safe to use from any thread while the engine writes.
+pub trait StoreReader: Send + Sync {
+    fn datasets(&self) -> StoreResult<Vec<DatasetRecord>>;
+    /// One dataset with up to `limit` example paths per problem list.
+    fn dataset_detail(&self, set_id: &str, dataset_dir: &str, limit: usize)
+    -> StoreResult<Option<DatasetDetail>>;
+    fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Where `sink` stopped delivering (0 if it never delivered).
+    fn cursor(&self, sink: &str) -> StoreResult<i64>;
+    fn events_after(&self, seq: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
+}

@@ -1,0 +1,232 @@
+//! The records the store keeps. Plain data: the rules that change them live in
+//! `reconcile`.
+
+use std::ops::{AddAssign, SubAssign};
+
+/// A dataset's life: collecting uploads until its manifest is notified, then
+/// reconciling until the policy says complete (or fail), or the deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetState {
+    Collecting,
+    Reconciling,
+    Succeeded,
+    TimedOut,
+    Failed,
+}
+
+impl DatasetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetState::Collecting => "collecting",
+            DatasetState::Reconciling => "reconciling",
+            DatasetState::Succeeded => "succeeded",
+            DatasetState::TimedOut => "timed-out",
+            DatasetState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "collecting" => DatasetState::Collecting,
+            "reconciling" => DatasetState::Reconciling,
+            "succeeded" => DatasetState::Succeeded,
+            "timed-out" => DatasetState::TimedOut,
+            "failed" => DatasetState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// A decided dataset has had its one event; nothing changes its state again.
+    pub fn is_decided(self) -> bool {
+        matches!(
+            self,
+            DatasetState::Succeeded | DatasetState::TimedOut | DatasetState::Failed
+        )
+    }
+}
+
+/// The manifest's own upload notification: the detail of the reconcile events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRef {
+    pub key: String,
+    pub bucket: String,
+    pub size: u64,
+    pub event_time: i64,
+}
+
+/// Counters kept incrementally so a decision never re-reads the dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Distinct entries with a counted upload.
+    pub received: u64,
+    /// Counted uploads of manifest entries that the policy says match.
+    pub matched: u64,
+    /// Counted uploads of manifest entries that the policy says do not match.
+    pub mismatched: u64,
+    /// Uploads the policy chose to ignore.
+    pub ignored: u64,
+    /// Uploads the policy rejected.
+    pub rejected: u64,
+}
+
+impl AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.received += o.received;
+        self.matched += o.matched;
+        self.mismatched += o.mismatched;
+        self.ignored += o.ignored;
+        self.rejected += o.rejected;
+    }
+}
+
+impl SubAssign for Counts {
+    fn sub_assign(&mut self, o: Counts) {
+        self.received -= o.received;
+        self.matched -= o.matched;
+        self.mismatched -= o.mismatched;
+        self.ignored -= o.ignored;
+        self.rejected -= o.rejected;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRecord {
+    pub set_id: String,
+    pub state: DatasetState,
+    pub manifest: Option<ManifestRef>,
+    pub manifest_loaded: bool,
+    /// Distinct manifest lines, once loaded.
+    pub manifest_entries: u64,
+    pub counts: Counts,
+    /// Agent clock (epoch ms) of the first and last notification received.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub manifest_seen_ms: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    pub decided_ms: Option<i64>,
+    /// Why the dataset is waiting or failed, or what went wrong last.
+    pub note: Option<String>,
+}
+
+impl DatasetRecord {
+    pub fn new(set_id: &str, now_ms: i64) -> Self {
+        DatasetRecord {
+            set_id: set_id.to_owned(),
+            state: DatasetState::Collecting,
+            manifest: None,
+            manifest_loaded: false,
+            manifest_entries: 0,
+            counts: Counts::default(),
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            manifest_seen_ms: None,
+            deadline_ms: None,
+            decided_ms: None,
+            note: None,
+        }
+    }
+
+    /// Manifest entries with no counted upload yet (known once the manifest is loaded).
+    pub fn missing(&self) -> Option<u64> {
+        self.manifest_loaded.then(|| {
+            self.manifest_entries
+                .saturating_sub(self.counts.matched + self.counts.mismatched)
+        })
+    }
+
+    /// Counted uploads that the manifest does not list.
+    pub fn unexpected(&self) -> Option<u64> {
+        self.manifest_loaded.then(|| {
+            self.counts
+                .received
+                .saturating_sub(self.counts.matched + self.counts.mismatched)
+        })
+    }
+}
+
+/// What the policy made of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Count,
+    Ignore,
+    Reject,
+}
+
+impl Verdict {
+    pub fn code(self) -> i64 {
+        match self {
+            Verdict::Count => 0,
+            Verdict::Ignore => 1,
+            Verdict::Reject => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            0 => Verdict::Count,
+            1 => Verdict::Ignore,
+            2 => Verdict::Reject,
+            _ => return None,
+        })
+    }
+}
+
+/// The latest upload notification of an entry (the reference's record fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// The key exactly as notified (directories keep their `/`).
+    pub object_key: String,
+    pub bucket: String,
+    pub size: u64,
+    pub event_time: i64,
+    pub verdict: Verdict,
+    /// Whether the policy found it to match its manifest entry.
+    pub matched: bool,
+}
+
+/// One path of a dataset: notified, listed in the manifest, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// The key without trailing `/`, as a manifest line.
+    pub key: String,
+    pub set_id: String,
+    pub upload: Option<UploadRecord>,
+    /// `Some` when the manifest lists this entry; the inner value is the
+    /// expected size where known.
+    pub expected: Option<Option<u64>>,
+}
+
+impl EntryRecord {
+    pub fn new(key: &str, set_id: &str) -> Self {
+        EntryRecord {
+            key: key.to_owned(),
+            set_id: set_id.to_owned(),
+            upload: None,
+            expected: None,
+        }
+    }
+}
+
+/// An event waiting in (or delivered from) the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Assigned by the store; sinks deliver in this order.
+    pub seq: i64,
+    /// The envelope's `id`: stable, so consumers can drop re-deliveries.
+    pub id: String,
+    pub set_id: String,
+    pub detail_type: String,
+    /// The whole envelope as JSON, exactly as delivered.
+    pub payload: String,
+    pub created_ms: i64,
+}
+
+/// One dataset plus example paths explaining what it is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetDetail {
+    pub record: DatasetRecord,
+    pub missing: Vec<String>,
+    pub mismatched: Vec<String>,
+    pub unexpected: Vec<String>,
+}

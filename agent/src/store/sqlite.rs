@@ -1,0 +1,566 @@
+//! The embedded store: one SQLite file in `[agent] state_dir`, in WAL mode so
+//! `/status` and the sink dispatchers read while the engine writes.
+//!
+//! Durability: a transaction is committed before the agent answers 202. With
+//! `sync = "full"` (default) the WAL is fsynced at every commit, so accepted
+//! notifications survive power loss; with `sync = "normal"` they survive a
+//! crash of the agent process, not of the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use super::model::{
+    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent,
+    UploadRecord, Verdict,
+};
+use super::{Store, StoreError, StoreReader, StoreResult, StoreTx};
+use crate::config::SyncMode;
+
+/// Bumped whenever the schema changes; older agents refuse newer files.
+const SCHEMA_VERSION: i64 = 1;
+pub const DATABASE_FILE: &str = "vault-agent.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS datasets (
+    set_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    manifest_key TEXT, manifest_bucket TEXT, manifest_size INTEGER, manifest_event_time INTEGER,
+    manifest_loaded INTEGER NOT NULL,
+    manifest_entries INTEGER NOT NULL,
+    received INTEGER NOT NULL, matched INTEGER NOT NULL, mismatched INTEGER NOT NULL,
+    ignored INTEGER NOT NULL, rejected INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER,
+    note TEXT
+) WITHOUT ROWID;
+-- One row per path: the reference's upload record (set_id, object_key, bucket,
+-- size, event_time) and/or the manifest's expectation. Keyed by the path
+-- without trailing '/', so a dataset's rows are one contiguous key range.
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    set_id TEXT NOT NULL,
+    object_key TEXT, bucket TEXT, size INTEGER, event_time INTEGER,
+    verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0,
+    in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    set_id TEXT NOT NULL,
+    detail_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, manifest_size, \
+    manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
+    ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note";
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `state_dir`.
+    pub fn open(state_dir: &Path, sync: SyncMode) -> StoreResult<Self> {
+        let path = state_dir.join(DATABASE_FILE);
+        let err = sqlite_error(&path);
+        let conn = Connection::open(&path).map_err(&err)?;
+        let synchronous = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};
+             PRAGMA busy_timeout = 10000;
+             PRAGMA cache_size = -65536;
+             PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(&err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(&err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: path.display().to_string(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(&err)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(&err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        drop(err);
+        Ok(SqliteStore { conn, path })
+    }
+
+    /// A read-only connection to the same database for another thread.
+    pub fn reader(&self) -> StoreResult<SqliteReader> {
+        SqliteReader::open(&self.path)
+    }
+}
+
+fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Store for SqliteStore {
+    fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>> {
+        let sql = format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE state IN ('collecting', 'reconciling')"
+        );
+        query_datasets(&self.conn, &sql, &self.path)
+    }
+
+    fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>> {
+        let tx = self.conn.transaction().map_err(sqlite_error(&self.path))?;
+        Ok(Box::new(SqliteTx {
+            tx,
+            path: &self.path,
+        }))
+    }
+}
+
+struct SqliteTx<'a> {
+    tx: Transaction<'a>,
+    path: &'a Path,
+}
+
+impl SqliteTx<'_> {
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        sqlite_error(self.path)
+    }
+}
+
+impl StoreTx for SqliteTx<'_> {
+    fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>> {
+        let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = ?1");
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
+        let row = stmt
+            .query_row([set_id], |r| Ok(dataset_from_row(r)))
+            .optional()
+            .map_err(self.err())?;
+        row.transpose()
+    }
+
+    fn put_dataset(&mut self, d: &DatasetRecord) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
+        let m = d.manifest.as_ref();
+        stmt.execute(params![
+            d.set_id,
+            d.state.as_str(),
+            m.map(|m| &m.key),
+            m.map(|m| &m.bucket),
+            m.map(|m| m.size as i64),
+            m.map(|m| m.event_time),
+            d.manifest_loaded,
+            d.manifest_entries as i64,
+            d.counts.received as i64,
+            d.counts.matched as i64,
+            d.counts.mismatched as i64,
+            d.counts.ignored as i64,
+            d.counts.rejected as i64,
+            d.first_seen_ms,
+            d.last_seen_ms,
+            d.manifest_seen_ms,
+            d.deadline_ms,
+            d.decided_ms,
+            d.note,
+        ])
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn entry(&mut self, key: &str) -> StoreResult<Option<EntryRecord>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT key, set_id, object_key, bucket, size, event_time, verdict, matched, \
+                 in_manifest, expected_size FROM entries WHERE key = ?1",
+            )
+            .map_err(self.err())?;
+        let row = stmt
+            .query_row([key], |r| Ok(entry_from_row(r)))
+            .optional()
+            .map_err(self.err())?;
+        row.transpose()
+    }
+
+    fn put_entry(&mut self, e: &EntryRecord) -> StoreResult<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO entries (key, set_id, object_key, bucket, size, event_time, \
+                 verdict, matched, in_manifest, expected_size) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(self.err())?;
+        let u = e.upload.as_ref();
+        stmt.execute(params![
+            e.key,
+            e.set_id,
+            u.map(|u| &u.object_key),
+            u.map(|u| &u.bucket),
+            u.map(|u| u.size as i64),
+            u.map(|u| u.event_time),
+            u.map(|u| u.verdict.code()),
+            u.is_some_and(|u| u.matched),
+            e.expected.is_some(),
+            e.expected.flatten().map(|s| s as i64),
+        ])
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn push_event(&mut self, ev: &OutboxEvent) -> StoreResult<i64> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO outbox (id, set_id, detail_type, payload, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
+            )
+            .map_err(self.err())?;
+        stmt.execute(params![ev.id, ev.set_id, ev.detail_type, ev.payload, ev.created_ms])
+            .map_err(self.err())?;
+        self.tx
+            .query_row("SELECT seq FROM outbox WHERE id = ?1", [&ev.id], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    fn set_cursor(&mut self, sink: &str, seq: i64) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
+                 ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )
+            .and_then(|mut s| s.execute(params![sink, seq]))
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![name, delta]))
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> StoreResult<()> {
+        let path = self.path;
+        self.tx.commit().map_err(sqlite_error(path))
+    }
+}
+
+/// A read-only connection; shared behind a mutex by the threads that read.
+pub struct SqliteReader {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_error(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite_error(path))?;
+        Ok(SqliteReader {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn).map_err(sqlite_error(&self.path))
+    }
+}
+
+impl StoreReader for SqliteReader {
+    fn datasets(&self) -> StoreResult<Vec<DatasetRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets ORDER BY first_seen_ms, set_id");
+        query_datasets(&conn, &sql, &self.path)
+    }
+
+    fn dataset_detail(
+        &self,
+        set_id: &str,
+        dataset_dir: &str,
+        limit: usize,
+    ) -> StoreResult<Option<DatasetDetail>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = ?1");
+        let record = conn
+            .query_row(&sql, [set_id], |r| Ok(dataset_from_row(r)))
+            .optional()
+            .map_err(sqlite_error(&self.path))?
+            .transpose()?;
+        let Some(record) = record else { return Ok(None) };
+        // The dataset's rows: its root entry and the key range below it
+        // ('0' sorts right after '/').
+        let range = "(key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0'))";
+        let list = |condition: &str| -> StoreResult<Vec<String>> {
+            let sql = format!("SELECT key FROM entries WHERE {range} AND {condition} ORDER BY key LIMIT ?2");
+            let mut stmt = conn.prepare(&sql).map_err(sqlite_error(&self.path))?;
+            let keys = stmt
+                .query_map(params![dataset_dir, limit as i64], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sqlite_error(&self.path))?;
+            Ok(keys)
+        };
+        let (missing, mismatched, unexpected) = if record.manifest_loaded {
+            (
+                list("in_manifest = 1 AND (verdict IS NULL OR verdict != 0)")?,
+                list("in_manifest = 1 AND verdict = 0 AND matched = 0")?,
+                list("in_manifest = 0 AND verdict = 0")?,
+            )
+        } else {
+            Default::default()
+        };
+        Ok(Some(DatasetDetail {
+            record,
+            missing,
+            mismatched,
+            unexpected,
+        }))
+    }
+
+    fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, value FROM counters ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn cursor(&self, sink: &str) -> StoreResult<i64> {
+        self.with(|c| {
+            c.query_row("SELECT seq FROM sink_cursors WHERE sink = ?1", [sink], |r| r.get(0))
+                .optional()
+                .map(|s| s.unwrap_or(0))
+        })
+    }
+
+    fn events_after(&self, seq: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, id, set_id, detail_type, payload, created_ms FROM outbox \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![seq, limit as i64], |r| {
+                Ok(OutboxEvent {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    set_id: r.get(2)?,
+                    detail_type: r.get(3)?,
+                    payload: r.get(4)?,
+                    created_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn query_datasets(conn: &Connection, sql: &str, path: &Path) -> StoreResult<Vec<DatasetRecord>> {
+    let mut stmt = conn.prepare(sql).map_err(sqlite_error(path))?;
+    let rows = stmt
+        .query_map([], |r| Ok(dataset_from_row(r)))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(sqlite_error(path))?;
+    rows.into_iter().collect()
+}
+
+fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
+    let read = || -> rusqlite::Result<(DatasetRecord, String)> {
+        let state: String = r.get(1)?;
+        let manifest = match r.get::<_, Option<String>>(2)? {
+            Some(key) => Some(ManifestRef {
+                key,
+                bucket: r.get(3)?,
+                size: r.get::<_, i64>(4)? as u64,
+                event_time: r.get(5)?,
+            }),
+            None => None,
+        };
+        let record = DatasetRecord {
+            set_id: r.get(0)?,
+            state: DatasetState::Collecting,
+            manifest,
+            manifest_loaded: r.get(6)?,
+            manifest_entries: r.get::<_, i64>(7)? as u64,
+            counts: Counts {
+                received: r.get::<_, i64>(8)? as u64,
+                matched: r.get::<_, i64>(9)? as u64,
+                mismatched: r.get::<_, i64>(10)? as u64,
+                ignored: r.get::<_, i64>(11)? as u64,
+                rejected: r.get::<_, i64>(12)? as u64,
+            },
+            first_seen_ms: r.get(13)?,
+            last_seen_ms: r.get(14)?,
+            manifest_seen_ms: r.get(15)?,
+            deadline_ms: r.get(16)?,
+            decided_ms: r.get(17)?,
+            note: r.get(18)?,
+        };
+        Ok((record, state))
+    };
+    let (mut record, state) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    record.state = DatasetState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("dataset state {state:?}")))?;
+    Ok(record)
+}
+
+fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
+    let read = || -> rusqlite::Result<(EntryRecord, Option<i64>)> {
+        let verdict: Option<i64> = r.get(6)?;
+        let upload = match r.get::<_, Option<String>>(2)? {
+            Some(object_key) => Some(UploadRecord {
+                object_key,
+                bucket: r.get(3)?,
+                size: r.get::<_, i64>(4)? as u64,
+                event_time: r.get(5)?,
+                verdict: Verdict::Count,
+                matched: r.get(7)?,
+            }),
+            None => None,
+        };
+        let in_manifest: bool = r.get(8)?;
+        let expected_size: Option<i64> = r.get(9)?;
+        let entry = EntryRecord {
+            key: r.get(0)?,
+            set_id: r.get(1)?,
+            upload,
+            expected: in_manifest.then_some(expected_size.map(|s| s as u64)),
+        };
+        Ok((entry, verdict))
+    };
+    let (mut entry, verdict) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {
+        upload.verdict =
+            Verdict::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("verdict {code}")))?;
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        (dir, store)
+    }
+
+    fn sample_entry(key: &str, size: u64) -> EntryRecord {
+        EntryRecord {
+            key: key.into(),
+            set_id: "S".into(),
+            upload: Some(UploadRecord {
+                object_key: format!("{key}/"),
+                bucket: "b".into(),
+                size,
+                event_time: 1_619_863_200,
+                verdict: Verdict::Ignore,
+                matched: true,
+            }),
+            expected: Some(None),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_survive_reopen() {
+        let (dir, mut store) = open();
+        let mut ds = DatasetRecord::new("S", 5);
+        ds.state = DatasetState::Reconciling;
+        ds.manifest = Some(ManifestRef {
+            key: "S-vaultjob/S.manifest".into(),
+            bucket: "b".into(),
+            size: 42,
+            event_time: 7,
+        });
+        ds.counts.matched = 3;
+        ds.note = Some("waiting".into());
+        let mut tx = store.begin().unwrap();
+        tx.put_dataset(&ds).unwrap();
+        tx.put_entry(&sample_entry("S-vaultjob/d", 9)).unwrap();
+        tx.add_counter("outside", 2).unwrap();
+        tx.add_counter("outside", 3).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Full).unwrap();
+        assert_eq!(store.open_datasets().unwrap(), vec![ds.clone()]);
+        let mut tx = store.begin().unwrap();
+        assert_eq!(tx.entry("S-vaultjob/d").unwrap(), Some(sample_entry("S-vaultjob/d", 9)));
+        assert_eq!(tx.entry("S-vaultjob/e").unwrap(), None);
+        drop(tx);
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.counters().unwrap(), vec![("outside".to_string(), 5)]);
+    }
+
+    #[test]
+    fn uncommitted_work_is_rolled_back() {
+        let (_dir, mut store) = open();
+        let mut tx = store.begin().unwrap();
+        tx.put_dataset(&DatasetRecord::new("S", 1)).unwrap();
+        drop(tx);
+        assert!(store.open_datasets().unwrap().is_empty());
+    }
+
+    #[test]
+    fn outbox_is_idempotent_by_id_and_cursors_only_advance() {
+        let (_dir, mut store) = open();
+        let ev = OutboxEvent {
+            seq: 0,
+            id: "e1".into(),
+            set_id: "S".into(),
+            detail_type: "File Upload Reconciliation Successful".into(),
+            payload: "{}".into(),
+            created_ms: 1,
+        };
+        let mut tx = store.begin().unwrap();
+        let a = tx.push_event(&ev).unwrap();
+        let b = tx.push_event(&ev).unwrap();
+        assert_eq!(a, b);
+        tx.set_cursor("file", a).unwrap();
+        tx.set_cursor("file", 0).unwrap();
+        tx.commit().unwrap();
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.events_after(0, 10).unwrap().len(), 1);
+        assert_eq!(reader.cursor("file").unwrap(), a);
+        assert_eq!(reader.cursor("stdout").unwrap(), 0);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (dir, store) = open();
+        store.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(store);
+        let err = SqliteStore::open(dir.path(), SyncMode::Full).err().unwrap();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
