@@ -646,3 +646,270 @@ fn close(ds: &mut DatasetRecord, state: DatasetState, origin: &Origin, now: i64,
     }
     events.push(envelope::reconcile_event(detail_type, &ds.set_id, manifest, origin, now));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::reconcile::policy::ExactMatch;
+    use crate::store::StoreReader;
+    use crate::store::sqlite::SqliteStore;
+
+    struct Harness {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        share: PathBuf,
+        state: PathBuf,
+        handle: EngineHandle,
+        reader: Arc<dyn StoreReader>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        fn new(deadline: Duration) -> Harness {
+            let (share, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (share_path, state_path) = (share.path().to_owned(), state.path().to_owned());
+            let (handle, reader, thread) = Self::start(&share_path, &state_path, deadline);
+            Harness {
+                _dirs: (share, state),
+                share: share_path,
+                state: state_path,
+                handle,
+                reader,
+                thread: Some(thread),
+            }
+        }
+
+        fn start(
+            share: &Path,
+            state: &Path,
+            deadline: Duration,
+        ) -> (EngineHandle, Arc<dyn StoreReader>, std::thread::JoinHandle<()>) {
+            let store = SqliteStore::open(state, SyncMode::Normal).unwrap();
+            let reader: Arc<dyn StoreReader> = Arc::new(store.reader().unwrap());
+            let (engine, handle) =
+                Engine::new(Box::new(store), Box::new(ExactMatch), settings(share, deadline), watch::channel(0).0);
+            (handle, reader, std::thread::spawn(move || engine.run().unwrap()))
+        }
+
+        async fn restart(&mut self, deadline: Duration) {
+            self.handle.shutdown().await;
+            self.thread.take().unwrap().join().unwrap();
+            let (handle, reader, thread) = Self::start(&self.share, &self.state, deadline);
+            (self.handle, self.reader, self.thread) = (handle, reader, Some(thread));
+        }
+
+        fn write_dataset(&self, set_id: &str, files: &[&str]) -> Vec<String> {
+            let dir = format!("{set_id}-vaultjob");
+            std::fs::create_dir_all(self.share.join(&dir)).unwrap();
+            let mut lines = vec![dir.clone()];
+            for f in files {
+                let path = self.share.join(&dir).join(f);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, f.as_bytes()).unwrap();
+                let mut parent = Path::new(f).parent();
+                while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                    let line = format!("{dir}/{}", p.display());
+                    if !lines.contains(&line) {
+                        lines.push(line);
+                    }
+                    parent = p.parent();
+                }
+            }
+            let manifest = format!("{dir}/{set_id}.manifest");
+            let mut all = lines.clone();
+            all.extend(files.iter().map(|f| format!("{dir}/{f}")));
+            all.push(manifest.clone());
+            std::fs::write(self.share.join(&manifest), all.join("\n") + "\n").unwrap();
+            all
+        }
+
+        async fn send(&self, key: &str, size: u64, time: i64) -> IngestReceipt {
+            let n = Notification::Upload(ObjectUpload {
+                event_id: String::new(),
+                bucket: "bkt".into(),
+                key: key.into(),
+                size,
+                event_time: time,
+            });
+            self.handle.ingest(vec![n]).await.unwrap()
+        }
+
+        fn dataset(&self, set_id: &str) -> Option<DatasetRecord> {
+            self.reader.datasets().unwrap().into_iter().find(|d| d.set_id == set_id)
+        }
+
+        async fn wait_for(&self, what: &str, cond: impl Fn(&Harness) -> bool) {
+            let start = Instant::now();
+            while !cond(self) {
+                assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        fn events(&self) -> Vec<OutboxEvent> {
+            self.reader.events_after(0, 100).unwrap()
+        }
+    }
+
+    fn settings(share: &Path, deadline: Duration) -> EngineSettings {
+        EngineSettings {
+            share_path: share.to_owned(),
+            classifier: Classifier::new("-vaultjob", ".manifest"),
+            deadline,
+            origin: Origin { account: "123456789012".into(), region: "eu-west-1".into() },
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn out_of_order_with_duplicates_and_directory_slashes_succeeds_once() {
+        let h = Harness::new(HOUR);
+        let lines = h.write_dataset("S1", &["a/f1", "a/b/f2", "f3"]);
+        let manifest = "S1-vaultjob/S1.manifest";
+        // Manifest first, then everything else in a scrambled order, with
+        // directory keys carrying their S3 '/', a duplicate and unrelated keys.
+        h.send(manifest, 77, 100).await;
+        h.wait_for("manifest load", |h| h.dataset("S1").is_some_and(|d| d.manifest_loaded)).await;
+        let mut keys: Vec<String> = lines
+            .iter()
+            .filter(|l| l.as_str() != manifest)
+            .map(|l| if l.ends_with("f1") || l.ends_with("f2") || l.ends_with("f3") { l.clone() } else { format!("{l}/") })
+            .collect();
+        keys.reverse();
+        let last = keys.pop().unwrap();
+        for k in &keys {
+            h.send(k, 1, 100).await;
+        }
+        h.send(&keys[0], 1, 100).await;
+        let r = h.send("unrelated/readme.txt", 1, 100).await;
+        assert_eq!(r.outside, 1);
+        h.send("S1-vaultjobs/x", 1, 100).await;
+        let d = h.dataset("S1").unwrap();
+        assert_eq!(d.state, DatasetState::Reconciling);
+        assert_eq!(d.missing(), Some(1));
+        assert!(h.events().is_empty(), "no event before the last file");
+
+        h.send(&last, 1, 100).await;
+        let d = h.dataset("S1").unwrap();
+        assert_eq!(d.state, DatasetState::Succeeded);
+        assert_eq!((d.missing(), d.unexpected()), (Some(0), Some(0)));
+        let events = h.events();
+        assert_eq!(events.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
+        assert_eq!(v["detail-type"], "File Upload Reconciliation Successful");
+        assert_eq!(v["detail"]["object-key"], manifest);
+        assert_eq!(v["detail"]["object-size"], 77);
+        assert_eq!(v["detail"]["event-time"], 100);
+
+        // Late repeats change nothing.
+        h.send(&last, 1, 101).await;
+        h.send(manifest, 77, 102).await;
+        assert_eq!(h.events().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn manifest_last_succeeds_when_it_is_read() {
+        let h = Harness::new(HOUR);
+        let lines = h.write_dataset("S2", &["x", "y/z"]);
+        for l in lines.iter().rev() {
+            h.send(l, 1, 5).await;
+        }
+        h.wait_for("success", |h| h.dataset("S2").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+        assert_eq!(h.events().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn newer_notification_replaces_and_stale_one_is_ignored() {
+        let h = Harness::new(HOUR);
+        h.send("S3-vaultjob/f", 10, 200).await;
+        h.send("S3-vaultjob/f", 5, 100).await;
+        let mut store = SqliteStore::open(&h.state, SyncMode::Normal).unwrap();
+        let mut tx = store.begin().unwrap();
+        let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
+        assert_eq!(row.upload.as_ref().map(|u| (u.size, u.event_time)), Some((10, 200)));
+        drop(tx);
+        h.send("S3-vaultjob/f", 12, 300).await;
+        let mut tx = store.begin().unwrap();
+        let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
+        assert_eq!(row.upload.as_ref().map(|u| (u.size, u.event_time)), Some((12, 300)));
+        assert_eq!(h.dataset("S3").unwrap().counts.received, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn missing_file_times_out_once_at_the_deadline() {
+        let h = Harness::new(Duration::from_millis(300));
+        let lines = h.write_dataset("S4", &["a", "b"]);
+        for l in lines.iter().filter(|l| !l.ends_with("/b")) {
+            h.send(l, 1, 5).await;
+        }
+        h.wait_for("manifest load", |h| h.dataset("S4").is_some_and(|d| d.manifest_loaded)).await;
+        h.handle.tick().await.unwrap();
+        assert!(h.events().is_empty(), "not before the deadline");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        h.handle.tick().await.unwrap();
+        h.handle.tick().await.unwrap();
+        h.wait_for("timeout", |h| h.events().len() == 1).await;
+        let v: serde_json::Value = serde_json::from_str(&h.events()[0].payload).unwrap();
+        assert_eq!(v["detail-type"], "File Upload Reconciliation Timeout");
+        let d = h.dataset("S4").unwrap();
+        assert_eq!(d.state, DatasetState::TimedOut);
+        assert!(d.note.unwrap().contains("1 of 4 manifest entries not uploaded yet"));
+        // Arriving after the timeout changes nothing.
+        h.send("S4-vaultjob/b", 1, 5).await;
+        assert_eq!(h.events().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unexpected_upload_blocks_exact_match_and_says_why() {
+        let h = Harness::new(HOUR);
+        let lines = h.write_dataset("S5", &["a"]);
+        for l in &lines {
+            h.send(l, 1, 5).await;
+        }
+        h.send("S5-vaultjob/.nfs000000001234", 1, 5).await;
+        h.wait_for("manifest load", |h| h.dataset("S5").is_some_and(|d| d.manifest_loaded)).await;
+        h.handle.tick().await.unwrap();
+        let d = h.dataset("S5").unwrap();
+        assert_eq!(d.state, DatasetState::Reconciling);
+        assert_eq!(d.unexpected(), Some(1));
+        assert_eq!(d.note.as_deref(), Some("1 uploads are not in the manifest"));
+        let detail = h.reader.dataset_detail("S5", "S5-vaultjob", 10).unwrap().unwrap();
+        assert_eq!(detail.unexpected, ["S5-vaultjob/.nfs000000001234"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn state_survives_a_restart() {
+        let mut h = Harness::new(HOUR);
+        let lines = h.write_dataset("S6", &["a", "b"]);
+        let (last, rest) = lines.split_last().unwrap();
+        for l in rest {
+            h.send(l, 1, 5).await;
+        }
+        h.restart(HOUR).await;
+        // The manifest arrives after the restart; earlier uploads still count.
+        h.send(last, 1, 5).await;
+        h.wait_for("success", |h| h.dataset("S6").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+        assert_eq!(h.events().len(), 1);
+        h.restart(HOUR).await;
+        h.handle.tick().await.unwrap();
+        assert_eq!(h.events().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unreadable_manifest_is_retried_at_each_recheck() {
+        let h = Harness::new(HOUR);
+        h.send("S7-vaultjob/S7.manifest", 1, 5).await;
+        h.wait_for("read attempt", |h| h.dataset("S7").is_some_and(|d| d.note.is_some())).await;
+        assert!(h.dataset("S7").unwrap().note.unwrap().starts_with("cannot read manifest"));
+        h.write_dataset("S7", &[]);
+        h.handle.tick().await.unwrap();
+        h.wait_for("manifest load", |h| h.dataset("S7").is_some_and(|d| d.manifest_loaded)).await;
+        h.send("S7-vaultjob/", 0, 5).await;
+        h.wait_for("success", |h| h.dataset("S7").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+    }
+}
