@@ -27,6 +27,9 @@ use crate::store::{
 
 /// Most commands folded into one transaction.
 const MAX_COMMANDS_PER_BATCH: usize = 512;
+/// Commands waiting for the engine. Small on purpose: senders wait (back
+/// pressure) instead of parking parsed notifications in memory.
+const QUEUE_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -189,7 +192,7 @@ impl Engine {
         settings: EngineSettings,
         outbox: watch::Sender<i64>,
     ) -> (Engine, EngineHandle) {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let handle = EngineHandle {
             tx: tx.clone(),
             classifier: Arc::new(settings.classifier.clone()),
@@ -234,13 +237,16 @@ impl Engine {
         let now = now_ms();
         let mut work = Work::default();
         let mut replies = Vec::new();
+        // Uploads of all queued requests are applied together in key order:
+        // neighbouring keys share B-tree pages, so each page is visited once.
+        let mut uploads = Vec::new();
         let result = (|| -> StoreResult<()> {
             let mut tx = self.store.begin()?;
             for cmd in batch {
                 match cmd {
                     Command::Ingest { items, reply } => {
-                        let receipt = self.core.ingest(&mut *tx, &mut work, items, now)?;
-                        replies.push((reply, receipt));
+                        replies.push((reply, receipt_of(&items)));
+                        uploads.extend(items);
                     }
                     Command::ManifestRead { set_id, result } => {
                         self.core.apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
@@ -250,6 +256,7 @@ impl Engine {
                     Command::Shutdown => {}
                 }
             }
+            self.core.ingest(&mut *tx, &mut work, uploads, now)?;
             self.core.decide_touched(&mut work, now);
             for ds in work.touched.values() {
                 if self.core.open.get(&ds.set_id) != Some(ds) {
@@ -345,38 +352,42 @@ impl Work {
     }
 }
 
+fn receipt_of(items: &[Ingested]) -> IngestReceipt {
+    let mut receipt = IngestReceipt {
+        accepted: items.len(),
+        ..Default::default()
+    };
+    for item in items {
+        match item {
+            Ingested::Outside => receipt.outside += 1,
+            Ingested::Other => receipt.other += 1,
+            Ingested::Upload { kind: UploadKind::Data, .. } => receipt.data += 1,
+            Ingested::Upload { kind: UploadKind::Manifest, .. } => receipt.manifests += 1,
+        }
+    }
+    receipt
+}
+
 impl Core {
-    fn ingest(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        items: Vec<Ingested>,
-        now: i64,
-    ) -> StoreResult<IngestReceipt> {
-        let mut receipt = IngestReceipt {
-            accepted: items.len(),
-            ..Default::default()
-        };
+    fn ingest(&mut self, tx: &mut dyn StoreTx, work: &mut Work, mut items: Vec<Ingested>, now: i64) -> StoreResult<()> {
+        // Stable: repeats of one key keep their arrival order.
+        fn sort_key(item: &Ingested) -> Option<&str> {
+            match item {
+                Ingested::Upload { entry, .. } => Some(entry),
+                _ => None,
+            }
+        }
+        items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
         for item in items {
             match item {
-                Ingested::Outside => {
-                    receipt.outside += 1;
-                    work.count("outside_keys");
-                }
-                Ingested::Other => {
-                    receipt.other += 1;
-                    work.count("other_events");
-                }
+                Ingested::Outside => work.count("outside_keys"),
+                Ingested::Other => work.count("other_events"),
                 Ingested::Upload { upload, set_id, entry, kind } => {
-                    match kind {
-                        UploadKind::Data => receipt.data += 1,
-                        UploadKind::Manifest => receipt.manifests += 1,
-                    }
                     self.apply_upload(tx, work, upload, &set_id, entry, kind, now)?;
                 }
             }
         }
-        Ok(receipt)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

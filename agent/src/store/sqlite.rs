@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 -- One row per path: the reference's upload record (set_id, object_key, bucket,
 -- size, event_time) and/or the manifest's expectation. Keyed by the path
 -- without trailing '/', so a dataset's rows are one contiguous key range.
+-- object_key is NULL when equal to key; size is NULL until uploaded.
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
     set_id TEXT NOT NULL,
@@ -202,19 +203,28 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn put_entry(&mut self, e: &EntryRecord) -> StoreResult<()> {
+        // An upsert updates in place; INSERT OR REPLACE would delete and
+        // re-insert the row, rebalancing the B-tree every time.
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO entries (key, set_id, object_key, bucket, size, event_time, \
+                "INSERT INTO entries (key, set_id, object_key, bucket, size, event_time, \
                  verdict, matched, in_manifest, expected_size) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT(key) DO UPDATE SET object_key = excluded.object_key, \
+                 bucket = excluded.bucket, size = excluded.size, event_time = excluded.event_time, \
+                 verdict = excluded.verdict, matched = excluded.matched, \
+                 in_manifest = excluded.in_manifest, expected_size = excluded.expected_size",
             )
             .map_err(self.err())?;
         let u = e.upload.as_ref();
+        // The notified key is stored only where it differs from the entry
+        // (directory keys with their '/'): most rows get shorter.
+        let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
         stmt.execute(params![
             e.key,
             e.set_id,
-            u.map(|u| &u.object_key),
+            object_key,
             u.map(|u| &u.bucket),
             u.map(|u| u.size as i64),
             u.map(|u| u.event_time),
@@ -436,11 +446,12 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
 fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
     let read = || -> rusqlite::Result<(EntryRecord, Option<i64>)> {
         let verdict: Option<i64> = r.get(6)?;
-        let upload = match r.get::<_, Option<String>>(2)? {
-            Some(object_key) => Some(UploadRecord {
-                object_key,
+        let key: String = r.get(0)?;
+        let upload = match r.get::<_, Option<i64>>(4)? {
+            Some(size) => Some(UploadRecord {
+                object_key: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| key.clone()),
                 bucket: r.get(3)?,
-                size: r.get::<_, i64>(4)? as u64,
+                size: size as u64,
                 event_time: r.get(5)?,
                 verdict: Verdict::Count,
                 matched: r.get(7)?,
@@ -450,7 +461,7 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
         let in_manifest: bool = r.get(8)?;
         let expected_size: Option<i64> = r.get(9)?;
         let entry = EntryRecord {
-            key: r.get(0)?,
+            key,
             set_id: r.get(1)?,
             upload,
             expected: in_manifest.then_some(expected_size.map(|s| s as u64)),
