@@ -83,11 +83,15 @@ async fn main() -> anyhow::Result<()> {
                 c.reconcile.iterations,
                 humantime::format_duration(c.reconcile.deadline())
             );
-            println!("  store      {:?}, sync {:?}", c.store.backend, c.store.sync);
             println!(
-                "  http       {} (source {:?}, api key {})",
+                "  store      {}, sync {}",
+                format!("{:?}", c.store.backend).to_lowercase(),
+                format!("{:?}", c.store.sync).to_lowercase()
+            );
+            println!(
+                "  http       {} (source {}, api key {})",
                 c.http.listen,
-                c.source,
+                format!("{:?}", c.source).to_lowercase(),
                 if c.http.api_key.is_some() { "required" } else { "not required" }
             );
             for sink in &c.sinks {

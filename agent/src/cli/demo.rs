@@ -1,4 +1,288 @@
-//! `vault-agent demo`: placeholder replaced below.
-pub async fn run(_files: usize) -> anyhow::Result<()> {
+//! `vault-agent demo`: the whole flow on this machine, no AWS, no set-up.
+//!
+//! It starts a real agent (SQLite state, HTTP server, file sink) on a
+//! temporary share, writes two sample datasets with their manifests, and
+//! plays the File Gateway: upload notifications over HTTP in random order,
+//! the manifest early, a repeat, directory keys ending in `/`, and keys
+//! outside any dataset. One dataset is complete and reconciles; the other
+//! misses a file that the "gateway" never uploads, and times out.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+use crate::Agent;
+use crate::config;
+
+const SUFFIX: &str = "-vaultjob";
+/// How long the simulated gateway takes to upload the complete dataset.
+const UPLOAD_SPAN: Duration = Duration::from_secs(3);
+
+/// A dataset written on the share: its set-id and every manifest line.
+struct Sample {
+    set_id: String,
+    lines: Vec<String>,
+}
+
+pub async fn run(files: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir().context("cannot make a temporary folder")?;
+    let share = tmp.path().join("share");
+    let events_path = tmp.path().join("events.jsonl");
+    std::fs::create_dir_all(&share)?;
+    let config_text = "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n\
+        [reconcile]\nwait = \"1s\"\niterations = 4\n[http]\nlisten = \"127.0.0.1:0\"\n\
+        [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n[aws]\nregion = \"eu-west-1\"\naccount = \"123456789012\"\n";
+    let config_path = tmp.path().join("vault-agent.toml");
+    std::fs::write(&config_path, config_text)?;
+    let config = config::load(&config_path)?;
+
+    println!("vault-agent demo");
+    println!("  share (the File Gateway mount)  {}", share.display());
+    println!("  agent state (SQLite)            {}", config.agent.state_dir.display());
+    println!("  events out (file sink)          {}", events_path.display());
+    println!("  reconcile: re-check every 1s, time out 4s after the manifest (the reference: 30s x 960)\n");
+
+    let agent = Agent::start(&config).await.context("cannot start the agent")?;
+    let base = format!("http://{}", agent.local_addr());
+
+    let complete = write_dataset(&share, files.max(1), "complete")?;
+    let partial = write_dataset(&share, 12, "incomplete")?;
+    let never_uploaded = partial
+        .lines
+        .iter()
+        .rfind(|l| l.ends_with(".bin"))
+        .cloned()
+        .context("the sample has files")?;
+    println!(
+        "wrote dataset {} ({} manifest entries) and dataset {} ({} entries; the gateway will never upload {never_uploaded})",
+        complete.set_id,
+        complete.lines.len(),
+        partial.set_id,
+        partial.lines.len()
+    );
+
+    let plan = upload_plan(&share, &complete, &partial, &never_uploaded)?;
+    let client = reqwest::Client::new();
+    let progress = ProgressBar::new(plan.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} gateway uploads [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let pause = UPLOAD_SPAN / plan.len().max(1) as u32;
+    let complete_prefix = format!("{}{SUFFIX}/", complete.set_id);
+    let mut last_commit = Instant::now();
+    for (i, chunk) in plan.chunks(1 + i_rand(3)).enumerate() {
+        let body: Vec<&Value> = chunk.iter().map(|(_, event)| event).collect();
+        let body = if body.len() == 1 { body[0].to_string() } else { json!(body).to_string() };
+        let response = client
+            .post(format!("{base}/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .context("posting a notification to the agent")?;
+        if response.status().as_u16() != 202 {
+            bail!("the agent refused a notification: {} {}", response.status(), response.text().await?);
+        }
+        if chunk.iter().any(|(_, e)| {
+            e["detail"]["object-key"].as_str().is_some_and(|k| k.starts_with(&complete_prefix))
+        }) {
+            last_commit = Instant::now();
+        }
+        progress.inc(chunk.len() as u64);
+        progress.set_message(chunk.last().map(|(label, _)| label.clone()).unwrap_or_default());
+        if i % 25 == 0 && progress.is_hidden() {
+            println!("  uploads notified: {}/{}", progress.position(), plan.len());
+        }
+        tokio::time::sleep(pause * chunk.len() as u32).await;
+    }
+    progress.finish_with_message("all notified");
+
+    let success = wait_for_event(&events_path, &complete.set_id, Duration::from_secs(10)).await?;
+    let success_latency = success.1.saturating_duration_since(last_commit);
+    println!("\nFile Upload Reconciliation Successful for {}:", complete.set_id);
+    println!("{}", serde_json::to_string_pretty(&success.0)?);
+
+    println!("\nwaiting for {} to reach its deadline...", partial.set_id);
+    let timeout = wait_for_event(&events_path, &partial.set_id, Duration::from_secs(15)).await?;
+    let detail = crate::cli::status::fetch(&base, Some(&partial.set_id)).await?;
+    let status = crate::cli::status::fetch(&base, None).await?;
+
+    println!("\nsummary");
+    println!(
+        "  {}  {}  {} entries, event written {:.1} ms after its last upload notification was accepted",
+        complete.set_id,
+        success.0["detail-type"].as_str().unwrap_or("?"),
+        complete.lines.len(),
+        success_latency.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {}  {}  missing: {}",
+        partial.set_id,
+        timeout.0["detail-type"].as_str().unwrap_or("?"),
+        detail["missing-paths"]
+    );
+    println!(
+        "  ignored: {} keys outside any *{SUFFIX} directory; repeats absorbed, directory keys with '/' matched",
+        status["counters"]["outside_keys"]
+    );
+    println!("  the reference pipeline polls every 30 s: ~15 s on average from the last upload to its event");
+    println!("\nnext: `vault-agent check-config --config config/vault-agent.toml`, then `vault-agent run --config ...`");
+    agent.shutdown().await;
     Ok(())
+}
+
+fn i_rand(n: usize) -> usize {
+    rand::rng().random_range(0..n)
+}
+
+fn random_set_id() -> String {
+    let mut rng = rand::rng();
+    (0..16).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+}
+
+/// Writes `files` random files in a few sub-directories and the manifest, in
+/// the reference's format (directories first, then files, manifest included).
+fn write_dataset(share: &Path, files: usize, _label: &str) -> anyhow::Result<Sample> {
+    let mut rng = rand::rng();
+    let set_id = random_set_id();
+    let root = format!("{set_id}{SUFFIX}");
+    let dirs = (files / 25).clamp(1, 12);
+    let mut dir_lines = vec![root.clone()];
+    for d in 0..dirs {
+        let dir = format!("{root}/run-{d:02}");
+        std::fs::create_dir_all(share.join(&dir)).with_context(|| format!("creating {dir}"))?;
+        dir_lines.push(dir);
+    }
+    let mut file_lines = Vec::new();
+    for f in 0..files {
+        let path = format!("{root}/run-{:02}/sample-{f:04}.bin", f % dirs);
+        let mut data = vec![0u8; rng.random_range(512..8192)];
+        rng.fill(&mut data[..]);
+        std::fs::write(share.join(&path), &data).with_context(|| format!("writing {path}"))?;
+        file_lines.push(path);
+    }
+    let manifest = format!("{root}/{set_id}.manifest");
+    file_lines.push(manifest.clone());
+    let mut lines = dir_lines;
+    lines.extend(file_lines);
+    std::fs::write(share.join(&manifest), lines.join("\n") + "\n").with_context(|| format!("writing {manifest}"))?;
+    Ok(Sample { set_id, lines })
+}
+
+/// The notifications the "gateway" sends, labelled for the progress bar.
+fn upload_plan(
+    share: &Path,
+    complete: &Sample,
+    partial: &Sample,
+    never: &str,
+) -> anyhow::Result<Vec<(String, Value)>> {
+    let mut rng = rand::rng();
+    let mut plan = Vec::new();
+    for sample in [complete, partial] {
+        let (manifest_line, rest) = sample.lines.split_last().context("the sample has a manifest")?;
+        let mut keys: Vec<&String> = rest.iter().filter(|l| l.as_str() != never).collect();
+        keys.shuffle(&mut rng);
+        // The small manifest tends to be uploaded early.
+        let at = rng.random_range(0..=keys.len().min(5));
+        keys.insert(at, manifest_line);
+        plan.push(keys);
+    }
+    // Interleave the two datasets' uploads, then add a repeat and strays.
+    let (a, b) = (plan[0].clone(), plan[1].clone());
+    let mut merged: Vec<&String> = Vec::new();
+    let ratio = (a.len() / b.len().max(1)).max(1);
+    let (mut ia, mut ib) = (a.into_iter(), b.into_iter());
+    loop {
+        let mut progressed = false;
+        for _ in 0..ratio {
+            if let Some(k) = ia.next() {
+                merged.push(k);
+                progressed = true;
+            }
+        }
+        if let Some(k) = ib.next() {
+            merged.push(k);
+            progressed = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let repeat = merged[merged.len() / 2].clone();
+    let mut out = Vec::new();
+    for (i, line) in merged.iter().enumerate() {
+        out.push(notification(share, line)?);
+        if i == merged.len() / 2 {
+            out.push(notification(share, &repeat)?);
+            out.push(stray("scratch/notes.txt"));
+        }
+    }
+    out.push(stray("backup-2021/readme.md"));
+    Ok(out)
+}
+
+fn notification(share: &Path, line: &str) -> anyhow::Result<(String, Value)> {
+    let path: PathBuf = share.join(line);
+    let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (key, size) = if meta.is_dir() { (format!("{line}/"), 0) } else { (line.to_owned(), meta.len()) };
+    let label = key.rsplit('/').find(|s| !s.is_empty()).unwrap_or(&key).to_owned();
+    Ok((label, gateway_event(&key, size)))
+}
+
+fn stray(key: &str) -> (String, Value) {
+    (key.to_owned(), gateway_event(key, 42))
+}
+
+/// A `Storage Gateway Object Upload Event` as EventBridge delivers it.
+fn gateway_event(key: &str, size: u64) -> Value {
+    let now = crate::notification::time::format_event_time(crate::notification::time::now_ms());
+    let prefix = key.trim_end_matches('/').rsplit_once('/').map_or(String::new(), |(p, _)| format!("{p}/"));
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Storage Gateway Object Upload Event",
+        "source": "aws.storagegateway",
+        "account": "123456789012",
+        "time": now,
+        "region": "eu-west-1",
+        "resources": [
+            "arn:aws:storagegateway:eu-west-1:123456789012:share/share-DEMO0001",
+            "arn:aws:storagegateway:eu-west-1:123456789012:gateway/sgw-DEMO0001",
+            "arn:aws:s3:::vault-demo-bucket"
+        ],
+        "detail": {
+            "bucket-name": "vault-demo-bucket",
+            "object-key": key,
+            "object-size": size,
+            "modification-time": now,
+            "event-type": "object-upload-complete",
+            "prefix": prefix
+        }
+    })
+}
+
+/// Polls the file sink until the event of `set_id` shows up.
+async fn wait_for_event(path: &Path, set_id: &str, limit: Duration) -> anyhow::Result<(Value, Instant)> {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line)
+                    && v["detail"]["set-id"] == set_id
+                {
+                    return Ok((v, Instant::now()));
+                }
+            }
+        }
+        if start.elapsed() > limit {
+            bail!("no event for dataset {set_id} after {limit:?}; see the agent's logs (RUST_LOG=info)");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
