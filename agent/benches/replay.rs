@@ -30,7 +30,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { notifications: 1_000_000, datasets: 10, sync: SyncMode::Full, batch: 1000 };
+    let mut a = Args {
+        notifications: 1_000_000,
+        datasets: 10,
+        sync: SyncMode::Full,
+        batch: 1000,
+    };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
@@ -39,7 +44,13 @@ fn args() -> Args {
             "--notifications" => a.notifications = value.parse().expect("--notifications N"),
             "--datasets" => a.datasets = value.parse().expect("--datasets D"),
             "--batch" => a.batch = value.parse().expect("--batch B"),
-            "--sync" => a.sync = if value == "normal" { SyncMode::Normal } else { SyncMode::Full },
+            "--sync" => {
+                a.sync = if value == "normal" {
+                    SyncMode::Normal
+                } else {
+                    SyncMode::Full
+                }
+            }
             _ => {
                 i += 1;
                 continue;
@@ -97,7 +108,9 @@ fn main() {
 
     // The share: each dataset's manifest (data files are not needed: the
     // exact-match policy compares names).
-    let set_ids: Vec<String> = (0..args.datasets).map(|d| format!("BENCH{d:011}")).collect();
+    let set_ids: Vec<String> = (0..args.datasets)
+        .map(|d| format!("BENCH{d:011}"))
+        .collect();
     for set_id in &set_ids {
         let dir = share.join(format!("{set_id}-vaultjob"));
         std::fs::create_dir_all(&dir).expect("dataset dir");
@@ -135,10 +148,17 @@ fn main() {
     let config_text = format!(
         "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [store]\nsync = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
-        if args.sync == SyncMode::Full { "full" } else { "normal" }
+        if args.sync == SyncMode::Full {
+            "full"
+        } else {
+            "normal"
+        }
     );
     let config = config::parse(&config_text, Path::new("bench.toml"), tmp.path()).expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let agent = runtime.block_on(Agent::start(&config)).expect("agent");
     let engine = agent.engine().clone();
 
@@ -159,7 +179,10 @@ fn main() {
                     offset += line.len() as u64;
                     let now = Instant::now();
                     let v: serde_json::Value = serde_json::from_str(&line).expect("event JSON");
-                    let set_id = v["detail"]["set-id"].as_str().unwrap_or_default().to_owned();
+                    let set_id = v["detail"]["set-id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = written_tx.send((set_id, now));
                     seen += 1;
                     line.clear();
@@ -179,7 +202,10 @@ fn main() {
                 Ok(Ok(_)) => {
                     let _ = commit_tx.send((batch, Instant::now()));
                 }
-                other => panic!("batch {batch} was not committed: {:?}", other.map(|r| r.map(|_| ()))),
+                other => panic!(
+                    "batch {batch} was not committed: {:?}",
+                    other.map(|r| r.map(|_| ()))
+                ),
             }
         }
     });
@@ -196,7 +222,9 @@ fn main() {
         batch.push(parse_event(json.as_bytes()).expect("valid notification"));
         if batch.len() == args.batch || i + 1 == total {
             let items = engine.classify(std::mem::take(&mut batch));
-            let rx = runtime.block_on(engine.submit(items)).expect("engine running");
+            let rx = runtime
+                .block_on(engine.submit(items))
+                .expect("engine running");
             receipt_tx.send((batch_no, rx)).expect("collector running");
             batch_no += 1;
         }
@@ -205,7 +233,9 @@ fn main() {
 
     let mut commits: HashMap<usize, Instant> = HashMap::new();
     while commits.len() < batch_no {
-        let (b, t) = commit_rx.recv_timeout(Duration::from_secs(600)).expect("commits");
+        let (b, t) = commit_rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("commits");
         commits.insert(b, t);
     }
     let last_commit = commits.values().max().copied().expect("at least one batch");
@@ -213,7 +243,9 @@ fn main() {
 
     let mut written: HashMap<String, Instant> = HashMap::new();
     while written.len() < args.datasets {
-        let (set_id, t) = written_rx.recv_timeout(Duration::from_secs(120)).expect("every dataset's event");
+        let (set_id, t) = written_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every dataset's event");
         written.insert(set_id, t);
     }
     tail.join().expect("tail thread");
@@ -225,11 +257,21 @@ fn main() {
     delays.sort();
 
     let events = std::fs::read_to_string(&sink_path).expect("sink file");
-    let successes = events.lines().filter(|l| l.contains("File Upload Reconciliation Successful")).count();
+    let successes = events
+        .lines()
+        .filter(|l| l.contains("File Upload Reconciliation Successful"))
+        .count();
     assert_eq!(successes, args.datasets, "one Successful event per dataset");
 
-    println!("replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}", args.datasets, args.batch, args.sync);
-    println!("  throughput        {:>10.0} notifications/s ({:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
+    println!(
+        "replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}",
+        args.datasets, args.batch, args.sync
+    );
+    println!(
+        "  throughput        {:>10.0} notifications/s ({:.2} s)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
     println!(
         "  commit -> event   p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (last notification's commit to Successful event written)",
         percentile(&delays, 0.5).as_secs_f64() * 1e3,

@@ -56,7 +56,8 @@ impl Agent {
             sink_readers.push((sinks::open(sink_config)?, reader));
         }
         let policy_name = config.reconcile.policy.get_ref();
-        let policy = policy::builtin(policy_name).ok_or_else(|| StartError::Policy(policy_name.clone()))?;
+        let policy =
+            policy::builtin(policy_name).ok_or_else(|| StartError::Policy(policy_name.clone()))?;
         let classifier = Classifier::new(
             config.share.job_dir_suffix.0.clone(),
             config.share.manifest_suffix.0.clone(),
@@ -92,11 +93,18 @@ impl Agent {
                 shutdown_rx.clone(),
             )));
         }
-        tasks.push(tokio::spawn(recheck(handle.clone(), config.reconcile.wait.0, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(recheck(
+            handle.clone(),
+            config.reconcile.wait.0,
+            shutdown_rx.clone(),
+        )));
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: config.http.listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.http.listen,
             source,
@@ -150,7 +158,11 @@ impl Agent {
 }
 
 /// The reference's re-check every `wait`: deadlines and unreadable manifests.
-async fn recheck(engine: EngineHandle, every: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+async fn recheck(
+    engine: EngineHandle,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;

@@ -10,7 +10,10 @@ use vault_agent::logging::{self, LogFormat};
 use vault_agent::{Agent, cli};
 
 #[derive(Parser)]
-#[command(version, about = "Tells you when a dataset written to a File Gateway share is completely in S3")]
+#[command(
+    version,
+    about = "Tells you when a dataset written to a File Gateway share is completely in S3"
+)]
 struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -61,7 +64,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             logging::init(cli.log_format);
             let config = config::load(&config)?;
-            let agent = Agent::start(&config).await.context("cannot start vault-agent")?;
+            let agent = Agent::start(&config)
+                .await
+                .context("cannot start vault-agent")?;
             shutdown_signal().await;
             tracing::info!("shutting down");
             agent.shutdown().await;
@@ -92,7 +97,11 @@ async fn main() -> anyhow::Result<()> {
                 "  http       {} (source {}, api key {})",
                 c.http.listen,
                 format!("{:?}", c.source).to_lowercase(),
-                if c.http.api_key.is_some() { "required" } else { "not required" }
+                if c.http.api_key.is_some() {
+                    "required"
+                } else {
+                    "not required"
+                }
             );
             for sink in &c.sinks {
                 let what = match sink {
@@ -102,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("  sink       {} ({what})", sink.name());
             }
         }
-        Command::Status { config, url, set_id, json } => {
+        Command::Status {
+            config,
+            url,
+            set_id,
+            json,
+        } => {
             let base = match (url, config) {
                 (Some(url), _) => url.trim_end_matches('/').to_owned(),
                 (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
@@ -129,13 +143,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

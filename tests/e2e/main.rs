@@ -1,1 +1,9 @@
+//! End-to-end tests: each one runs the real `vault-agent` binary with a real
+//! config, SQLite file and HTTP server, and plays the File Gateway over HTTP.
+//! One test binary with modules, so CI links the agent once.
 
+mod cli;
+mod crash;
+mod http;
+mod reconcile;
+mod support;

@@ -43,11 +43,21 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
 
     println!("vault-agent demo");
     println!("  share (the File Gateway mount)  {}", share.display());
-    println!("  agent state (SQLite)            {}", config.agent.state_dir.display());
-    println!("  events out (file sink)          {}", events_path.display());
-    println!("  reconcile: re-check every 1s, time out 4s after the manifest (the reference: 30s x 960)\n");
+    println!(
+        "  agent state (SQLite)            {}",
+        config.agent.state_dir.display()
+    );
+    println!(
+        "  events out (file sink)          {}",
+        events_path.display()
+    );
+    println!(
+        "  reconcile: re-check every 1s, time out 4s after the manifest (the reference: 30s x 960)\n"
+    );
 
-    let agent = Agent::start(&config).await.context("cannot start the agent")?;
+    let agent = Agent::start(&config)
+        .await
+        .context("cannot start the agent")?;
     let base = format!("http://{}", agent.local_addr());
 
     let complete = write_dataset(&share, files.max(1), "complete")?;
@@ -78,7 +88,11 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
     let mut last_commit = Instant::now();
     for (i, chunk) in plan.chunks(1 + i_rand(3)).enumerate() {
         let body: Vec<&Value> = chunk.iter().map(|(_, event)| event).collect();
-        let body = if body.len() == 1 { body[0].to_string() } else { json!(body).to_string() };
+        let body = if body.len() == 1 {
+            body[0].to_string()
+        } else {
+            json!(body).to_string()
+        };
         let response = client
             .post(format!("{base}/events"))
             .header("content-type", "application/json")
@@ -87,15 +101,26 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
             .await
             .context("posting a notification to the agent")?;
         if response.status().as_u16() != 202 {
-            bail!("the agent refused a notification: {} {}", response.status(), response.text().await?);
+            bail!(
+                "the agent refused a notification: {} {}",
+                response.status(),
+                response.text().await?
+            );
         }
         if chunk.iter().any(|(_, e)| {
-            e["detail"]["object-key"].as_str().is_some_and(|k| k.starts_with(&complete_prefix))
+            e["detail"]["object-key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with(&complete_prefix))
         }) {
             last_commit = Instant::now();
         }
         progress.inc(chunk.len() as u64);
-        progress.set_message(chunk.last().map(|(label, _)| label.clone()).unwrap_or_default());
+        progress.set_message(
+            chunk
+                .last()
+                .map(|(label, _)| label.clone())
+                .unwrap_or_default(),
+        );
         if i % 25 == 0 && progress.is_hidden() {
             println!("  uploads notified: {}/{}", progress.position(), plan.len());
         }
@@ -105,7 +130,10 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
 
     let success = wait_for_event(&events_path, &complete.set_id, Duration::from_secs(10)).await?;
     let success_latency = success.1.saturating_duration_since(last_commit);
-    println!("\nFile Upload Reconciliation Successful for {}:", complete.set_id);
+    println!(
+        "\nFile Upload Reconciliation Successful for {}:",
+        complete.set_id
+    );
     println!("{}", serde_json::to_string_pretty(&success.0)?);
 
     println!("\nwaiting for {} to reach its deadline...", partial.set_id);
@@ -131,8 +159,12 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
         "  ignored: {} keys outside any *{SUFFIX} directory; repeats absorbed, directory keys with '/' matched",
         status["counters"]["outside_keys"]
     );
-    println!("  the reference pipeline polls every 30 s: ~15 s on average from the last upload to its event");
-    println!("\nnext: `vault-agent check-config --config config/vault-agent.toml`, then `vault-agent run --config ...`");
+    println!(
+        "  the reference pipeline polls every 30 s: ~15 s on average from the last upload to its event"
+    );
+    println!(
+        "\nnext: `vault-agent check-config --config config/vault-agent.toml`, then `vault-agent run --config ...`"
+    );
     agent.shutdown().await;
     Ok(())
 }
@@ -143,7 +175,9 @@ fn i_rand(n: usize) -> usize {
 
 fn random_set_id() -> String {
     let mut rng = rand::rng();
-    (0..16).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+    (0..16)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
 }
 
 /// Writes `files` random files in a few sub-directories and the manifest, in
@@ -171,7 +205,8 @@ fn write_dataset(share: &Path, files: usize, _label: &str) -> anyhow::Result<Sam
     file_lines.push(manifest.clone());
     let mut lines = dir_lines;
     lines.extend(file_lines);
-    std::fs::write(share.join(&manifest), lines.join("\n") + "\n").with_context(|| format!("writing {manifest}"))?;
+    std::fs::write(share.join(&manifest), lines.join("\n") + "\n")
+        .with_context(|| format!("writing {manifest}"))?;
     Ok(Sample { set_id, lines })
 }
 
@@ -185,7 +220,10 @@ fn upload_plan(
     let mut rng = rand::rng();
     let mut plan = Vec::new();
     for sample in [complete, partial] {
-        let (manifest_line, rest) = sample.lines.split_last().context("the sample has a manifest")?;
+        let (manifest_line, rest) = sample
+            .lines
+            .split_last()
+            .context("the sample has a manifest")?;
         let mut keys: Vec<&String> = rest.iter().filter(|l| l.as_str() != never).collect();
         keys.shuffle(&mut rng);
         // The small manifest tends to be uploaded early.
@@ -230,8 +268,16 @@ fn upload_plan(
 fn notification(share: &Path, line: &str) -> anyhow::Result<(String, Value)> {
     let path: PathBuf = share.join(line);
     let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (key, size) = if meta.is_dir() { (format!("{line}/"), 0) } else { (line.to_owned(), meta.len()) };
-    let label = key.rsplit('/').find(|s| !s.is_empty()).unwrap_or(&key).to_owned();
+    let (key, size) = if meta.is_dir() {
+        (format!("{line}/"), 0)
+    } else {
+        (line.to_owned(), meta.len())
+    };
+    let label = key
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or(&key)
+        .to_owned();
     Ok((label, gateway_event(&key, size)))
 }
 
@@ -242,7 +288,10 @@ fn stray(key: &str) -> (String, Value) {
 /// A `Storage Gateway Object Upload Event` as EventBridge delivers it.
 fn gateway_event(key: &str, size: u64) -> Value {
     let now = crate::notification::time::format_event_time(crate::notification::time::now_ms());
-    let prefix = key.trim_end_matches('/').rsplit_once('/').map_or(String::new(), |(p, _)| format!("{p}/"));
+    let prefix = key
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .map_or(String::new(), |(p, _)| format!("{p}/"));
     json!({
         "version": "0",
         "id": uuid::Uuid::new_v4().to_string(),
@@ -268,7 +317,11 @@ fn gateway_event(key: &str, size: u64) -> Value {
 }
 
 /// Polls the file sink until the event of `set_id` shows up.
-async fn wait_for_event(path: &Path, set_id: &str, limit: Duration) -> anyhow::Result<(Value, Instant)> {
+async fn wait_for_event(
+    path: &Path,
+    set_id: &str,
+    limit: Duration,
+) -> anyhow::Result<(Value, Instant)> {
     let start = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
@@ -281,7 +334,9 @@ async fn wait_for_event(path: &Path, set_id: &str, limit: Duration) -> anyhow::R
             }
         }
         if start.elapsed() > limit {
-            bail!("no event for dataset {set_id} after {limit:?}; see the agent's logs (RUST_LOG=info)");
+            bail!(
+                "no event for dataset {set_id} after {limit:?}; see the agent's logs (RUST_LOG=info)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -21,11 +21,14 @@ pub async fn fetch(base: &str, set_id: Option<&str>) -> anyhow::Result<Value> {
         Some(id) => format!("{base}/status/{id}"),
         None => format!("{base}/status"),
     };
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("cannot reach the agent at {url}; is `vault-agent run` running?"))?;
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!("cannot reach the agent at {url}; is `vault-agent run` running?")
+    })?;
     let code = response.status();
-    let body = response.text().await.context("reading the agent's answer")?;
+    let body = response
+        .text()
+        .await
+        .context("reading the agent's answer")?;
     if !code.is_success() {
         bail!("{url} answered {code}: {body}");
     }
@@ -33,7 +36,10 @@ pub async fn fetch(base: &str, set_id: Option<&str>) -> anyhow::Result<Value> {
 }
 
 pub fn print_table(status: &Value) {
-    let datasets = status["datasets"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let datasets = status["datasets"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if datasets.is_empty() {
         println!("no datasets seen yet");
     } else {

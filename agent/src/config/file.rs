@@ -130,17 +130,12 @@ impl Default for HttpSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// `POST /events` on the HTTP server (EventBridge API destination).
+    #[default]
     Http,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        SourceConfig::Http
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,7 +20,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -34,7 +36,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: format!("cannot read config file: {e}"),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    };
     parse(&text, path, base)
 }
 
@@ -80,7 +86,10 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(at(
             None,
-            format!("two [[sink]] entries share the name {:?}; give one a distinct `name`", w[0]),
+            format!(
+                "two [[sink]] entries share the name {:?}; give one a distinct `name`",
+                w[0]
+            ),
         ));
     }
     Ok(config)
@@ -147,7 +156,9 @@ account = "123456789012"
         )
         .unwrap();
         assert_eq!(c.share.path, Path::new("/mnt/vaultdata"));
-        assert!(matches!(&c.sinks[0], SinkConfig::File { path, .. } if path == Path::new("/etc/vault/events.jsonl")));
+        assert!(
+            matches!(&c.sinks[0], SinkConfig::File { path, .. } if path == Path::new("/etc/vault/events.jsonl"))
+        );
     }
 
     #[test]
@@ -157,21 +168,33 @@ account = "123456789012"
             "agent.toml:3:1: unknown field `sufix`, expected one of `path`, `job_dir_suffix`, `manifest_suffix`"
         );
         let e = parse_str("[reconcile]\nwait = \"30 parsecs\"\n").unwrap_err();
-        assert!(e.starts_with("agent.toml:2:8: invalid duration \"30 parsecs\""), "{e}");
+        assert!(
+            e.starts_with("agent.toml:2:8: invalid duration \"30 parsecs\""),
+            "{e}"
+        );
         let e = parse_str("[reconcile]\niterations = 0\n").unwrap_err();
         assert!(e.starts_with("agent.toml:2:14: "), "{e}");
         let e = parse_str("[reconcile]\npolicy = \"most-things\"\n").unwrap_err();
-        assert_eq!(e, "agent.toml:2:10: unknown reconcile policy \"most-things\"; built-in policies: exact-match");
+        assert_eq!(
+            e,
+            "agent.toml:2:10: unknown reconcile policy \"most-things\"; built-in policies: exact-match"
+        );
         let e = parse_str("[http]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(e.starts_with("agent.toml:2:10: "), "{e}");
         let e = parse_str("[share]\njob_dir_suffix = \"\"\n").unwrap_err();
         assert_eq!(e, "agent.toml:2:18: suffix must not be empty");
         let e = parse_str("[[sink]]\nkind = \"carrier-pigeon\"\n").unwrap_err();
-        assert!(e.starts_with("agent.toml:2:8: unknown variant `carrier-pigeon`"), "{e}");
+        assert!(
+            e.starts_with("agent.toml:2:8: unknown variant `carrier-pigeon`"),
+            "{e}"
+        );
         let e = parse_str("[[sink]]\nkind = \"stdout\"\ncolour = true\n").unwrap_err();
         assert!(e.contains("unknown field `colour`"), "{e}");
         let e = parse_str("[store]\nbackend = \"dynamodb\"\n").unwrap_err();
-        assert!(e.starts_with("agent.toml:2:11: unknown variant `dynamodb`"), "{e}");
+        assert!(
+            e.starts_with("agent.toml:2:11: unknown variant `dynamodb`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl Classifier {
 
     /// The manifest's key (and manifest line) of a set-id.
     pub fn manifest_key(&self, set_id: &str) -> String {
-        format!("{set_id}{}/{set_id}{}", self.job_dir_suffix, self.manifest_suffix)
+        format!(
+            "{set_id}{}/{set_id}{}",
+            self.job_dir_suffix, self.manifest_suffix
+        )
     }
 
     pub fn classify(&self, key: &str) -> Classification {
@@ -110,8 +113,14 @@ mod tests {
     #[test]
     fn directory_keys_lose_their_slash() {
         let c = reference();
-        assert_eq!(c.classify("S-vaultjob/"), dataset("S", "S-vaultjob", UploadKind::Data));
-        assert_eq!(c.classify("S-vaultjob/d/"), dataset("S", "S-vaultjob/d", UploadKind::Data));
+        assert_eq!(
+            c.classify("S-vaultjob/"),
+            dataset("S", "S-vaultjob", UploadKind::Data)
+        );
+        assert_eq!(
+            c.classify("S-vaultjob/d/"),
+            dataset("S", "S-vaultjob/d", UploadKind::Data)
+        );
     }
 
     #[test]
@@ -141,14 +150,26 @@ mod tests {
         let c = reference();
         assert_eq!(
             c.classify("genome-2024-vaultjob/genome-2024.manifest"),
-            dataset("genome-2024", "genome-2024-vaultjob/genome-2024.manifest", UploadKind::Manifest)
+            dataset(
+                "genome-2024",
+                "genome-2024-vaultjob/genome-2024.manifest",
+                UploadKind::Manifest
+            )
         );
     }
 
     #[test]
     fn everything_else_is_outside() {
         let c = reference();
-        for key in ["readme.txt", "scratch/a", "-vaultjob/x", "x-vaultjobs/y", "", "/", "a/S-vaultjob/f"] {
+        for key in [
+            "readme.txt",
+            "scratch/a",
+            "-vaultjob/x",
+            "x-vaultjobs/y",
+            "",
+            "/",
+            "a/S-vaultjob/f",
+        ] {
             assert_eq!(c.classify(key), Classification::Outside, "{key:?}");
         }
     }
@@ -156,7 +177,10 @@ mod tests {
     #[test]
     fn custom_suffixes() {
         let c = Classifier::new(".set", ".lst");
-        assert_eq!(c.classify("x.set/x.lst"), dataset("x", "x.set/x.lst", UploadKind::Manifest));
+        assert_eq!(
+            c.classify("x.set/x.lst"),
+            dataset("x", "x.set/x.lst", UploadKind::Manifest)
+        );
         assert_eq!(c.manifest_key("x"), "x.set/x.lst");
     }
 }

@@ -46,7 +46,10 @@ pub enum ParseError {
     #[error("body must be one EventBridge event (a JSON object) or an array of them, found {0}")]
     NotAnEvent(&'static str),
     #[error("event {index}: {source}")]
-    InArray { index: usize, source: Box<ParseError> },
+    InArray {
+        index: usize,
+        source: Box<ParseError>,
+    },
     #[error("missing field `{0}`")]
     Missing(&'static str),
     #[error("field `{field}` must be {expected}, found {found}")]
@@ -196,7 +199,11 @@ fn explain(body: &[u8], serde_error: String) -> ParseError {
     ParseError::Other(serde_error)
 }
 
-fn string_field(obj: &Map<String, Value>, name: &str, path: &'static str) -> Result<(), ParseError> {
+fn string_field(
+    obj: &Map<String, Value>,
+    name: &str,
+    path: &'static str,
+) -> Result<(), ParseError> {
     match obj.get(name) {
         None => Err(ParseError::Missing(path)),
         Some(Value::String(_)) => Ok(()),
@@ -242,7 +249,8 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_the_reference_event() {
-        let n = parse_event(upload_json("ABC-vaultjob/dir-a/file-b", 1_048_576).as_bytes()).unwrap();
+        let n =
+            parse_event(upload_json("ABC-vaultjob/dir-a/file-b", 1_048_576).as_bytes()).unwrap();
         assert_eq!(
             n,
             Notification::Upload(ObjectUpload {
@@ -257,10 +265,16 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_arrays_and_keeps_escaped_keys() {
-        let body = format!("[{}, {}]", upload_json("A-vaultjob/x y/ü\"q", 1), upload_json("B", 2));
+        let body = format!(
+            "[{}, {}]",
+            upload_json("A-vaultjob/x y/ü\"q", 1),
+            upload_json("B", 2)
+        );
         let got = parse_body(body.as_bytes()).unwrap();
         assert_eq!(got.len(), 2);
-        let Notification::Upload(u) = &got[0] else { panic!() };
+        let Notification::Upload(u) = &got[0] else {
+            panic!()
+        };
         assert_eq!(u.key, "A-vaultjob/x y/ü\"q");
     }
 
@@ -270,7 +284,9 @@ pub(crate) mod tests {
                        "detail":{"notification-id":"n1","event-type":"file-upload-complete"}}"#;
         assert_eq!(
             parse_event(body.as_bytes()).unwrap(),
-            Notification::Other { detail_type: "Storage Gateway File Upload Event".into() }
+            Notification::Other {
+                detail_type: "Storage Gateway File Upload Event".into()
+            }
         );
     }
 
@@ -292,11 +308,20 @@ pub(crate) mod tests {
             "field `detail.object-size` must be a non-negative integer, found a number"
         );
         let str_key = good.replace("\"A-vaultjob/f\"", "7");
-        assert_eq!(error_of(&str_key), "field `detail.object-key` must be a string, found a number");
+        assert_eq!(
+            error_of(&str_key),
+            "field `detail.object-key` must be a string, found a number"
+        );
         let bad_time = good.replace("2021-05-01T10:00:00Z", "soon");
-        assert_eq!(error_of(&bad_time), "field `time` is not an RFC 3339 timestamp: \"soon\"");
+        assert_eq!(
+            error_of(&bad_time),
+            "field `time` is not an RFC 3339 timestamp: \"soon\""
+        );
         let empty = good.replace("\"A-vaultjob/f\"", "\"\"");
-        assert_eq!(error_of(&empty), "field `detail.object-key` must not be empty");
+        assert_eq!(
+            error_of(&empty),
+            "field `detail.object-key` must not be empty"
+        );
         let arr = format!("[{good}, {{}}]");
         assert_eq!(error_of(&arr), "event 1: missing field `detail-type`");
     }

@@ -46,8 +46,14 @@ mod tests {
 
     #[test]
     fn accepts_fractions_and_offsets() {
-        assert_eq!(parse_rfc3339("2021-05-01T10:00:00.250Z"), Some(1_619_863_200));
-        assert_eq!(parse_rfc3339("2021-05-01T12:00:00+02:00"), Some(1_619_863_200));
+        assert_eq!(
+            parse_rfc3339("2021-05-01T10:00:00.250Z"),
+            Some(1_619_863_200)
+        );
+        assert_eq!(
+            parse_rfc3339("2021-05-01T12:00:00+02:00"),
+            Some(1_619_863_200)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

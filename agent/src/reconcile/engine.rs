@@ -96,7 +96,11 @@ impl EngineHandle {
                 Notification::Other { .. } => Ingested::Other,
                 Notification::Upload(upload) => match self.classifier.classify(&upload.key) {
                     Classification::Outside => Ingested::Outside,
-                    Classification::Dataset { set_id, entry, kind } => Ingested::Upload {
+                    Classification::Dataset {
+                        set_id,
+                        entry,
+                        kind,
+                    } => Ingested::Upload {
                         upload,
                         set_id,
                         entry,
@@ -108,7 +112,10 @@ impl EngineHandle {
     }
 
     /// Records notifications durably; returns once they are committed.
-    pub async fn ingest(&self, notifications: Vec<Notification>) -> Result<IngestReceipt, EngineError> {
+    pub async fn ingest(
+        &self,
+        notifications: Vec<Notification>,
+    ) -> Result<IngestReceipt, EngineError> {
         let rx = self.submit(self.classify(notifications)).await?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
@@ -128,13 +135,19 @@ impl EngineHandle {
 
     pub async fn ack(&self, sink: &str, seq: i64) -> Result<(), EngineError> {
         self.tx
-            .send(Command::Ack { sink: sink.to_owned(), seq })
+            .send(Command::Ack {
+                sink: sink.to_owned(),
+                seq,
+            })
             .await
             .map_err(|_| EngineError::Stopped)
     }
 
     pub async fn tick(&self) -> Result<(), EngineError> {
-        self.tx.send(Command::Tick).await.map_err(|_| EngineError::Stopped)
+        self.tx
+            .send(Command::Tick)
+            .await
+            .map_err(|_| EngineError::Stopped)
     }
 
     pub async fn shutdown(&self) {
@@ -204,7 +217,15 @@ impl Engine {
             reading: HashSet::new(),
             commands: tx,
         };
-        (Engine { store, core, outbox, rx }, handle)
+        (
+            Engine {
+                store,
+                core,
+                outbox,
+                rx,
+            },
+            handle,
+        )
     }
 
     /// Runs until every handle is dropped. Call on a dedicated thread.
@@ -212,7 +233,10 @@ impl Engine {
         for ds in self.store.open_datasets()? {
             self.core.open.insert(ds.set_id.clone(), ds);
         }
-        info!(open_datasets = self.core.open.len(), "reconcile engine started");
+        info!(
+            open_datasets = self.core.open.len(),
+            "reconcile engine started"
+        );
         // Resume: re-read manifests and re-check deadlines right away.
         self.process(vec![Command::Tick]);
         while let Some(first) = self.rx.blocking_recv() {
@@ -249,7 +273,8 @@ impl Engine {
                         uploads.extend(items);
                     }
                     Command::ManifestRead { set_id, result } => {
-                        self.core.apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
+                        self.core
+                            .apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
                     }
                     Command::Tick => self.core.tick(&mut *tx, &mut work, now)?,
                     Command::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
@@ -317,7 +342,12 @@ fn contribution(row: Option<&EntryRecord>) -> Counts {
     c
 }
 
-fn view<'a>(set_id: &'a str, entry: &'a str, up: &'a UploadRecord, kind: UploadKind) -> UploadView<'a> {
+fn view<'a>(
+    set_id: &'a str,
+    entry: &'a str,
+    up: &'a UploadRecord,
+    kind: UploadKind,
+) -> UploadView<'a> {
     UploadView {
         set_id,
         object_key: &up.object_key,
@@ -340,7 +370,9 @@ impl Work {
         if !self.touched.contains_key(set_id) {
             let ds = match open.get(set_id) {
                 Some(ds) => ds.clone(),
-                None => tx.dataset(set_id)?.unwrap_or_else(|| DatasetRecord::new(set_id, now)),
+                None => tx
+                    .dataset(set_id)?
+                    .unwrap_or_else(|| DatasetRecord::new(set_id, now)),
             };
             self.touched.insert(set_id.to_owned(), ds);
         }
@@ -361,15 +393,27 @@ fn receipt_of(items: &[Ingested]) -> IngestReceipt {
         match item {
             Ingested::Outside => receipt.outside += 1,
             Ingested::Other => receipt.other += 1,
-            Ingested::Upload { kind: UploadKind::Data, .. } => receipt.data += 1,
-            Ingested::Upload { kind: UploadKind::Manifest, .. } => receipt.manifests += 1,
+            Ingested::Upload {
+                kind: UploadKind::Data,
+                ..
+            } => receipt.data += 1,
+            Ingested::Upload {
+                kind: UploadKind::Manifest,
+                ..
+            } => receipt.manifests += 1,
         }
     }
     receipt
 }
 
 impl Core {
-    fn ingest(&mut self, tx: &mut dyn StoreTx, work: &mut Work, mut items: Vec<Ingested>, now: i64) -> StoreResult<()> {
+    fn ingest(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        mut items: Vec<Ingested>,
+        now: i64,
+    ) -> StoreResult<()> {
         // Stable: repeats of one key keep their arrival order.
         fn sort_key(item: &Ingested) -> Option<&str> {
             match item {
@@ -382,7 +426,12 @@ impl Core {
             match item {
                 Ingested::Outside => work.count("outside_keys"),
                 Ingested::Other => work.count("other_events"),
-                Ingested::Upload { upload, set_id, entry, kind } => {
+                Ingested::Upload {
+                    upload,
+                    set_id,
+                    entry,
+                    kind,
+                } => {
                     self.apply_upload(tx, work, upload, &set_id, entry, kind, now)?;
                 }
             }
@@ -443,8 +492,14 @@ impl Core {
         if record.verdict == Verdict::Count
             && let Some(size) = row.expected
         {
-            let expected = ExpectedEntry { entry: &row.key, size };
-            record.matched = match self.policy.entry_matches(&expected, &view(set_id, &row.key, &record, kind)) {
+            let expected = ExpectedEntry {
+                entry: &row.key,
+                size,
+            };
+            record.matched = match self
+                .policy
+                .entry_matches(&expected, &view(set_id, &row.key, &record, kind))
+            {
                 Ok(m) => m,
                 Err(e) => {
                     note = Some(e.to_string());
@@ -470,14 +525,22 @@ impl Core {
             ds.note = note;
         }
         if let Some(m) = manifest {
-            if ds.manifest.as_ref().is_none_or(|old| old.event_time <= m.event_time) {
+            if ds
+                .manifest
+                .as_ref()
+                .is_none_or(|old| old.event_time <= m.event_time)
+            {
                 ds.manifest = Some(m);
             }
             if ds.state == DatasetState::Collecting {
                 ds.state = DatasetState::Reconciling;
                 ds.manifest_seen_ms = Some(now);
                 ds.deadline_ms = Some(now.saturating_add(deadline));
-                let key = ds.manifest.as_ref().map(|m| m.key.clone()).unwrap_or_default();
+                let key = ds
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.key.clone())
+                    .unwrap_or_default();
                 work.manifest_reads.push((set_id.to_owned(), key));
             }
         }
@@ -517,7 +580,10 @@ impl Core {
                     Classification::Dataset { kind, .. } => kind,
                     Classification::Outside => UploadKind::Data,
                 };
-                let expected = ExpectedEntry { entry: key, size: *size };
+                let expected = ExpectedEntry {
+                    entry: key,
+                    size: *size,
+                };
                 let matched = self
                     .policy
                     .entry_matches(&expected, &view(set_id, key, up, kind))
@@ -548,7 +614,11 @@ impl Core {
         for set_id in reconciling {
             let ds = work.dataset(tx, &self.open, &set_id, now)?;
             if !ds.manifest_loaded && !self.reading.contains(&set_id) {
-                let key = ds.manifest.as_ref().map(|m| m.key.clone()).unwrap_or_default();
+                let key = ds
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.key.clone())
+                    .unwrap_or_default();
                 work.manifest_reads.push((set_id, key));
             }
         }
@@ -576,12 +646,24 @@ impl Core {
                 match self.policy.decide(&summary) {
                     Ok(Decision::Complete) => {
                         ds.note = None;
-                        close(ds, DatasetState::Succeeded, &self.settings.origin, now, &mut work.events);
+                        close(
+                            ds,
+                            DatasetState::Succeeded,
+                            &self.settings.origin,
+                            now,
+                            &mut work.events,
+                        );
                         continue;
                     }
                     Ok(Decision::Fail(reason)) => {
                         ds.note = Some(reason);
-                        close(ds, DatasetState::Failed, &self.settings.origin, now, &mut work.events);
+                        close(
+                            ds,
+                            DatasetState::Failed,
+                            &self.settings.origin,
+                            now,
+                            &mut work.events,
+                        );
                         continue;
                     }
                     Ok(Decision::Wait(reason)) => {
@@ -594,7 +676,13 @@ impl Core {
                 }
             }
             if ds.deadline_ms.is_some_and(|d| d <= now) {
-                close(ds, DatasetState::TimedOut, &self.settings.origin, now, &mut work.events);
+                close(
+                    ds,
+                    DatasetState::TimedOut,
+                    &self.settings.origin,
+                    now,
+                    &mut work.events,
+                );
             }
         }
     }
@@ -624,7 +712,8 @@ impl Core {
         let spawned = std::thread::Builder::new()
             .name("manifest-reader".into())
             .spawn(move || {
-                let result = manifest::read(&share, &key, &dir, with_sizes).map_err(|e| e.to_string());
+                let result =
+                    manifest::read(&share, &key, &dir, with_sizes).map_err(|e| e.to_string());
                 let _ = commands.blocking_send(Command::ManifestRead { set_id, result });
             });
         if let Err(e) = spawned {
@@ -634,8 +723,16 @@ impl Core {
 }
 
 /// Decides a dataset once and for all, queueing its one event.
-fn close(ds: &mut DatasetRecord, state: DatasetState, origin: &Origin, now: i64, events: &mut Vec<OutboxEvent>) {
-    let Some(manifest) = ds.manifest.as_ref() else { return };
+fn close(
+    ds: &mut DatasetRecord,
+    state: DatasetState,
+    origin: &Origin,
+    now: i64,
+    events: &mut Vec<OutboxEvent>,
+) {
+    let Some(manifest) = ds.manifest.as_ref() else {
+        return;
+    };
     let detail_type = if state == DatasetState::Succeeded {
         envelope::SUCCESSFUL
     } else {
@@ -655,7 +752,13 @@ fn close(ds: &mut DatasetRecord, state: DatasetState, origin: &Origin, now: i64,
             "{detail_type}"
         ),
     }
-    events.push(envelope::reconcile_event(detail_type, &ds.set_id, manifest, origin, now));
+    events.push(envelope::reconcile_event(
+        detail_type,
+        &ds.set_id,
+        manifest,
+        origin,
+        now,
+    ));
 }
 
 #[cfg(test)]
@@ -698,12 +801,24 @@ mod tests {
             share: &Path,
             state: &Path,
             deadline: Duration,
-        ) -> (EngineHandle, Arc<dyn StoreReader>, std::thread::JoinHandle<()>) {
+        ) -> (
+            EngineHandle,
+            Arc<dyn StoreReader>,
+            std::thread::JoinHandle<()>,
+        ) {
             let store = SqliteStore::open(state, SyncMode::Normal).unwrap();
             let reader: Arc<dyn StoreReader> = Arc::new(store.reader().unwrap());
-            let (engine, handle) =
-                Engine::new(Box::new(store), Box::new(ExactMatch), settings(share, deadline), watch::channel(0).0);
-            (handle, reader, std::thread::spawn(move || engine.run().unwrap()))
+            let (engine, handle) = Engine::new(
+                Box::new(store),
+                Box::new(ExactMatch),
+                settings(share, deadline),
+                watch::channel(0).0,
+            );
+            (
+                handle,
+                reader,
+                std::thread::spawn(move || engine.run().unwrap()),
+            )
         }
 
         async fn restart(&mut self, deadline: Duration) {
@@ -750,13 +865,20 @@ mod tests {
         }
 
         fn dataset(&self, set_id: &str) -> Option<DatasetRecord> {
-            self.reader.datasets().unwrap().into_iter().find(|d| d.set_id == set_id)
+            self.reader
+                .datasets()
+                .unwrap()
+                .into_iter()
+                .find(|d| d.set_id == set_id)
         }
 
         async fn wait_for(&self, what: &str, cond: impl Fn(&Harness) -> bool) {
             let start = Instant::now();
             while !cond(self) {
-                assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "timed out waiting for {what}"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -771,7 +893,10 @@ mod tests {
             share_path: share.to_owned(),
             classifier: Classifier::new("-vaultjob", ".manifest"),
             deadline,
-            origin: Origin { account: "123456789012".into(), region: "eu-west-1".into() },
+            origin: Origin {
+                account: "123456789012".into(),
+                region: "eu-west-1".into(),
+            },
         }
     }
 
@@ -785,11 +910,20 @@ mod tests {
         // Manifest first, then everything else in a scrambled order, with
         // directory keys carrying their S3 '/', a duplicate and unrelated keys.
         h.send(manifest, 77, 100).await;
-        h.wait_for("manifest load", |h| h.dataset("S1").is_some_and(|d| d.manifest_loaded)).await;
+        h.wait_for("manifest load", |h| {
+            h.dataset("S1").is_some_and(|d| d.manifest_loaded)
+        })
+        .await;
         let mut keys: Vec<String> = lines
             .iter()
             .filter(|l| l.as_str() != manifest)
-            .map(|l| if l.ends_with("f1") || l.ends_with("f2") || l.ends_with("f3") { l.clone() } else { format!("{l}/") })
+            .map(|l| {
+                if l.ends_with("f1") || l.ends_with("f2") || l.ends_with("f3") {
+                    l.clone()
+                } else {
+                    format!("{l}/")
+                }
+            })
             .collect();
         keys.reverse();
         let last = keys.pop().unwrap();
@@ -830,7 +964,11 @@ mod tests {
         for l in lines.iter().rev() {
             h.send(l, 1, 5).await;
         }
-        h.wait_for("success", |h| h.dataset("S2").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+        h.wait_for("success", |h| {
+            h.dataset("S2")
+                .is_some_and(|d| d.state == DatasetState::Succeeded)
+        })
+        .await;
         assert_eq!(h.events().len(), 1);
     }
 
@@ -842,12 +980,18 @@ mod tests {
         let mut store = SqliteStore::open(&h.state, SyncMode::Normal).unwrap();
         let mut tx = store.begin().unwrap();
         let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
-        assert_eq!(row.upload.as_ref().map(|u| (u.size, u.event_time)), Some((10, 200)));
+        assert_eq!(
+            row.upload.as_ref().map(|u| (u.size, u.event_time)),
+            Some((10, 200))
+        );
         drop(tx);
         h.send("S3-vaultjob/f", 12, 300).await;
         let mut tx = store.begin().unwrap();
         let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
-        assert_eq!(row.upload.as_ref().map(|u| (u.size, u.event_time)), Some((12, 300)));
+        assert_eq!(
+            row.upload.as_ref().map(|u| (u.size, u.event_time)),
+            Some((12, 300))
+        );
         assert_eq!(h.dataset("S3").unwrap().counts.received, 1);
     }
 
@@ -858,7 +1002,10 @@ mod tests {
         for l in lines.iter().filter(|l| !l.ends_with("/b")) {
             h.send(l, 1, 5).await;
         }
-        h.wait_for("manifest load", |h| h.dataset("S4").is_some_and(|d| d.manifest_loaded)).await;
+        h.wait_for("manifest load", |h| {
+            h.dataset("S4").is_some_and(|d| d.manifest_loaded)
+        })
+        .await;
         h.handle.tick().await.unwrap();
         assert!(h.events().is_empty(), "not before the deadline");
         tokio::time::sleep(Duration::from_millis(350)).await;
@@ -869,7 +1016,11 @@ mod tests {
         assert_eq!(v["detail-type"], "File Upload Reconciliation Timeout");
         let d = h.dataset("S4").unwrap();
         assert_eq!(d.state, DatasetState::TimedOut);
-        assert!(d.note.unwrap().contains("1 of 4 manifest entries not uploaded yet"));
+        assert!(
+            d.note
+                .unwrap()
+                .contains("1 of 4 manifest entries not uploaded yet")
+        );
         // Arriving after the timeout changes nothing.
         h.send("S4-vaultjob/b", 1, 5).await;
         assert_eq!(h.events().len(), 1);
@@ -883,13 +1034,20 @@ mod tests {
             h.send(l, 1, 5).await;
         }
         h.send("S5-vaultjob/.nfs000000001234", 1, 5).await;
-        h.wait_for("manifest load", |h| h.dataset("S5").is_some_and(|d| d.manifest_loaded)).await;
+        h.wait_for("manifest load", |h| {
+            h.dataset("S5").is_some_and(|d| d.manifest_loaded)
+        })
+        .await;
         h.handle.tick().await.unwrap();
         let d = h.dataset("S5").unwrap();
         assert_eq!(d.state, DatasetState::Reconciling);
         assert_eq!(d.unexpected(), Some(1));
         assert_eq!(d.note.as_deref(), Some("1 uploads are not in the manifest"));
-        let detail = h.reader.dataset_detail("S5", "S5-vaultjob", 10).unwrap().unwrap();
+        let detail = h
+            .reader
+            .dataset_detail("S5", "S5-vaultjob", 10)
+            .unwrap()
+            .unwrap();
         assert_eq!(detail.unexpected, ["S5-vaultjob/.nfs000000001234"]);
     }
 
@@ -904,7 +1062,11 @@ mod tests {
         h.restart(HOUR).await;
         // The manifest arrives after the restart; earlier uploads still count.
         h.send(last, 1, 5).await;
-        h.wait_for("success", |h| h.dataset("S6").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+        h.wait_for("success", |h| {
+            h.dataset("S6")
+                .is_some_and(|d| d.state == DatasetState::Succeeded)
+        })
+        .await;
         assert_eq!(h.events().len(), 1);
         h.restart(HOUR).await;
         h.handle.tick().await.unwrap();
@@ -915,12 +1077,28 @@ mod tests {
     async fn unreadable_manifest_is_retried_at_each_recheck() {
         let h = Harness::new(HOUR);
         h.send("S7-vaultjob/S7.manifest", 1, 5).await;
-        h.wait_for("read attempt", |h| h.dataset("S7").is_some_and(|d| d.note.is_some())).await;
-        assert!(h.dataset("S7").unwrap().note.unwrap().starts_with("cannot read manifest"));
+        h.wait_for("read attempt", |h| {
+            h.dataset("S7").is_some_and(|d| d.note.is_some())
+        })
+        .await;
+        assert!(
+            h.dataset("S7")
+                .unwrap()
+                .note
+                .unwrap()
+                .starts_with("cannot read manifest")
+        );
         h.write_dataset("S7", &[]);
         h.handle.tick().await.unwrap();
-        h.wait_for("manifest load", |h| h.dataset("S7").is_some_and(|d| d.manifest_loaded)).await;
+        h.wait_for("manifest load", |h| {
+            h.dataset("S7").is_some_and(|d| d.manifest_loaded)
+        })
+        .await;
         h.send("S7-vaultjob/", 0, 5).await;
-        h.wait_for("success", |h| h.dataset("S7").is_some_and(|d| d.state == DatasetState::Succeeded)).await;
+        h.wait_for("success", |h| {
+            h.dataset("S7")
+                .is_some_and(|d| d.state == DatasetState::Succeeded)
+        })
+        .await;
     }
 }

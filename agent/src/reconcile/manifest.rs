@@ -33,12 +33,16 @@ pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<String>, ManifestErr
         let line = index + 1;
         let text = std::str::from_utf8(raw).map_err(|_| ManifestError::NotUtf8 { line })?;
         let text = text.strip_suffix('\r').unwrap_or(text);
-        let text = text.strip_prefix("./").unwrap_or(text).trim_end_matches('/');
+        let text = text
+            .strip_prefix("./")
+            .unwrap_or(text)
+            .trim_end_matches('/');
         if text.is_empty() {
             continue;
         }
         let inside = text == dataset_dir
-            || (text.starts_with(dataset_dir) && text.as_bytes().get(dataset_dir.len()) == Some(&b'/'));
+            || (text.starts_with(dataset_dir)
+                && text.as_bytes().get(dataset_dir.len()) == Some(&b'/'));
         if !inside {
             return Err(ManifestError::Outside {
                 line,
@@ -89,7 +93,12 @@ mod tests {
         let text = "S-vaultjob\nS-vaultjob/d\nS-vaultjob/d/f 1.bin\nS-vaultjob/S.manifest\n";
         assert_eq!(
             parse(text.as_bytes(), "S-vaultjob").unwrap(),
-            ["S-vaultjob", "S-vaultjob/d", "S-vaultjob/d/f 1.bin", "S-vaultjob/S.manifest"]
+            [
+                "S-vaultjob",
+                "S-vaultjob/d",
+                "S-vaultjob/d/f 1.bin",
+                "S-vaultjob/S.manifest"
+            ]
         );
     }
 
@@ -109,7 +118,10 @@ mod tests {
             err.to_string(),
             "manifest line 2: \"S-vaultjobX/f\" is outside the dataset directory \"S-vaultjob\""
         );
-        assert_eq!(parse(b"S-vaultjob\n\xff\n", "S-vaultjob").unwrap_err(), ManifestError::NotUtf8 { line: 2 });
+        assert_eq!(
+            parse(b"S-vaultjob\n\xff\n", "S-vaultjob").unwrap_err(),
+            ManifestError::NotUtf8 { line: 2 }
+        );
     }
 
     #[test]
@@ -118,7 +130,11 @@ mod tests {
         let dir = share.path().join("S-vaultjob");
         std::fs::create_dir_all(dir.join("d")).unwrap();
         std::fs::write(dir.join("d/f"), b"12345").unwrap();
-        std::fs::write(dir.join("S.manifest"), "S-vaultjob\nS-vaultjob/d\nS-vaultjob/d/f\n").unwrap();
+        std::fs::write(
+            dir.join("S.manifest"),
+            "S-vaultjob\nS-vaultjob/d\nS-vaultjob/d/f\n",
+        )
+        .unwrap();
         let lines = read(share.path(), "S-vaultjob/S.manifest", "S-vaultjob", true).unwrap();
         assert_eq!(lines[1], ("S-vaultjob/d".to_string(), None));
         assert_eq!(lines[2], ("S-vaultjob/d/f".to_string(), Some(5)));

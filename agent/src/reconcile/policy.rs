@@ -111,7 +111,11 @@ impl Policy for ExactMatch {
         Ok(UploadVerdict::Count)
     }
 
-    fn entry_matches(&mut self, _: &ExpectedEntry<'_>, _: &UploadView<'_>) -> Result<bool, PolicyError> {
+    fn entry_matches(
+        &mut self,
+        _: &ExpectedEntry<'_>,
+        _: &UploadView<'_>,
+    ) -> Result<bool, PolicyError> {
         Ok(true)
     }
 
@@ -124,10 +128,16 @@ impl Policy for ExactMatch {
 pub fn exact_decision(s: &Summary<'_>) -> Decision {
     let mut why = Vec::new();
     if s.missing > 0 {
-        why.push(format!("{} of {} manifest entries not uploaded yet", s.missing, s.manifest_entries));
+        why.push(format!(
+            "{} of {} manifest entries not uploaded yet",
+            s.missing, s.manifest_entries
+        ));
     }
     if s.mismatched > 0 {
-        why.push(format!("{} uploads do not match their manifest entry", s.mismatched));
+        why.push(format!(
+            "{} uploads do not match their manifest entry",
+            s.mismatched
+        ));
     }
     if s.unexpected > 0 {
         why.push(format!("{} uploads are not in the manifest", s.unexpected));
@@ -164,12 +174,24 @@ mod tests {
     fn exact_match_needs_equal_sets() {
         let mut p = ExactMatch;
         assert_eq!(p.decide(&summary()).unwrap(), Decision::Complete);
-        let missing = Summary { missing: 1, matched: 2, received: 2, ..summary() };
+        let missing = Summary {
+            missing: 1,
+            matched: 2,
+            received: 2,
+            ..summary()
+        };
         assert_eq!(
             p.decide(&missing).unwrap(),
             Decision::Wait("1 of 3 manifest entries not uploaded yet".into())
         );
-        let extra = Summary { unexpected: 1, received: 4, ..summary() };
-        assert_eq!(p.decide(&extra).unwrap(), Decision::Wait("1 uploads are not in the manifest".into()));
+        let extra = Summary {
+            unexpected: 1,
+            received: 4,
+            ..summary()
+        };
+        assert_eq!(
+            p.decide(&extra).unwrap(),
+            Decision::Wait("1 uploads are not in the manifest".into())
+        );
     }
 }

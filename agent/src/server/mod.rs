@@ -42,10 +42,15 @@ pub fn router(state: AppState, source: &SourceConfig) -> Router {
         .with_state(state)
 }
 
-async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> (StatusCode, &'static str) {
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (StatusCode, &'static str) {
     if state.engine.is_running() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "reconcile engine stopped\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reconcile engine stopped\n",
+        )
     }
 }

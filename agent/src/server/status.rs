@@ -19,8 +19,11 @@ pub async fn all(State(state): State<AppState>) -> Reply {
     let reader = state.reader.clone();
     let result = tokio::task::spawn_blocking(move || -> crate::store::StoreResult<Value> {
         let datasets: Vec<Value> = reader.datasets()?.iter().map(dataset_json).collect();
-        let counters: serde_json::Map<String, Value> =
-            reader.counters()?.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let counters: serde_json::Map<String, Value> = reader
+            .counters()?
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
         Ok(json!({ "datasets": datasets, "counters": counters }))
     })
     .await;
@@ -30,10 +33,16 @@ pub async fn all(State(state): State<AppState>) -> Reply {
 pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> Reply {
     let reader = state.reader.clone();
     let dir = state.classifier.dataset_dir(&set_id);
-    let result = tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, &dir, EXAMPLES)).await;
+    let result =
+        tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, &dir, EXAMPLES)).await;
     let detail = match result {
         Ok(Ok(Some(d))) => d,
-        Ok(Ok(None)) => return (StatusCode::NOT_FOUND, Json(json!({"error": "no such dataset"}))),
+        Ok(Ok(None)) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "no such dataset"})),
+            );
+        }
         Ok(Err(e)) => return reply(Ok(Err(e))),
         Err(e) => return reply(Err(e)),
     };
@@ -47,8 +56,14 @@ pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> R
 fn reply(result: Result<crate::store::StoreResult<Value>, tokio::task::JoinError>) -> Reply {
     match result {
         Ok(Ok(v)) => (StatusCode::OK, Json(v)),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        ),
     }
 }
 

@@ -61,7 +61,11 @@ pub async fn run(
 }
 
 /// Retries until delivered (true) or shutting down (false).
-async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn deliver(
+    sink: &mut dyn Sink,
+    events: &[OutboxEvent],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
         match sink.deliver(events).await {

@@ -52,7 +52,11 @@ pub struct Origin {
 }
 
 pub fn event_id(set_id: &str, detail_type: &str) -> String {
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{set_id}\n{detail_type}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{set_id}\n{detail_type}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// Builds a reconcile event (Successful or Timeout) ready for the outbox.
@@ -104,7 +108,10 @@ mod tests {
             size: 1234,
             event_time: 1_619_863_200,
         };
-        let origin = Origin { account: "123456789012".into(), region: "eu-west-1".into() };
+        let origin = Origin {
+            account: "123456789012".into(),
+            region: "eu-west-1".into(),
+        };
         let ev = reconcile_event(SUCCESSFUL, "K", &manifest, &origin, 1_619_863_230_500);
         let v: serde_json::Value = serde_json::from_str(&ev.payload).unwrap();
         assert_eq!(

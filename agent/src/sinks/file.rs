@@ -30,7 +30,8 @@ impl FileSink {
             message: format!("{}: {message}", path.display()),
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create folder: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("cannot create folder: {e}")))?;
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -38,7 +39,8 @@ impl FileSink {
             .create(true)
             .open(path)
             .map_err(|e| fail(format!("cannot open: {e}")))?;
-        let written = recover_tail(&mut file).map_err(|e| fail(format!("cannot read its tail: {e}")))?;
+        let written =
+            recover_tail(&mut file).map_err(|e| fail(format!("cannot read its tail: {e}")))?;
         Ok(FileSink {
             name,
             path: path.to_owned(),
@@ -119,7 +121,9 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c").unwrap();
         let mut sink = FileSink::open("file".into(), &path).unwrap();
-        sink.deliver(&[event("b"), event("c"), event("d")]).await.unwrap();
+        sink.deliver(&[event("b"), event("c"), event("d")])
+            .await
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n"

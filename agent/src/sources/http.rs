@@ -26,14 +26,19 @@ pub async fn post_events(
     {
         return (
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "missing or wrong API key: send it as `x-api-key` or `Authorization: Bearer`"})),
+            Json(
+                json!({"error": "missing or wrong API key: send it as `x-api-key` or `Authorization: Bearer`"}),
+            ),
         );
     }
     let notifications = match parse_body(&body) {
         Ok(n) => n,
         Err(e) => {
             warn!(error = %e, bytes = body.len(), "refused a malformed request body");
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()})));
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.to_string()})),
+            );
         }
     };
     match state.engine.ingest(notifications).await {

@@ -51,6 +51,8 @@ pub fn prepare_state_dir(dir: &Path, share: Option<&Path>) -> Result<(), StoreEr
 }
 
 fn network_filesystem(fs: FsType) -> Option<&'static str> {
+    // fs_type_t is i64 on x86_64 glibc but narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     let magic = fs.0 as i64 & 0xFFFF_FFFF;
     NETWORK_FILESYSTEMS
         .iter()
@@ -79,7 +81,10 @@ mod tests {
     #[test]
     fn nfs_and_smb_magic_numbers_are_network() {
         assert_eq!(network_filesystem(FsType(0x6969)), Some("NFS"));
-        assert_eq!(network_filesystem(FsType(0xFE53_4D42u32 as _)), Some("SMB2"));
+        assert_eq!(
+            network_filesystem(FsType(0xFE53_4D42u32 as _)),
+            Some("SMB2")
+        );
         assert_eq!(network_filesystem(statfs::EXT4_SUPER_MAGIC), None);
         assert_eq!(network_filesystem(statfs::TMPFS_MAGIC), None);
     }

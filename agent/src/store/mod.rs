@@ -26,7 +26,9 @@ pub enum StoreError {
     },
     #[error("state directory {path}: {message}")]
     StateDir { path: String, message: String },
-    #[error("state database {path} has schema version {found}; this vault-agent understands up to {supported}. Upgrade vault-agent or point [agent] state_dir elsewhere")]
+    #[error(
+        "state database {path} has schema version {found}; this vault-agent understands up to {supported}. Upgrade vault-agent or point [agent] state_dir elsewhere"
+    )]
     SchemaTooNew {
         path: String,
         found: i64,
@@ -63,8 +65,12 @@ pub trait StoreTx {
 pub trait StoreReader: Send + Sync {
     fn datasets(&self) -> StoreResult<Vec<DatasetRecord>>;
     /// One dataset with up to `limit` example paths per problem list.
-    fn dataset_detail(&self, set_id: &str, dataset_dir: &str, limit: usize)
-    -> StoreResult<Option<DatasetDetail>>;
+    fn dataset_detail(
+        &self,
+        set_id: &str,
+        dataset_dir: &str,
+        limit: usize,
+    ) -> StoreResult<Option<DatasetDetail>>;
     fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Where `sink` stopped delivering (0 if it never delivered).
     fn cursor(&self, sink: &str) -> StoreResult<i64>;

@@ -245,10 +245,18 @@ impl StoreTx for SqliteTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
             )
             .map_err(self.err())?;
-        stmt.execute(params![ev.id, ev.set_id, ev.detail_type, ev.payload, ev.created_ms])
-            .map_err(self.err())?;
+        stmt.execute(params![
+            ev.id,
+            ev.set_id,
+            ev.detail_type,
+            ev.payload,
+            ev.created_ms
+        ])
+        .map_err(self.err())?;
         self.tx
-            .query_row("SELECT seq FROM outbox WHERE id = ?1", [&ev.id], |r| r.get(0))
+            .query_row("SELECT seq FROM outbox WHERE id = ?1", [&ev.id], |r| {
+                r.get(0)
+            })
             .map_err(self.err())
     }
 
@@ -302,7 +310,10 @@ impl SqliteReader {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn).map_err(sqlite_error(&self.path))
     }
 }
@@ -327,15 +338,21 @@ impl StoreReader for SqliteReader {
             .optional()
             .map_err(sqlite_error(&self.path))?
             .transpose()?;
-        let Some(record) = record else { return Ok(None) };
+        let Some(record) = record else {
+            return Ok(None);
+        };
         // The dataset's rows: its root entry and the key range below it
         // ('0' sorts right after '/').
         let range = "(key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0'))";
         let list = |condition: &str| -> StoreResult<Vec<String>> {
-            let sql = format!("SELECT key FROM entries WHERE {range} AND {condition} ORDER BY key LIMIT ?2");
+            let sql = format!(
+                "SELECT key FROM entries WHERE {range} AND {condition} ORDER BY key LIMIT ?2"
+            );
             let mut stmt = conn.prepare(&sql).map_err(sqlite_error(&self.path))?;
             let keys = stmt
-                .query_map(params![dataset_dir, limit as i64], |r| r.get::<_, String>(0))
+                .query_map(params![dataset_dir, limit as i64], |r| {
+                    r.get::<_, String>(0)
+                })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sqlite_error(&self.path))?;
             Ok(keys)
@@ -367,9 +384,13 @@ impl StoreReader for SqliteReader {
 
     fn cursor(&self, sink: &str) -> StoreResult<i64> {
         self.with(|c| {
-            c.query_row("SELECT seq FROM sink_cursors WHERE sink = ?1", [sink], |r| r.get(0))
-                .optional()
-                .map(|s| s.unwrap_or(0))
+            c.query_row(
+                "SELECT seq FROM sink_cursors WHERE sink = ?1",
+                [sink],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|s| s.unwrap_or(0))
         })
     }
 
@@ -449,7 +470,9 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
         let key: String = r.get(0)?;
         let upload = match r.get::<_, Option<i64>>(4)? {
             Some(size) => Some(UploadRecord {
-                object_key: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| key.clone()),
+                object_key: r
+                    .get::<_, Option<String>>(2)?
+                    .unwrap_or_else(|| key.clone()),
                 bucket: r.get(3)?,
                 size: size as u64,
                 event_time: r.get(5)?,
@@ -470,8 +493,8 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
     };
     let (mut entry, verdict) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {
-        upload.verdict =
-            Verdict::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("verdict {code}")))?;
+        upload.verdict = Verdict::from_code(code)
+            .ok_or_else(|| StoreError::Corrupt(format!("verdict {code}")))?;
     }
     Ok(entry)
 }
@@ -526,7 +549,10 @@ mod tests {
         let mut store = SqliteStore::open(dir.path(), SyncMode::Full).unwrap();
         assert_eq!(store.open_datasets().unwrap(), vec![ds.clone()]);
         let mut tx = store.begin().unwrap();
-        assert_eq!(tx.entry("S-vaultjob/d").unwrap(), Some(sample_entry("S-vaultjob/d", 9)));
+        assert_eq!(
+            tx.entry("S-vaultjob/d").unwrap(),
+            Some(sample_entry("S-vaultjob/d", 9))
+        );
         assert_eq!(tx.entry("S-vaultjob/e").unwrap(), None);
         drop(tx);
         let reader = store.reader().unwrap();
@@ -569,7 +595,10 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let (dir, store) = open();
-        store.conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        store
+            .conn
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
         drop(store);
         let err = SqliteStore::open(dir.path(), SyncMode::Full).err().unwrap();
         assert!(err.to_string().contains("schema version 99"), "{err}");

@@ -1,0 +1,115 @@
+//! The command line around `run`: config checking, refusing unsafe state
+//! directories, `status`, and the log lines.
+
+use std::process::Command;
+
+use crate::support::{BIN, Env, gateway_event};
+
+#[test]
+fn check_config_points_at_line_and_column() {
+    let env = Env::new("");
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[share]\npath = \"/x\"\nsufix = \"-job\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml:3:1: unknown field `sufix`"),
+        "{stderr}"
+    );
+
+    std::fs::write(&bad, "[reconcile]\nwait = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml:2:8: invalid duration \"soon\""),
+        "{stderr}"
+    );
+
+    let good = env.dir.path().join("good.toml");
+    std::fs::write(&good, "[reconcile]\nwait = \"10s\"\niterations = 6\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK") && stdout.contains("(deadline 1m)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_refuses_a_state_dir_inside_the_share() {
+    let env = Env::new("");
+    let config = env.dir.path().join("on-share.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nstate_dir = \"share/.state\"\n[share]\npath = \"share\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("inside the share") && stderr.contains("local disk"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn status_command_and_upload_log_lines() {
+    let env = Env::new("");
+    let agent = env.start();
+    let (code, _) = agent
+        .post(&gateway_event("StatusSet-vaultjob/a/b.bin", 9, "2021-05-01T10:00:00Z").to_string());
+    assert_eq!(code, 202);
+    let out = Command::new(BIN)
+        .args(["status", "--url", &agent.base])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("StatusSet") && stdout.contains("collecting"),
+        "{stdout}"
+    );
+
+    let logs = agent.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("StatusSet-vaultjob/a/b.bin"))
+        .expect("an upload log line");
+    assert!(
+        line.contains("kind=\"data\"")
+            && line.contains("set_id=\"StatusSet\"")
+            && line.contains("size=9"),
+        "{line}"
+    );
+
+    let unreachable = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let out = Command::new(BIN)
+        .args(["status", "--url", &unreachable])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `vault-agent run` running?"));
+}

@@ -1,0 +1,286 @@
+//! Helpers: a temporary share + state + config, the agent as a child process,
+//! gateway-shaped notifications built independently of the agent's code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vault-agent");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    /// Appended to the config (e.g. a `[reconcile]` table).
+    pub extra_config: String,
+    /// Extra lines inside `[http]` (e.g. `api_key`).
+    pub http_extra: String,
+}
+
+impl Env {
+    pub fn new(extra_config: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("share")).unwrap();
+        Env {
+            dir,
+            extra_config: extra_config.to_owned(),
+            http_extra: String::new(),
+        }
+    }
+
+    pub fn with_http(mut self, lines: &str) -> Env {
+        self.http_extra = lines.to_owned();
+        self
+    }
+
+    pub fn share(&self) -> PathBuf {
+        self.dir.path().join("share")
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    /// Starts the agent on a free loopback port and waits until it is healthy.
+    pub fn start(&self) -> AgentProcess {
+        let port = free_port();
+        let text = format!(
+            "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
+             [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n{}\n",
+            self.http_extra, self.extra_config
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        let log = self.dir.path().join(format!("agent-{port}.log"));
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("vault-agent starts");
+        let agent = AgentProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let start = Instant::now();
+        while http_get(&format!("{}/healthz", agent.base)).map(|(c, _)| c) != Some(200) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agent did not become healthy:\n{}",
+                agent.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// Writes `<set_id>-vaultjob` with `files` (paths below it) and the
+    /// manifest; returns the manifest lines (directories, files, manifest).
+    pub fn write_dataset(&self, set_id: &str, files: &[String]) -> Vec<String> {
+        let root = format!("{set_id}-vaultjob");
+        let share = self.share();
+        std::fs::create_dir_all(share.join(&root)).unwrap();
+        let mut dirs = vec![root.clone()];
+        for f in files {
+            let path = share.join(&root).join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("content of {f}")).unwrap();
+            let mut parent = Path::new(f).parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                let line = format!("{root}/{}", p.display());
+                if !dirs.contains(&line) {
+                    dirs.push(line);
+                }
+                parent = p.parent();
+            }
+        }
+        dirs.sort();
+        let mut lines = dirs;
+        lines.extend(files.iter().map(|f| format!("{root}/{f}")));
+        let manifest = format!("{root}/{set_id}.manifest");
+        lines.push(manifest.clone());
+        std::fs::write(share.join(&manifest), lines.join("\n") + "\n").unwrap();
+        lines
+    }
+
+    /// The gateway's notification for a manifest line: directory keys get
+    /// their S3 `/`, sizes come from the share.
+    pub fn upload_for(&self, line: &str) -> Value {
+        let meta = std::fs::metadata(self.share().join(line)).unwrap();
+        if meta.is_dir() {
+            gateway_event(&format!("{line}/"), 0, "2021-05-01T10:00:00Z")
+        } else {
+            gateway_event(line, meta.len(), "2021-05-01T10:00:00Z")
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.events_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line of the sink is JSON"))
+            .collect()
+    }
+
+    pub fn events_for(&self, set_id: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["detail"]["set-id"] == set_id)
+            .collect()
+    }
+
+    pub fn wait_for_events(&self, set_id: &str, count: usize, limit: Duration) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let events = self.events_for(set_id);
+            if events.len() >= count {
+                return events;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no event for {set_id} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub struct AgentProcess {
+    pub child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn post(&self, body: &str) -> (u16, Value) {
+        self.post_with(body, &[])
+    }
+
+    pub fn post_with(&self, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let client = client();
+        let mut req = client
+            .post(format!("{}/events", self.base))
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let rt = runtime();
+        rt.block_on(async {
+            let resp = req.send().await.expect("agent answers");
+            let code = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (
+                code,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    }
+
+    pub fn status(&self, set_id: Option<&str>) -> Value {
+        let url = match set_id {
+            Some(id) => format!("{}/status/{id}", self.base),
+            None => format!("{}/status", self.base),
+        };
+        let (code, body) = http_get(&url).expect("status answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log ({}) ---\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+    }
+}
+
+pub fn gateway_event(key: &str, size: u64, time: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Storage Gateway Object Upload Event",
+        "source": "aws.storagegateway",
+        "account": "123456789012",
+        "time": time,
+        "region": "eu-west-1",
+        "resources": ["arn:aws:storagegateway:eu-west-1:123456789012:share/share-E2E",
+                      "arn:aws:storagegateway:eu-west-1:123456789012:gateway/sgw-E2E",
+                      "arn:aws:s3:::e2e-bucket"],
+        "detail": { "bucket-name": "e2e-bucket", "object-key": key, "object-size": size,
+                    "modification-time": time, "event-type": "object-upload-complete",
+                    "prefix": "" }
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// GET returning (status, body), or None if nothing answers.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    runtime().block_on(async {
+        let resp = client().get(url).send().await.ok()?;
+        let code = resp.status().as_u16();
+        Some((code, resp.text().await.unwrap_or_default()))
+    })
+}
+
+/// File names for a dataset: `n` files spread over a few nested directories.
+pub fn file_names(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("d{}/sub{}/file-{i:04}.dat", i % 3, i % 2))
+        .collect()
+}
