@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::config::Config;
 use crate::notification::Classifier;
-use crate::reconcile::policy;
+use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
 use crate::server::{self, AppState};
 use crate::sinks::{self, dispatcher, envelope::Origin};
@@ -25,8 +25,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
-    #[error("unknown reconcile policy {0:?}")]
-    Policy(String),
+    #[error(transparent)]
+    Policy(#[from] plugin::PluginError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -56,8 +56,12 @@ impl Agent {
             sink_readers.push((sinks::open(sink_config)?, reader));
         }
         let policy_name = config.reconcile.policy.get_ref();
-        let policy =
-            policy::builtin(policy_name).ok_or_else(|| StartError::Policy(policy_name.clone()))?;
+        let health = PolicyHealth::default();
+        let policy = plugin::build(
+            &config.reconcile,
+            &config.agent.state_dir.join("plugin-cache"),
+            &health,
+        )?;
         let classifier = Classifier::new(
             config.share.job_dir_suffix.0.clone(),
             config.share.manifest_suffix.0.clone(),
@@ -114,6 +118,7 @@ impl Agent {
             reader: status_reader,
             classifier: Arc::new(classifier),
             api_key: config.http.api_key.clone(),
+            policies: health,
         };
         let app = server::router(state, &config.source);
         let mut stop = shutdown_rx.clone();

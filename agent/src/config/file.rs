@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{HumanDuration, Suffix};
+use super::values::{HumanDuration, PolicySettings, Suffix};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -66,7 +66,27 @@ pub struct ReconcileSection {
     pub wait: HumanDuration,
     /// The reference's `reconcileCountIterations`; deadline = wait x iterations.
     pub iterations: NonZeroU32,
+    /// A bundled policy's name or the path of a `.wasm` component.
     pub policy: Spanned<String>,
+    /// Settings handed to the policy's `init`.
+    pub policy_config: PolicySettings,
+    /// Per-set-id policies; the first route whose glob matches wins.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Longest a single plugin call may run.
+    pub plugin_timeout: HumanDuration,
+    /// Most linear memory a plugin instance may use, in MiB.
+    pub plugin_memory_mb: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A glob over set-ids, e.g. `"GEN*"`.
+    pub set_ids: Spanned<String>,
+    pub policy: Spanned<String>,
+    #[serde(default)]
+    pub policy_config: PolicySettings,
 }
 
 impl ReconcileSection {
@@ -82,6 +102,10 @@ impl Default for ReconcileSection {
             wait: HumanDuration(Duration::from_secs(30)),
             iterations: NonZeroU32::new(960).expect("960 is not zero"),
             policy: Spanned::new(0..0, "exact-match".into()),
+            policy_config: PolicySettings::default(),
+            routes: Vec::new(),
+            plugin_timeout: HumanDuration(Duration::from_millis(100)),
+            plugin_memory_mb: NonZeroU32::new(64).expect("64 is not zero"),
         }
     }
 }

@@ -54,15 +54,30 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     let mut config: Config =
         toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
 
-    let policy = config.reconcile.policy.get_ref();
-    if !policy::BUILTIN.contains(&policy.as_str()) {
-        return Err(at(
-            Some(config.reconcile.policy.span()),
-            format!(
-                "unknown reconcile policy {policy:?}; built-in policies: {}",
-                policy::BUILTIN.join(", ")
-            ),
-        ));
+    let mut policies = vec![&mut config.reconcile.policy];
+    for route in &mut config.reconcile.routes {
+        if let Err(e) = glob::Pattern::new(route.set_ids.get_ref()) {
+            return Err(at(
+                Some(route.set_ids.span()),
+                format!("invalid set-id glob: {e}"),
+            ));
+        }
+        policies.push(&mut route.policy);
+    }
+    for spanned in policies {
+        let span = spanned.span();
+        let name = spanned.get_mut();
+        if policy::is_plugin_path(name) {
+            *name = base.join(&*name).to_string_lossy().into_owned();
+        } else if !policy::BUILTIN.contains(&name.as_str()) {
+            return Err(at(
+                Some(span),
+                format!(
+                    "unknown reconcile policy {name:?}; bundled policies: {}, or the path of a .wasm component",
+                    policy::BUILTIN.join(", ")
+                ),
+            ));
+        }
     }
     if config.aws.account.len() != 12 || !config.aws.account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(at(
@@ -175,9 +190,11 @@ account = "123456789012"
         let e = parse_str("[reconcile]\niterations = 0\n").unwrap_err();
         assert!(e.starts_with("agent.toml:2:14: "), "{e}");
         let e = parse_str("[reconcile]\npolicy = \"most-things\"\n").unwrap_err();
-        assert_eq!(
-            e,
-            "agent.toml:2:10: unknown reconcile policy \"most-things\"; built-in policies: exact-match"
+        assert!(
+            e.starts_with(
+                "agent.toml:2:10: unknown reconcile policy \"most-things\"; bundled policies: exact-match, size-verified"
+            ),
+            "{e}"
         );
         let e = parse_str("[http]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(e.starts_with("agent.toml:2:10: "), "{e}");
@@ -195,6 +212,29 @@ account = "123456789012"
             e.starts_with("agent.toml:2:11: unknown variant `dynamodb`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn policies_settings_and_routes() {
+        let c = parse_str(
+            "[reconcile]\npolicy = \"plugins/mine.wasm\"\n[reconcile.policy_config]\npatterns = [\".nfs*\", \"*.tmp\"]\nstrict = true\n\
+             [[reconcile.route]]\nset_ids = \"GEN*\"\npolicy = \"size-verified\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.reconcile.policy.get_ref(), "/etc/vault/plugins/mine.wasm");
+        assert_eq!(
+            c.reconcile.policy_config.0,
+            [
+                ("patterns".to_string(), ".nfs*,*.tmp".to_string()),
+                ("strict".to_string(), "true".to_string())
+            ]
+        );
+        assert_eq!(c.reconcile.routes[0].policy.get_ref(), "size-verified");
+        let e = parse_str("[[reconcile.route]]\nset_ids = \"[\"\npolicy = \"exact-match\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("agent.toml:2:11: invalid set-id glob"), "{e}");
+        let e = parse_str("[reconcile.policy_config]\nx = { y = 1 }\n").unwrap_err();
+        assert!(e.contains("setting `x` must be a string"), "{e}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ mod load;
 mod values;
 
 pub use file::{
-    AgentSection, AwsSection, Config, HttpSection, ReconcileSection, ShareSection, SinkConfig,
-    SourceConfig, StoreSection, SyncMode,
+    AgentSection, AwsSection, Config, HttpSection, ReconcileSection, RouteConfig, ShareSection,
+    SinkConfig, SourceConfig, StoreSection, SyncMode,
 };
 pub use load::{ConfigError, load, parse};
-pub use values::{HumanDuration, Suffix};
+pub use values::{HumanDuration, PolicySettings, Suffix};

@@ -49,3 +49,42 @@ impl<'de> Deserialize<'de> for Suffix {
         Ok(Suffix(text))
     }
 }
+
+/// A policy's settings: a TOML table whose values are strings, numbers,
+/// booleans, or arrays of those (joined with commas), all passed as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySettings(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for PolicySettings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        let mut pairs = Vec::new();
+        for (key, value) in table {
+            let text = match value {
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(scalar)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.join(",")),
+                other => scalar(&other),
+            };
+            let text = text.ok_or_else(|| {
+                de::Error::custom(format!(
+                    "setting `{key}` must be a string, number, boolean or an array of those"
+                ))
+            })?;
+            pairs.push((key, text));
+        }
+        Ok(PolicySettings(pairs))
+    }
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}

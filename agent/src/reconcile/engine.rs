@@ -258,6 +258,7 @@ impl Engine {
     }
 
     fn process(&mut self, batch: Vec<Command>) {
+        self.core.policy.refresh();
         let now = now_ms();
         let mut work = Work::default();
         let mut replies = Vec::new();
@@ -569,7 +570,17 @@ impl Core {
             }
         };
         let mut counts = ds.counts;
+        let mut expected_lines = 0;
         for (key, size) in &lines {
+            let expects = self.policy.expects(set_id, key).unwrap_or_else(|e| {
+                // Fail closed: a line the policy could not judge stays expected.
+                error!(set_id, error = %e, "policy failed on a manifest line; keeping it expected");
+                true
+            });
+            if !expects {
+                continue;
+            }
+            expected_lines += 1;
             let prev = tx.entry(key)?;
             counts -= contribution(prev.as_ref());
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
@@ -597,10 +608,15 @@ impl Core {
         }
         let ds = work.dataset(tx, &self.open, set_id, now)?;
         ds.counts = counts;
-        ds.manifest_entries = lines.len() as u64;
+        ds.manifest_entries = expected_lines;
         ds.manifest_loaded = true;
         ds.note = None;
-        info!(set_id, entries = lines.len(), "manifest loaded");
+        info!(
+            set_id,
+            lines = lines.len(),
+            expected = expected_lines,
+            "manifest loaded"
+        );
         Ok(())
     }
 
@@ -704,10 +720,10 @@ impl Core {
     }
 
     /// Reads a manifest on its own thread so a slow share never stalls ingest.
-    fn read_manifest(&self, set_id: String, key: String) {
+    fn read_manifest(&mut self, set_id: String, key: String) {
         let share = self.settings.share_path.clone();
         let dir = self.settings.classifier.dataset_dir(&set_id);
-        let with_sizes = self.policy.wants_expected_sizes();
+        let with_sizes = self.policy.wants_expected_sizes(&set_id);
         let commands = self.commands.clone();
         let spawned = std::thread::Builder::new()
             .name("manifest-reader".into())

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod manifest;
+pub mod plugin;
 pub mod policy;
 
 pub use engine::{Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt};

@@ -1,17 +1,35 @@
 //! Reconcile policies: what "this dataset is complete" means.
 //!
-//! The engine calls a policy at three points, each O(1) per call so a
+//! The engine calls a policy at these points, each O(1) per call so a
 //! million-file dataset never costs O(n) per notification:
+//! - [`Policy::expects`]: once per manifest line, when the manifest is read;
 //! - [`Policy::on_upload`]: count, ignore or reject each upload as it arrives;
 //! - [`Policy::entry_matches`]: does an upload satisfy its manifest entry;
 //! - [`Policy::decide`]: complete, wait or fail, given the dataset's counters.
 //!
-//! Built-in policies are native; WebAssembly policies implement the same trait.
+//! The bundled policies are WebAssembly components (see `plugin`); the
+//! native [`ExactMatch`] is the same rule compiled in, used as the
+//! benchmark baseline. Both implement this trait, as does the per-set-id
+//! router.
 
 use crate::notification::UploadKind;
 
-/// Names accepted by `[reconcile] policy`.
-pub const BUILTIN: &[&str] = &["exact-match"];
+/// The bundled policies (WebAssembly components built from `plugins/`).
+pub const BUNDLED: &[&str] = &["exact-match", "size-verified", "ignore-patterns"];
+/// The exact-match rule compiled into the agent, without a sandbox.
+pub const NATIVE_EXACT_MATCH: &str = "exact-match-native";
+/// Every name `[reconcile] policy` accepts besides a `.wasm` path.
+pub const BUILTIN: &[&str] = &[
+    "exact-match",
+    "size-verified",
+    "ignore-patterns",
+    NATIVE_EXACT_MATCH,
+];
+
+/// Whether a configured policy names a component file rather than a bundled policy.
+pub fn is_plugin_path(name: &str) -> bool {
+    name.ends_with(".wasm") || name.contains('/')
+}
 
 /// An upload as a policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -76,10 +94,17 @@ pub struct PolicyError {
 
 pub trait Policy: Send {
     fn name(&self) -> &str;
-    /// Whether manifest entries should carry the sizes of the files on the share.
-    fn wants_expected_sizes(&self) -> bool {
+    /// Whether the manifest entries of `set_id` should carry the sizes of
+    /// the files on the share.
+    fn wants_expected_sizes(&mut self, _set_id: &str) -> bool {
         false
     }
+    /// Whether a manifest line takes part in the comparison.
+    fn expects(&mut self, _set_id: &str, _entry: &str) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    /// Called before each batch: a chance to pick up a replaced plugin file.
+    fn refresh(&mut self) {}
     fn on_upload(&mut self, upload: &UploadView<'_>) -> Result<UploadVerdict, PolicyError>;
     fn entry_matches(
         &mut self,
@@ -89,14 +114,6 @@ pub trait Policy: Send {
     fn decide(&mut self, summary: &Summary<'_>) -> Result<Decision, PolicyError>;
 }
 
-/// Instantiates a built-in policy by name.
-pub fn builtin(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "exact-match" => Some(Box::new(ExactMatch)),
-        _ => None,
-    }
-}
-
 /// The reference's rule, with its directory fix: the set of notified entries
 /// equals the set of manifest lines (names only; `dir/` equals `dir`).
 #[derive(Debug, Default)]
@@ -104,7 +121,7 @@ pub struct ExactMatch;
 
 impl Policy for ExactMatch {
     fn name(&self) -> &str {
-        "exact-match"
+        NATIVE_EXACT_MATCH
     }
 
     fn on_upload(&mut self, _: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {

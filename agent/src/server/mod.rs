@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use crate::config::SourceConfig;
 use crate::notification::Classifier;
 use crate::reconcile::EngineHandle;
+use crate::reconcile::plugin::PolicyHealth;
 use crate::sources;
 use crate::store::StoreReader;
 
@@ -25,6 +26,7 @@ pub struct AppState {
     pub reader: Arc<dyn StoreReader>,
     pub classifier: Arc<Classifier>,
     pub api_key: Option<String>,
+    pub policies: PolicyHealth,
 }
 
 pub fn router(state: AppState, source: &SourceConfig) -> Router {

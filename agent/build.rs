@@ -1,0 +1,101 @@
+//! Builds the WebAssembly policies in `plugins/` (for wasm32-wasip2) so the
+//! agent can bundle them, and leaves the test fixtures beside them.
+//!
+//! The nested cargo uses its own target directory next to the agent's, so
+//! it never waits on the outer build's lock, and is shared by the debug and
+//! release builds of the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+const COMPONENTS: &[&str] = &[
+    "exact_match",
+    "size_verified",
+    "ignore_patterns",
+    "fixture_chaos",
+    "fixture_wrong_version",
+    "fixture_no_policy",
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("agent/ sits in the workspace");
+    let plugins = root.join("plugins");
+    println!("cargo:rerun-if-changed={}", plugins.display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>/out.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(&out_dir)
+        .join("wasm-plugins");
+    ensure_target();
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(plugins.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Settings meant for the outer (host) build must not leak into this one.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build plugins/: {e}"));
+    if !status.success() {
+        panic!("building the policies in plugins/ for {TARGET} failed (see above)");
+    }
+    let built = target_dir.join(TARGET).join("release");
+    let dest = out_dir.join("plugins");
+    std::fs::create_dir_all(&dest).expect("OUT_DIR is writable");
+    for name in COMPONENTS {
+        copy(
+            &built.join(format!("{name}.wasm")),
+            &dest.join(format!("{name}.wasm")),
+        );
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+}
+
+/// Installs the wasm32-wasip2 standard library if it is missing, so the
+/// README's commands need no manual set-up.
+fn ensure_target() {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
+        .unwrap_or(false);
+    if installed {
+        return;
+    }
+    let ok = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and build again"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! A reconcile policy backed by a WebAssembly component.
+//!
+//! Every call runs with a deadline and a memory cap. A call that traps, runs
+//! out of time or memory returns an error (the engine fails closed), the
+//! instance is thrown away and the next call gets a fresh one; after
+//! [`QUARANTINE_AFTER`] failures in a row the plugin is quarantined for
+//! [`QUARANTINE_FOR`] and every call fails at once. A plugin file replaced
+//! on disk is reloaded; a broken replacement keeps the previous version.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::host::bindings::exports::vault::reconcile::policy::Guest;
+use super::host::bindings::vault::reconcile::types as wit;
+use super::host::bindings::{ReconcilePolicy, ReconcilePolicyPre};
+use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, hex};
+use super::{PluginError, PluginHealth, PluginSource, PolicyHealth};
+use crate::notification::UploadKind;
+use crate::reconcile::policy::{
+    Decision, ExpectedEntry, Policy, PolicyError, Summary, UploadVerdict, UploadView,
+};
+
+pub const QUARANTINE_AFTER: u32 = 3;
+pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
+/// How often a plugin file is checked for replacement.
+const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Time and memory used by a plugin's calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallStats {
+    pub calls: u64,
+    pub total: Duration,
+    pub slowest: Duration,
+    pub peak_memory: usize,
+}
+
+struct Loaded {
+    pre: ReconcilePolicyPre<HostState>,
+    /// None after a failed call: the next call instantiates afresh.
+    live: Option<(Store<HostState>, ReconcilePolicy)>,
+    wants_sizes: bool,
+    sha256: String,
+    loaded_from: LoadedFrom,
+    load_time: Duration,
+}
+
+pub struct WasmPolicy {
+    name: String,
+    source: PluginSource,
+    settings: Vec<(String, String)>,
+    host: Arc<PluginHost>,
+    loaded: Result<Loaded, PluginError>,
+    consecutive_failures: u32,
+    quarantined_until: Option<Instant>,
+    last_error: Option<String>,
+    file_stamp: Option<(SystemTime, u64)>,
+    last_check: Instant,
+    stats: CallStats,
+    health: PolicyHealth,
+    capture_logs: bool,
+    captured: Vec<String>,
+}
+
+impl WasmPolicy {
+    /// Loads a plugin; a plugin that cannot load is kept, broken: every call
+    /// fails (closed) and a replaced file is tried again.
+    pub fn load(
+        host: Arc<PluginHost>,
+        name: &str,
+        source: PluginSource,
+        settings: Vec<(String, String)>,
+        health: PolicyHealth,
+    ) -> WasmPolicy {
+        let mut policy = WasmPolicy {
+            name: name.to_owned(),
+            file_stamp: stamp(&source),
+            source,
+            settings,
+            host,
+            loaded: Err(PluginError::Host("not loaded yet".into())),
+            consecutive_failures: 0,
+            quarantined_until: None,
+            last_error: None,
+            last_check: Instant::now(),
+            stats: CallStats::default(),
+            health,
+            capture_logs: false,
+            captured: Vec::new(),
+        };
+        policy.loaded = policy.try_load();
+        match &policy.loaded {
+            Ok(l) => tracing::info!(
+                plugin = %policy.name, source = %policy.source, sha256 = &l.sha256[..12],
+                from = ?l.loaded_from, load_ms = l.load_time.as_secs_f64() * 1e3, "policy plugin loaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "policy plugin failed to load; its datasets cannot succeed until it is fixed");
+                policy.last_error = Some(e.to_string());
+            }
+        }
+        policy.publish();
+        policy
+    }
+
+    /// Loads or fails with the reason (for the CLI and config checks).
+    pub fn load_strict(
+        host: Arc<PluginHost>,
+        name: &str,
+        source: PluginSource,
+        settings: Vec<(String, String)>,
+    ) -> Result<WasmPolicy, PluginError> {
+        let mut policy = WasmPolicy::load(host, name, source, settings, PolicyHealth::default());
+        match std::mem::replace(&mut policy.loaded, Err(PluginError::Host("taken".into()))) {
+            Ok(l) => {
+                policy.loaded = Ok(l);
+                Ok(policy)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_load(&mut self) -> Result<Loaded, PluginError> {
+        let start = Instant::now();
+        let bytes = self.source.bytes(&self.name)?;
+        let (component, loaded_from): (Component, LoadedFrom) =
+            self.host.compile(&self.name, &bytes)?;
+        self.host.check_world(&self.name, &component)?;
+        let pre = self.host.instantiate_pre(&self.name, &component)?;
+        let mut loaded = Loaded {
+            pre,
+            live: None,
+            wants_sizes: false,
+            sha256: hex(&Sha256::digest(&bytes)),
+            loaded_from,
+            load_time: Duration::ZERO,
+        };
+        let live = self
+            .instantiate(&loaded.pre)
+            .map_err(|message| PluginError::Init {
+                plugin: self.name.clone(),
+                message,
+            })?;
+        loaded.live = Some(live);
+        loaded.load_time = start.elapsed();
+        Ok(loaded)
+    }
+
+    /// A fresh instance with `init` run; Err is the reason, for the operator.
+    fn instantiate(
+        &mut self,
+        pre: &ReconcilePolicyPre<HostState>,
+    ) -> Result<(Store<HostState>, ReconcilePolicy), String> {
+        let mut store = self.host.new_store(&self.name);
+        store.data_mut().captured = self.capture_logs.then(Vec::new);
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        store.data_mut().begin_call();
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| describe_failure(&self.host.limits, &store, &e))?;
+        let policy = instance.vault_reconcile_policy();
+        let settings = self.settings.clone();
+        match policy.call_init(&mut store, &settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(format!("init refused its settings: {message}")),
+            Err(e) => {
+                return Err(format!(
+                    "init failed: {}",
+                    describe_failure(&self.host.limits, &store, &e)
+                ));
+            }
+        }
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        let _ = policy.call_wants_expected_sizes(&mut store);
+        self.drain_captured(&mut store);
+        Ok((store, instance))
+    }
+
+    fn drain_captured(&mut self, store: &mut Store<HostState>) {
+        if let Some(lines) = store.data_mut().captured.as_mut() {
+            self.captured.append(lines);
+        }
+    }
+
+    /// Runs one hook under the limits, failing closed.
+    fn call<T>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PolicyError> {
+        let fail = |policy: &WasmPolicy, message: String| PolicyError {
+            policy: policy.label(),
+            call,
+            message,
+        };
+        if let Some(until) = self.quarantined_until {
+            if Instant::now() < until {
+                let last = self.last_error.clone().unwrap_or_default();
+                return Err(fail(
+                    self,
+                    format!("quarantined after {QUARANTINE_AFTER} failures in a row; last: {last}"),
+                ));
+            }
+            self.quarantined_until = None;
+        }
+        let loaded = match &mut self.loaded {
+            Ok(l) => l,
+            Err(e) => {
+                let message = e.to_string();
+                return Err(fail(self, message));
+            }
+        };
+        if loaded.live.is_none() {
+            let pre = loaded.pre.clone();
+            match self.instantiate(&pre) {
+                Ok(live) => {
+                    if let Ok(l) = &mut self.loaded {
+                        l.live = Some(live);
+                    }
+                }
+                Err(message) => return Err(self.failed(call, message)),
+            }
+        }
+        let Ok(Loaded {
+            live: Some((store, instance)),
+            ..
+        }) = &mut self.loaded
+        else {
+            return Err(fail(self, "no instance".into()));
+        };
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        store.data_mut().begin_call();
+        let start = Instant::now();
+        let result = f(instance.vault_reconcile_policy(), store);
+        let elapsed = start.elapsed();
+        self.stats.calls += 1;
+        self.stats.total += elapsed;
+        self.stats.slowest = self.stats.slowest.max(elapsed);
+        self.stats.peak_memory = self.stats.peak_memory.max(store.data().limiter.peak);
+        match result {
+            Ok(value) => {
+                if self.capture_logs {
+                    let lines: Vec<String> = store
+                        .data_mut()
+                        .captured
+                        .as_mut()
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    self.captured.extend(lines);
+                }
+                if self.consecutive_failures > 0 {
+                    self.consecutive_failures = 0;
+                    self.publish();
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                let message = describe_failure(&self.host.limits, store, &e);
+                // The instance may be in any state now: throw it away.
+                if let Ok(l) = &mut self.loaded {
+                    l.live = None;
+                }
+                Err(self.failed(call, message))
+            }
+        }
+    }
+
+    fn failed(&mut self, call: &'static str, message: String) -> PolicyError {
+        self.consecutive_failures += 1;
+        let error = PolicyError {
+            policy: self.label(),
+            call,
+            message,
+        };
+        tracing::error!(error = %error, failures_in_a_row = self.consecutive_failures, "policy call failed; failing closed");
+        self.last_error = Some(error.to_string());
+        if self.consecutive_failures >= QUARANTINE_AFTER {
+            self.quarantined_until = Some(Instant::now() + QUARANTINE_FOR);
+            self.consecutive_failures = 0;
+            tracing::error!(plugin = %self.name, for_secs = QUARANTINE_FOR.as_secs(), "policy plugin quarantined");
+        }
+        self.publish();
+        error
+    }
+
+    /// "name (source, vault:reconcile@0.1.0, sha256 0123abcd)" for messages.
+    pub fn label(&self) -> String {
+        match &self.loaded {
+            Ok(l) => format!(
+                "{} ({}, {SUPPORTED_PACKAGE}, sha256 {})",
+                self.name,
+                self.source,
+                &l.sha256[..12]
+            ),
+            Err(_) => format!("{} ({})", self.name, self.source),
+        }
+    }
+
+    pub fn stats(&self) -> CallStats {
+        self.stats
+    }
+
+    pub fn load_time(&self) -> Option<(Duration, LoadedFrom)> {
+        self.loaded
+            .as_ref()
+            .ok()
+            .map(|l| (l.load_time, l.loaded_from))
+    }
+
+    /// Collect the plugin's log lines instead of logging them (`plugin test`).
+    pub fn capture_logs(&mut self) {
+        self.capture_logs = true;
+        if let Ok(Loaded {
+            live: Some((store, _)),
+            ..
+        }) = &mut self.loaded
+        {
+            store.data_mut().captured = Some(Vec::new());
+        }
+    }
+
+    pub fn take_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.captured)
+    }
+
+    fn publish(&self) {
+        let state = match (&self.loaded, self.quarantined_until) {
+            (Err(_), _) => "broken",
+            (Ok(_), Some(_)) => "quarantined",
+            (Ok(_), None) => "ready",
+        };
+        let entry = PluginHealth {
+            name: self.name.clone(),
+            source: self.source.to_string(),
+            state: state.to_owned(),
+            calls: self.stats.calls,
+            last_error: self.last_error.clone(),
+        };
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.insert(self.name.clone(), entry);
+    }
+}
+
+/// Why a call failed, in the operator's words.
+fn describe_failure(limits: &Limits, store: &Store<HostState>, e: &wasmtime::Error) -> String {
+    let state = store.data();
+    if state.limiter.hit {
+        return format!(
+            "ran out of memory (limit {} MiB)",
+            limits.memory_bytes >> 20
+        );
+    }
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return format!(
+            "did not return within {:?} and was stopped",
+            limits.call_timeout
+        );
+    }
+    let output = state.output();
+    let root = e.root_cause().to_string();
+    if output.is_empty() {
+        format!("trapped: {root}")
+    } else {
+        format!("trapped: {root}; plugin output: {output}")
+    }
+}
+
+fn stamp(source: &PluginSource) -> Option<(SystemTime, u64)> {
+    match source {
+        PluginSource::File(path) => file_stamp(path),
+        PluginSource::Bundled(_) => None,
+    }
+}
+
+fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn upload(view: &UploadView<'_>) -> wit::Upload {
+    wit::Upload {
+        set_id: view.set_id.to_owned(),
+        object_key: view.object_key.to_owned(),
+        entry: view.entry.to_owned(),
+        size: view.size,
+        event_time: view.event_time,
+        kind: match view.kind {
+            UploadKind::Data => wit::UploadKind::Data,
+            UploadKind::Manifest => wit::UploadKind::Manifest,
+        },
+    }
+}
+
+impl Policy for WasmPolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn wants_expected_sizes(&mut self, _set_id: &str) -> bool {
+        let Ok(Loaded {
+            live: Some((store, instance)),
+            ..
+        }) = &mut self.loaded
+        else {
+            return self.loaded.as_ref().is_ok_and(|l| l.wants_sizes);
+        };
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        let wants = instance
+            .vault_reconcile_policy()
+            .call_wants_expected_sizes(&mut *store)
+            .unwrap_or(false);
+        if let Ok(l) = &mut self.loaded {
+            l.wants_sizes = wants;
+        }
+        wants
+    }
+
+    fn expects(&mut self, _set_id: &str, entry: &str) -> Result<bool, PolicyError> {
+        self.call("expects", |g, s| g.call_expects(s, entry))
+    }
+
+    fn refresh(&mut self) {
+        if self.last_check.elapsed() < RELOAD_CHECK_EVERY {
+            return;
+        }
+        self.last_check = Instant::now();
+        let PluginSource::File(path) = &self.source else {
+            return;
+        };
+        let now = file_stamp(path);
+        if now.is_none() || now == self.file_stamp {
+            return;
+        }
+        self.file_stamp = now;
+        match self.try_load() {
+            Ok(loaded) => {
+                tracing::info!(plugin = %self.name, sha256 = &loaded.sha256[..12], "policy plugin file replaced; reloaded");
+                self.loaded = Ok(loaded);
+                self.consecutive_failures = 0;
+                self.quarantined_until = None;
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replaced policy plugin does not load; keeping the previous version");
+                self.last_error = Some(e.to_string());
+                if self.loaded.is_err() {
+                    self.loaded = Err(e);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn on_upload(&mut self, view: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
+        let arg = upload(view);
+        let verdict = self.call("on-upload", |g, s| g.call_on_upload(s, &arg))?;
+        Ok(match verdict {
+            wit::UploadVerdict::Count => UploadVerdict::Count,
+            wit::UploadVerdict::Ignore => UploadVerdict::Ignore,
+            wit::UploadVerdict::Reject(reason) => UploadVerdict::Reject(reason),
+        })
+    }
+
+    fn entry_matches(
+        &mut self,
+        expected: &ExpectedEntry<'_>,
+        view: &UploadView<'_>,
+    ) -> Result<bool, PolicyError> {
+        let expected = wit::ExpectedEntry {
+            entry: expected.entry.to_owned(),
+            size: expected.size,
+        };
+        let arg = upload(view);
+        self.call("entry-matches", |g, s| {
+            g.call_entry_matches(s, &expected, &arg)
+        })
+    }
+
+    fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
+        let summary = wit::Summary {
+            set_id: s.set_id.to_owned(),
+            manifest_entries: s.manifest_entries,
+            received: s.received,
+            matched: s.matched,
+            mismatched: s.mismatched,
+            missing: s.missing,
+            unexpected: s.unexpected,
+            ignored: s.ignored,
+            rejected: s.rejected,
+        };
+        let decision = self.call("decide", |g, st| g.call_decide(st, &summary))?;
+        Ok(match decision {
+            wit::Decision::Complete => Decision::Complete,
+            wit::Decision::Wait(reason) => Decision::Wait(reason),
+            wit::Decision::Fail(reason) => Decision::Fail(reason),
+        })
+    }
+}

@@ -1,0 +1,377 @@
+//! The WebAssembly side of the policy host: one wasmtime engine per agent,
+//! an epoch ticker that bounds every call in time, a memory limiter per
+//! instance, an on-disk cache of compiled components, and the (empty) set of
+//! capabilities a plugin gets.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
+
+use super::PluginError;
+
+pub(super) mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "reconcile-policy" });
+}
+
+use bindings::vault::reconcile::host::{Host, Level};
+
+/// The WIT package this agent implements.
+pub const SUPPORTED_PACKAGE: &str = "vault:reconcile@0.1.0";
+const POLICY_EXPORT_PREFIX: &str = "vault:reconcile/policy@";
+const POLICY_EXPORT: &str = "vault:reconcile/policy@0.1.0";
+
+/// Granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Longest log line a plugin may write, and lines per call.
+const LOG_LINE_BYTES: usize = 1024;
+const LOG_LINES_PER_CALL: u32 = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub call_timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedFrom {
+    Compiled,
+    Cache,
+}
+
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    pub limits: Limits,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginHost {
+    /// `cache_dir`: where compiled components are kept (None: no cache).
+    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> Result<Arc<PluginHost>, PluginError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Host(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Host(e.to_string()))?;
+        bindings::ReconcilePolicy::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Host(e.to_string()))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticking_engine, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticking_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Host(format!("cannot start the epoch ticker: {e}")))?;
+        if let Some(dir) = &cache_dir {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Ok(Arc::new(PluginHost {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            stop_ticker,
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component, or loads it from the cache. The cache key is the
+    /// component's SHA-256 and the engine's compatibility hash, so a new
+    /// agent version or different settings never load a stale artifact.
+    pub fn compile(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, LoadedFrom), PluginError> {
+        check_magic(plugin, bytes)?;
+        let digest = hex(&Sha256::digest(bytes));
+        let mut compat = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}-{:016x}.cwasm", compat.finish())));
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash, into the agent's own
+            // state directory; a damaged file fails to load and is rebuilt.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => return Ok((component, LoadedFrom::Cache)),
+                Err(e) => {
+                    tracing::warn!(plugin, error = %e, "compiled plugin cache entry unusable; recompiling");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+            plugin: plugin.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+        if let Some(path) = cached
+            && let Ok(blob) = component.serialize()
+        {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, blob)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok((component, LoadedFrom::Compiled))
+    }
+
+    /// Checks the component exports the policy interface of a supported version.
+    pub fn check_world(&self, plugin: &str, component: &Component) -> Result<(), PluginError> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if exports.iter().any(|e| e == POLICY_EXPORT) {
+            return Ok(());
+        }
+        if let Some(other) = exports.iter().find(|e| e.starts_with(POLICY_EXPORT_PREFIX)) {
+            return Err(PluginError::WrongVersion {
+                plugin: plugin.to_owned(),
+                found: other.replacen("/policy", "", 1),
+            });
+        }
+        Err(PluginError::MissingExport {
+            plugin: plugin.to_owned(),
+            exports,
+        })
+    }
+
+    pub fn instantiate_pre(
+        &self,
+        plugin: &str,
+        component: &Component,
+    ) -> Result<bindings::ReconcilePolicyPre<HostState>, PluginError> {
+        let link = |e: wasmtime::Error| PluginError::Link {
+            plugin: plugin.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(link)?;
+        bindings::ReconcilePolicyPre::new(pre).map_err(link)
+    }
+
+    /// A fresh store: no files, network, environment or clock; output
+    /// captured (a panic message ends up in the error).
+    pub fn new_store(&self, plugin: &str) -> Store<HostState> {
+        let output = MemoryOutputPipe::new(4096);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_limit: self.limits.memory_bytes,
+                peak: 0,
+                hit: false,
+            },
+            plugin: plugin.to_owned(),
+            output,
+            log_budget: LOG_LINES_PER_CALL,
+            captured: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+
+    /// Epoch ticks of one call's deadline.
+    pub fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+    }
+}
+
+fn check_magic(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        return Err(PluginError::NotWasm {
+            plugin: plugin.to_owned(),
+        });
+    }
+    // Layer 0 is a core module; components are layer 1.
+    if bytes[6..8] == [0, 0] {
+        return Err(PluginError::CoreModule {
+            plugin: plugin.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Per-instance state: WASI plumbing with no capabilities, limits, logging.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: Limiter,
+    plugin: String,
+    output: MemoryOutputPipe,
+    pub(super) log_budget: u32,
+    /// `plugin test` collects log lines here instead of logging them.
+    pub(super) captured: Option<Vec<String>>,
+}
+
+impl HostState {
+    /// What the plugin wrote to stdout/stderr (its panic message, say).
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.contents())
+            .trim()
+            .to_owned()
+    }
+
+    pub fn begin_call(&mut self) {
+        self.log_budget = LOG_LINES_PER_CALL;
+        self.limiter.hit = false;
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::vault::reconcile::types::Host for HostState {}
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_budget == 0 {
+            return;
+        }
+        self.log_budget -= 1;
+        let mut message = message;
+        if message.len() > LOG_LINE_BYTES {
+            let mut cut = LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [cut]");
+        }
+        if let Some(lines) = self.captured.as_mut() {
+            let name = match level {
+                Level::Debug => "debug",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Error => "error",
+            };
+            lines.push(format!("{name}: {message}"));
+            return;
+        }
+        let plugin = self.plugin.as_str();
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+/// Caps linear memory and remembers whether the cap was hit.
+pub struct Limiter {
+    memory_limit: usize,
+    pub(super) peak: usize,
+    pub(super) hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Plugins get no clock: time stands still at the epoch.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
