@@ -57,11 +57,16 @@ impl Agent {
         }
         let policy_name = config.reconcile.policy.get_ref();
         let health = PolicyHealth::default();
-        let policy = plugin::build(
-            &config.reconcile,
-            &config.agent.state_dir.join("plugin-cache"),
-            &health,
-        )?;
+        // Plugins are built off the async runtime: a plugin's WASI calls
+        // (its panic message, say) block, which is not allowed on a worker.
+        let policy = {
+            let reconcile = config.reconcile.clone();
+            let cache = config.agent.state_dir.join("plugin-cache");
+            let health = health.clone();
+            tokio::task::spawn_blocking(move || plugin::build(&reconcile, &cache, &health))
+                .await
+                .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))??
+        };
         let classifier = Classifier::new(
             config.share.job_dir_suffix.0.clone(),
             config.share.manifest_suffix.0.clone(),

@@ -5,5 +5,6 @@
 mod cli;
 mod crash;
 mod http;
+mod plugins;
 mod reconcile;
 mod support;

@@ -329,6 +329,7 @@ fn contribution(row: Option<&EntryRecord>) -> Counts {
     match up.verdict {
         Verdict::Ignore => c.ignored = 1,
         Verdict::Reject => c.rejected = 1,
+        Verdict::Unjudged => c.unjudged = 1,
         Verdict::Count => {
             c.received = 1;
             if row.expected.is_some() {
@@ -440,6 +441,50 @@ impl Core {
         Ok(())
     }
 
+    /// Runs the policy's per-upload hooks on an entry's upload and stores
+    /// the verdict in it. A failed call leaves the upload unjudged: it
+    /// blocks success (fail closed) and is judged again at the next re-check.
+    /// Returns the reason to show in status, if any.
+    fn judge(&mut self, set_id: &str, row: &mut EntryRecord) -> Option<String> {
+        let key = row.key.as_str();
+        let up = row.upload.as_mut()?;
+        let kind = match self.settings.classifier.classify(&up.object_key) {
+            Classification::Dataset { kind, .. } => kind,
+            Classification::Outside => UploadKind::Data,
+        };
+        let mut note = None;
+        let v = view(set_id, key, up, kind);
+        let mut verdict = match self.policy.on_upload(&v) {
+            Ok(UploadVerdict::Count) => Verdict::Count,
+            Ok(UploadVerdict::Ignore) => Verdict::Ignore,
+            Ok(UploadVerdict::Reject(reason)) => {
+                warn!(set_id, key = %up.object_key, %reason, "upload rejected by policy");
+                note = Some(format!("upload {} rejected: {reason}", up.object_key));
+                Verdict::Reject
+            }
+            Err(e) => {
+                note = Some(e.to_string());
+                Verdict::Unjudged
+            }
+        };
+        let mut matched = false;
+        if verdict == Verdict::Count
+            && let Some(size) = row.expected
+        {
+            let expected = ExpectedEntry { entry: key, size };
+            match self.policy.entry_matches(&expected, &v) {
+                Ok(m) => matched = m,
+                Err(e) => {
+                    note = Some(e.to_string());
+                    verdict = Verdict::Unjudged;
+                }
+            }
+        }
+        up.verdict = verdict;
+        up.matched = matched;
+        note
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn apply_upload(
         &mut self,
@@ -466,55 +511,21 @@ impl Core {
         }
         let before = contribution(prev.as_ref());
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&entry, set_id));
-        let mut record = UploadRecord {
+        let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
+            key: upload.key.clone(),
+            bucket: upload.bucket.clone(),
+            size: upload.size,
+            event_time: upload.event_time,
+        });
+        row.upload = Some(UploadRecord {
             object_key: upload.key,
             bucket: upload.bucket,
             size: upload.size,
             event_time: upload.event_time,
-            verdict: Verdict::Count,
+            verdict: Verdict::Unjudged,
             matched: false,
-        };
-        let mut note = None;
-        let v = view(set_id, &row.key, &record, kind);
-        record.verdict = match self.policy.on_upload(&v) {
-            Ok(UploadVerdict::Count) => Verdict::Count,
-            Ok(UploadVerdict::Ignore) => Verdict::Ignore,
-            Ok(UploadVerdict::Reject(reason)) => {
-                warn!(set_id, key = %record.object_key, %reason, "upload rejected by policy");
-                note = Some(format!("upload {} rejected: {reason}", record.object_key));
-                Verdict::Reject
-            }
-            Err(e) => {
-                error!(set_id, error = %e, "policy failed; upload rejected (fail closed)");
-                note = Some(e.to_string());
-                Verdict::Reject
-            }
-        };
-        if record.verdict == Verdict::Count
-            && let Some(size) = row.expected
-        {
-            let expected = ExpectedEntry {
-                entry: &row.key,
-                size,
-            };
-            record.matched = match self
-                .policy
-                .entry_matches(&expected, &view(set_id, &row.key, &record, kind))
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    note = Some(e.to_string());
-                    false
-                }
-            };
-        }
-        let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
-            key: record.object_key.clone(),
-            bucket: record.bucket.clone(),
-            size: record.size,
-            event_time: record.event_time,
         });
-        row.upload = Some(record);
+        let note = self.judge(set_id, &mut row);
         tx.put_entry(&row)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
@@ -561,7 +572,7 @@ impl Core {
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
         }
-        let lines = match result {
+        let mut lines = match result {
             Ok(lines) => lines,
             Err(message) => {
                 warn!(set_id, %message, "manifest not usable yet; retrying at the next re-check");
@@ -569,57 +580,51 @@ impl Core {
                 return Ok(());
             }
         };
-        let mut counts = ds.counts;
-        let mut expected_lines = 0;
-        for (key, size) in &lines {
-            let expects = self.policy.expects(set_id, key).unwrap_or_else(|e| {
-                // Fail closed: a line the policy could not judge stays expected.
-                error!(set_id, error = %e, "policy failed on a manifest line; keeping it expected");
+        // Which lines take part is the policy's call; if it cannot answer,
+        // the manifest stays unloaded and is read again at the next re-check.
+        let total = lines.len();
+        let mut expects_error = None;
+        lines.retain(|(key, _)| match self.policy.expects(set_id, key) {
+            Ok(keep) => keep,
+            Err(e) => {
+                expects_error.get_or_insert(e.to_string());
                 true
-            });
-            if !expects {
-                continue;
             }
-            expected_lines += 1;
+        });
+        if let Some(message) = expects_error {
+            ds.note = Some(message);
+            return Ok(());
+        }
+        let mut counts = ds.counts;
+        let mut note = None;
+        for (key, size) in &lines {
             let prev = tx.entry(key)?;
             counts -= contribution(prev.as_ref());
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
-            if let Some(up) = row.upload.as_ref().filter(|u| u.verdict == Verdict::Count) {
-                let kind = self.settings.classifier.classify(&up.object_key);
-                let kind = match kind {
-                    Classification::Dataset { kind, .. } => kind,
-                    Classification::Outside => UploadKind::Data,
-                };
-                let expected = ExpectedEntry {
-                    entry: key,
-                    size: *size,
-                };
-                let matched = self
-                    .policy
-                    .entry_matches(&expected, &view(set_id, key, up, kind))
-                    .unwrap_or(false);
-                if let Some(up) = row.upload.as_mut() {
-                    up.matched = matched;
-                }
+            if let Some(n) = self.judge(set_id, &mut row) {
+                note = Some(n);
             }
             counts += contribution(Some(&row));
             tx.put_entry(&row)?;
         }
         let ds = work.dataset(tx, &self.open, set_id, now)?;
         ds.counts = counts;
-        ds.manifest_entries = expected_lines;
+        ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
-        ds.note = None;
+        ds.note = note;
         info!(
             set_id,
-            lines = lines.len(),
-            expected = expected_lines,
+            lines = total,
+            expected = lines.len(),
             "manifest loaded"
         );
         Ok(())
     }
 
+    /// Re-check of every dataset still reconciling: manifests not read yet,
+    /// uploads a failed policy call left unjudged, then (in `decide_touched`)
+    /// the decision and the deadline.
     fn tick(&mut self, tx: &mut dyn StoreTx, work: &mut Work, now: i64) -> StoreResult<()> {
         let reconciling: Vec<String> = self
             .open
@@ -629,15 +634,47 @@ impl Core {
             .collect();
         for set_id in reconciling {
             let ds = work.dataset(tx, &self.open, &set_id, now)?;
+            let unjudged = ds.counts.unjudged > 0;
             if !ds.manifest_loaded && !self.reading.contains(&set_id) {
                 let key = ds
                     .manifest
                     .as_ref()
                     .map(|m| m.key.clone())
                     .unwrap_or_default();
-                work.manifest_reads.push((set_id, key));
+                work.manifest_reads.push((set_id.clone(), key));
+            }
+            if unjudged {
+                self.rejudge(tx, work, &set_id, now)?;
             }
         }
+        Ok(())
+    }
+
+    /// Judges again the uploads whose policy call failed.
+    fn rejudge(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        const PER_TICK: usize = 10_000;
+        let dir = self.settings.classifier.dataset_dir(set_id);
+        let rows = tx.unjudged_entries(&dir, PER_TICK)?;
+        let mut delta_note = None;
+        let mut counts_delta = (Counts::default(), Counts::default());
+        for mut row in rows {
+            counts_delta.0 += contribution(Some(&row));
+            if let Some(n) = self.judge(set_id, &mut row) {
+                delta_note = Some(n);
+            }
+            counts_delta.1 += contribution(Some(&row));
+            tx.put_entry(&row)?;
+        }
+        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        ds.counts -= counts_delta.0;
+        ds.counts += counts_delta.1;
+        ds.note = delta_note;
         Ok(())
     }
 
@@ -659,7 +696,18 @@ impl Core {
                     ignored: ds.counts.ignored,
                     rejected: ds.counts.rejected,
                 };
-                match self.policy.decide(&summary) {
+                let decision = if ds.counts.unjudged > 0 {
+                    // Fail closed: the policy has not judged every upload.
+                    Ok(Decision::Wait(ds.note.clone().unwrap_or_else(|| {
+                        format!(
+                            "{} uploads not judged yet by the policy",
+                            ds.counts.unjudged
+                        )
+                    })))
+                } else {
+                    self.policy.decide(&summary)
+                };
+                match decision {
                     Ok(Decision::Complete) => {
                         ds.note = None;
                         close(

@@ -17,6 +17,10 @@ type Reply = (StatusCode, Json<Value>);
 
 pub async fn all(State(state): State<AppState>) -> Reply {
     let reader = state.reader.clone();
+    let policies: Vec<Value> = {
+        let health = state.policies.lock().unwrap_or_else(|p| p.into_inner());
+        health.values().map(|h| json!(h)).collect()
+    };
     let result = tokio::task::spawn_blocking(move || -> crate::store::StoreResult<Value> {
         let datasets: Vec<Value> = reader.datasets()?.iter().map(dataset_json).collect();
         let counters: serde_json::Map<String, Value> = reader
@@ -24,7 +28,7 @@ pub async fn all(State(state): State<AppState>) -> Reply {
             .into_iter()
             .map(|(k, v)| (k, json!(v)))
             .collect();
-        Ok(json!({ "datasets": datasets, "counters": counters }))
+        Ok(json!({ "datasets": datasets, "counters": counters, "policies": policies }))
     })
     .await;
     reply(result)

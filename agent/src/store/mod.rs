@@ -52,6 +52,12 @@ pub trait StoreTx {
     fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
     fn entry(&mut self, key: &str) -> StoreResult<Option<EntryRecord>>;
     fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()>;
+    /// Up to `limit` entries of a dataset whose policy call failed.
+    fn unjudged_entries(
+        &mut self,
+        dataset_dir: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>>;
     /// Appends an event to the outbox; returns its sequence number. An event
     /// whose id is already there is not added again.
     fn push_event(&mut self, event: &OutboxEvent) -> StoreResult<i64>;

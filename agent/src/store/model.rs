@@ -68,6 +68,9 @@ pub struct Counts {
     pub ignored: u64,
     /// Uploads the policy rejected.
     pub rejected: u64,
+    /// Uploads whose policy call failed: they block success and are judged
+    /// again at the next re-check.
+    pub unjudged: u64,
 }
 
 impl AddAssign for Counts {
@@ -77,6 +80,7 @@ impl AddAssign for Counts {
         self.mismatched += o.mismatched;
         self.ignored += o.ignored;
         self.rejected += o.rejected;
+        self.unjudged += o.unjudged;
     }
 }
 
@@ -87,6 +91,7 @@ impl SubAssign for Counts {
         self.mismatched -= o.mismatched;
         self.ignored -= o.ignored;
         self.rejected -= o.rejected;
+        self.unjudged -= o.unjudged;
     }
 }
 
@@ -151,6 +156,8 @@ pub enum Verdict {
     Count,
     Ignore,
     Reject,
+    /// The policy call failed (fail closed, retried).
+    Unjudged,
 }
 
 impl Verdict {
@@ -159,6 +166,7 @@ impl Verdict {
             Verdict::Count => 0,
             Verdict::Ignore => 1,
             Verdict::Reject => 2,
+            Verdict::Unjudged => 3,
         }
     }
 
@@ -167,6 +175,7 @@ impl Verdict {
             0 => Verdict::Count,
             1 => Verdict::Ignore,
             2 => Verdict::Reject,
+            3 => Verdict::Unjudged,
             _ => return None,
         })
     }

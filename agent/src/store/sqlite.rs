@@ -19,7 +19,7 @@ use super::{Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
 const SCHEMA: &str = "
@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     manifest_loaded INTEGER NOT NULL,
     manifest_entries INTEGER NOT NULL,
     received INTEGER NOT NULL, matched INTEGER NOT NULL, mismatched INTEGER NOT NULL,
-    ignored INTEGER NOT NULL, rejected INTEGER NOT NULL,
+    ignored INTEGER NOT NULL, rejected INTEGER NOT NULL, unjudged INTEGER NOT NULL DEFAULT 0,
     first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
     manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER,
     note TEXT
@@ -60,7 +60,14 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, manifest_size, \
     manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
-    ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note";
+    ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, \
+    unjudged";
+
+/// Upgrades an older database in place (`from` is its schema version).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
+)];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -94,6 +101,11 @@ impl SqliteStore {
                 found,
                 supported: SCHEMA_VERSION,
             });
+        }
+        for (from, sql) in MIGRATIONS {
+            if found == *from {
+                conn.execute_batch(sql).map_err(&err)?;
+            }
         }
         conn.execute_batch(SCHEMA).map_err(&err)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
@@ -158,7 +170,7 @@ impl StoreTx for SqliteTx<'_> {
     fn put_dataset(&mut self, d: &DatasetRecord) -> StoreResult<()> {
         let sql = format!(
             "INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
         );
         let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
         let m = d.manifest.as_ref();
@@ -182,6 +194,7 @@ impl StoreTx for SqliteTx<'_> {
             d.deadline_ms,
             d.decided_ms,
             d.note,
+            d.counts.unjudged as i64,
         ])
         .map_err(self.err())?;
         Ok(())
@@ -235,6 +248,28 @@ impl StoreTx for SqliteTx<'_> {
         ])
         .map_err(self.err())?;
         Ok(())
+    }
+
+    fn unjudged_entries(
+        &mut self,
+        dataset_dir: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT key, set_id, object_key, bucket, size, event_time, verdict, matched, \
+                 in_manifest, expected_size FROM entries \
+                 WHERE (key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0')) AND verdict = 3 LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![dataset_dir, limit as i64], |r| {
+                Ok(entry_from_row(r))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        rows.into_iter().collect()
     }
 
     fn push_event(&mut self, ev: &OutboxEvent) -> StoreResult<i64> {
@@ -448,6 +483,7 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
                 mismatched: r.get::<_, i64>(10)? as u64,
                 ignored: r.get::<_, i64>(11)? as u64,
                 rejected: r.get::<_, i64>(12)? as u64,
+                unjudged: r.get::<_, i64>(19)? as u64,
             },
             first_seen_ms: r.get(13)?,
             last_seen_ms: r.get(14)?,

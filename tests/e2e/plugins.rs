@@ -1,0 +1,240 @@
+//! Reconcile policies as WebAssembly components, end to end: the bundled
+//! policies on reference-shaped datasets, routing, components that
+//! misbehave, and replacing a plugin file while the agent runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{AgentProcess, Env, file_names};
+
+/// A test component built by the agent's build script from plugins/fixtures.
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("OUT_DIR"), "/plugins")).join(format!("{name}.wasm"))
+}
+
+/// Posts every manifest line's upload (plus `extra` keys) for a dataset.
+fn upload_all(env: &Env, agent: &AgentProcess, lines: &[String], extra: &[Value]) {
+    let mut events: Vec<Value> = lines.iter().map(|l| env.upload_for(l)).collect();
+    events.extend(extra.iter().cloned());
+    let (code, answer) = agent.post(&json!(events).to_string());
+    assert_eq!(code, 202, "{answer}");
+}
+
+fn nfs_file(set_id: &str) -> Value {
+    crate::support::gateway_event(
+        &format!("{set_id}-vaultjob/d0/.nfs000000001234"),
+        0,
+        "2021-05-01T10:00:00Z",
+    )
+}
+
+#[test]
+fn bundled_policies_on_reference_datasets_and_routing() {
+    let env = Env::new(
+        "[reconcile]\nwait = \"200ms\"\npolicy = \"exact-match\"\n\
+         [[reconcile.route]]\nset_ids = \"IGN*\"\npolicy = \"ignore-patterns\"\n\
+         [reconcile.route.policy_config]\npatterns = [\".nfs*\", \"*.tmp\", \".DS_Store\"]\n\
+         [[reconcile.route]]\nset_ids = \"SIZE*\"\npolicy = \"size-verified\"\n",
+    );
+    let agent = env.start();
+
+    // An NFS silly-rename file blocks exact-match...
+    let exact = env.write_dataset("EXACT0000000001", &file_names(12));
+    upload_all(&env, &agent, &exact, &[nfs_file("EXACT0000000001")]);
+    // ...and passes ignore-patterns, which also ignores listed temp files.
+    let mut names = file_names(12);
+    names.push("d1/scratch.tmp".into());
+    let ignoring = env.write_dataset("IGN00000000001", &names);
+    let without_tmp: Vec<String> = ignoring
+        .iter()
+        .filter(|l| !l.ends_with(".tmp"))
+        .cloned()
+        .collect();
+    upload_all(&env, &agent, &without_tmp, &[nfs_file("IGN00000000001")]);
+    // size-verified: right sizes pass, a wrong size blocks.
+    let sized = env.write_dataset("SIZE0000000001", &file_names(8));
+    upload_all(&env, &agent, &sized, &[]);
+    let wrong = env.write_dataset("SIZE0000000002", &file_names(8));
+    let mut events: Vec<Value> = wrong.iter().map(|l| env.upload_for(l)).collect();
+    let victim = events
+        .iter_mut()
+        .find(|e| {
+            e["detail"]["object-key"]
+                .as_str()
+                .unwrap()
+                .ends_with(".dat")
+        })
+        .unwrap();
+    victim["detail"]["object-size"] = json!(1);
+    assert_eq!(agent.post(&json!(events).to_string()).0, 202);
+    // The same wrong size under exact-match (names only) passes.
+    let names_only = env.write_dataset("EXACT0000000002", &file_names(8));
+    let mut events: Vec<Value> = names_only.iter().map(|l| env.upload_for(l)).collect();
+    events[3]["detail"]["object-size"] = json!(1);
+    assert_eq!(agent.post(&json!(events).to_string()).0, 202);
+
+    env.wait_for_events("IGN00000000001", 1, Duration::from_secs(10));
+    env.wait_for_events("SIZE0000000001", 1, Duration::from_secs(10));
+    env.wait_for_events("EXACT0000000002", 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        env.events_for("EXACT0000000001").is_empty(),
+        "exact-match must block on the .nfs file"
+    );
+    assert!(
+        env.events_for("SIZE0000000002").is_empty(),
+        "size-verified must block on the wrong size"
+    );
+    let blocked = agent.status(Some("EXACT0000000001"));
+    assert_eq!(
+        blocked["unexpected-paths"],
+        json!(["EXACT0000000001-vaultjob/d0/.nfs000000001234"]),
+        "{blocked}"
+    );
+    let mismatched = agent.status(Some("SIZE0000000002"));
+    assert_eq!(mismatched["mismatched"], 1, "{mismatched}");
+    assert_eq!(mismatched["mismatched-paths"].as_array().unwrap().len(), 1);
+    let ign = agent.status(Some("IGN00000000001"));
+    assert_eq!(ign["state"], "succeeded");
+    assert_eq!(ign["ignored"], 1, "{ign}");
+    assert_eq!(
+        ign["manifest-entries"].as_u64(),
+        Some(ignoring.len() as u64 - 1),
+        "the .tmp line is not expected"
+    );
+}
+
+#[test]
+fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
+    let env = Env::new("");
+    let junk = env.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"this is not WebAssembly").unwrap();
+    let route = |glob: &str, path: &PathBuf, settings: &str| {
+        format!(
+            "[[reconcile.route]]\nset_ids = \"{glob}\"\npolicy = \"{}\"\n{settings}",
+            path.display()
+        )
+    };
+    let chaos = fixture("fixture_chaos");
+    let env = Env {
+        extra_config: [
+            "[reconcile]\nwait = \"200ms\"\niterations = 15\nplugin_timeout = \"50ms\"\nplugin_memory_mb = 32\n".to_string(),
+            route("LOOP*", &chaos, "policy_config = { mode = \"loop\" }\n"),
+            route("BOMB*", &chaos, "policy_config = { mode = \"bomb\" }\n"),
+            route("TRAP*", &chaos, "policy_config = { mode = \"trap\", hook = \"on-upload\" }\n"),
+            route("INIT*", &chaos, "policy_config = { mode = \"trap\", hook = \"init\" }\n"),
+            route("MISS*", &fixture("fixture_no_policy"), ""),
+            route("VERS*", &fixture("fixture_wrong_version"), ""),
+            route("JUNK*", &junk, ""),
+        ]
+        .concat(),
+        ..env
+    };
+    let agent = env.start();
+    let bad = ["LOOP", "BOMB", "TRAP", "INIT", "MISS", "VERS", "JUNK"];
+    for prefix in bad {
+        let set_id = format!("{prefix}0000000001");
+        let lines = env.write_dataset(&set_id, &file_names(5));
+        upload_all(&env, &agent, &lines, &[]);
+    }
+    let good = env.write_dataset("GOOD0000000001", &file_names(5));
+    upload_all(&env, &agent, &good, &[]);
+    env.wait_for_events("GOOD0000000001", 1, Duration::from_secs(10));
+    assert_eq!(
+        env.events_for("GOOD0000000001")[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    assert_eq!(
+        crate::support::http_get(&format!("{}/healthz", agent.base))
+            .unwrap()
+            .0,
+        200
+    );
+
+    // Each broken policy's dataset shows its error, then times out (3 s).
+    let expected = [
+        ("LOOP", "did not return within 50ms"),
+        ("BOMB", "ran out of memory (limit 32 MiB)"),
+        ("TRAP", "chaos: trap on purpose"),
+        ("INIT", "init failed"),
+        ("MISS", "missing export `vault:reconcile/policy`"),
+        (
+            "VERS",
+            "built for vault:reconcile@0.9.0, but this agent supports vault:reconcile@0.1.0",
+        ),
+        ("JUNK", "not a WebAssembly file"),
+    ];
+    let status = agent.status(None);
+    for (prefix, message) in expected {
+        let set_id = format!("{prefix}0000000001");
+        let d = status["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["set-id"] == set_id.as_str())
+            .unwrap();
+        assert_ne!(d["state"], "succeeded", "{d}");
+        let note = d["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains(message),
+            "{prefix}: note {note:?} should contain {message:?}"
+        );
+    }
+    let policies = status["policies"].as_array().unwrap();
+    let junk_health = policies.iter().find(|p| p["name"] == "junk").unwrap();
+    assert_eq!(junk_health["state"], "broken", "{junk_health}");
+    for prefix in bad {
+        let events =
+            env.wait_for_events(&format!("{prefix}0000000001"), 1, Duration::from_secs(10));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0]["detail-type"], "File Upload Reconciliation Timeout",
+            "{prefix}"
+        );
+    }
+    let logs = agent.logs();
+    assert!(
+        logs.contains("quarantined"),
+        "a repeatedly failing plugin is quarantined"
+    );
+    // Still reconciling new datasets after all that.
+    let later = env.write_dataset("GOOD0000000002", &file_names(3));
+    upload_all(&env, &agent, &later, &[]);
+    env.wait_for_events("GOOD0000000002", 1, Duration::from_secs(5));
+}
+
+#[test]
+fn replacing_the_plugin_file_is_picked_up_without_a_restart() {
+    let env = Env::new("");
+    let plugin = env.dir.path().join("policy.wasm");
+    std::fs::write(&plugin, b"not yet").unwrap();
+    let env = Env {
+        extra_config: format!(
+            "[reconcile]\nwait = \"200ms\"\npolicy = \"{}\"\n",
+            plugin.display()
+        ),
+        ..env
+    };
+    let agent = env.start();
+    let lines = env.write_dataset("RELOAD00000001", &file_names(4));
+    upload_all(&env, &agent, &lines, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        env.events_for("RELOAD00000001").is_empty(),
+        "a broken plugin never gives success"
+    );
+    let note = agent.status(Some("RELOAD00000001"))["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(note.contains("not a WebAssembly file"), "{note}");
+
+    // Swap in a working component (write + rename, as a deploy would).
+    let tmp = env.dir.path().join("policy.wasm.new");
+    std::fs::copy(fixture("exact_match"), &tmp).unwrap();
+    std::fs::rename(&tmp, &plugin).unwrap();
+    env.wait_for_events("RELOAD00000001", 1, Duration::from_secs(10));
+    assert!(agent.logs().contains("reloaded"));
+}
