@@ -49,12 +49,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reconcile policy plugins: list, test, scaffold.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Watch a dataset reconcile end to end on this machine: no AWS, no set-up.
     Demo {
         /// Files in the sample dataset.
         #[arg(long, default_value_t = 300)]
         files: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// The bundled policies and the supported plugin interface.
+    List,
+    /// Run a policy on a manifest and upload events, without an agent.
+    /// Exits 0 if the dataset comes out complete, 2 if not.
+    Test {
+        /// A bundled policy's name or a .wasm file.
+        #[arg(long)]
+        policy: String,
+        /// The dataset's manifest (reference format; `path<TAB>size` lines give sizes).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Upload notifications, one EventBridge event per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// A setting for the policy's init, repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scaffold a policy crate that builds with one cargo command.
+    New {
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 #[tokio::main]
@@ -129,6 +173,35 @@ async fn main() -> anyhow::Result<()> {
                 cli::status::print_table(&status);
             }
         }
+        Command::Plugin { command } => match command {
+            PluginCommand::List => cli::plugin::list(),
+            PluginCommand::Test {
+                policy,
+                manifest,
+                events,
+                settings,
+                json,
+            } => {
+                let args = cli::plugin::TestArgs {
+                    policy,
+                    manifest,
+                    events,
+                    settings,
+                    json,
+                };
+                // Off the async runtime: plugin calls may block.
+                let complete =
+                    tokio::task::spawn_blocking(move || cli::plugin::test(args)).await??;
+                if !complete {
+                    std::process::exit(2);
+                }
+            }
+            PluginCommand::New { name, dir } => {
+                let root = cli::plugin::new(&name, &dir)?;
+                println!("created {}", root.display());
+                println!("build it:  cd {} && cargo build --release", root.display());
+            }
+        },
         Command::Demo { files } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 logging::init(cli.log_format);

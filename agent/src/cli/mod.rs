@@ -1,4 +1,6 @@
-//! Commands besides `run`: `status` (asks a running agent) and `demo`.
+//! Commands besides `run`: `status` (asks a running agent), `demo`, and the
+//! plugin author's `plugin list | test | new`.
 
 pub mod demo;
+pub mod plugin;
 pub mod status;

@@ -4,6 +4,9 @@
 //! root: every directory (the dataset root included), then every file (the
 //! manifest included). We also accept CRLF line ends, a leading `./` and
 //! trailing `/`, and ignore blank lines and repeated lines.
+//!
+//! Richer manifests may give a file's expected size after a tab
+//! (`path<TAB>bytes`); it takes precedence over the size on the share.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,14 +28,22 @@ pub enum ManifestError {
 /// A manifest line with the size of the file on the share, where asked for.
 pub type ExpectedLine = (String, Option<u64>);
 
-/// Parses manifest text into distinct entries, in file order.
-pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<String>, ManifestError> {
+/// Parses manifest text into distinct entries (with any size given), in file order.
+pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<ExpectedLine>, ManifestError> {
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let line = index + 1;
         let text = std::str::from_utf8(raw).map_err(|_| ManifestError::NotUtf8 { line })?;
         let text = text.strip_suffix('\r').unwrap_or(text);
+        let (text, size) = match text.rsplit_once('\t') {
+            Some((path, digits))
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (path, digits.parse::<u64>().ok())
+            }
+            _ => (text, None),
+        };
         let text = text
             .strip_prefix("./")
             .unwrap_or(text)
@@ -51,7 +62,7 @@ pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<String>, ManifestErr
             });
         }
         if seen.insert(text) {
-            entries.push(text.to_owned());
+            entries.push((text.to_owned(), size));
         }
     }
     Ok(entries)
@@ -73,12 +84,14 @@ pub fn read(
     let entries = parse(&bytes, dataset_dir)?;
     Ok(entries
         .into_iter()
-        .map(|entry| {
-            let size = with_sizes
-                .then(|| std::fs::symlink_metadata(share.join(&entry)).ok())
-                .flatten()
-                .filter(|m| m.is_file())
-                .map(|m| m.len());
+        .map(|(entry, given)| {
+            let size = given.or_else(|| {
+                with_sizes
+                    .then(|| std::fs::symlink_metadata(share.join(&entry)).ok())
+                    .flatten()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+            });
             (entry, size)
         })
         .collect())
@@ -92,7 +105,7 @@ mod tests {
     fn reference_format() {
         let text = "S-vaultjob\nS-vaultjob/d\nS-vaultjob/d/f 1.bin\nS-vaultjob/S.manifest\n";
         assert_eq!(
-            parse(text.as_bytes(), "S-vaultjob").unwrap(),
+            names(parse(text.as_bytes(), "S-vaultjob").unwrap()),
             [
                 "S-vaultjob",
                 "S-vaultjob/d",
@@ -106,8 +119,26 @@ mod tests {
     fn tolerates_crlf_dot_slash_trailing_slash_blank_and_repeats() {
         let text = "./S-vaultjob/\r\n\r\nS-vaultjob/d/\nS-vaultjob/d\nS-vaultjob/ü";
         assert_eq!(
-            parse(text.as_bytes(), "S-vaultjob").unwrap(),
+            names(parse(text.as_bytes(), "S-vaultjob").unwrap()),
             ["S-vaultjob", "S-vaultjob/d", "S-vaultjob/ü"]
+        );
+    }
+
+    fn names(lines: Vec<ExpectedLine>) -> Vec<String> {
+        lines.into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn richer_manifest_carries_sizes_after_a_tab() {
+        let text = "S-vaultjob\nS-vaultjob/a\t42\nS-vaultjob/b c\t\nS-vaultjob/tab\tname\n";
+        assert_eq!(
+            parse(text.as_bytes(), "S-vaultjob").unwrap(),
+            [
+                ("S-vaultjob".to_string(), None),
+                ("S-vaultjob/a".to_string(), Some(42)),
+                ("S-vaultjob/b c\t".to_string(), None),
+                ("S-vaultjob/tab\tname".to_string(), None),
+            ]
         );
     }
 

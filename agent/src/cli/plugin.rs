@@ -1,0 +1,392 @@
+//! `vault-agent plugin list | test | new`: the plugin author's tools.
+//!
+//! `plugin test` runs the real reconcile engine (a temporary SQLite store
+//! and share) with the policy, so what it prints is what the agent would do.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::SyncMode;
+use crate::notification::{Classifier, Notification, parse_event};
+use crate::reconcile::engine::{Engine, EngineSettings};
+use crate::reconcile::plugin::{
+    self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, WasmPolicy, bundled,
+};
+use crate::reconcile::policy::{
+    Decision, ExpectedEntry, NATIVE_EXACT_MATCH, Policy, PolicyError, Summary, UploadVerdict,
+    UploadView,
+};
+use crate::sinks::envelope::Origin;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DatasetState, StoreReader};
+
+pub fn list() {
+    println!("plugin interface: {SUPPORTED_PACKAGE} (wit/reconcile.wit)");
+    println!("bundled policies:");
+    for (name, bytes) in bundled::BUNDLED {
+        println!(
+            "  {name:<18} {:>7} bytes  sha256 {}",
+            bytes.len(),
+            &plugin::host::hex(&sha(bytes))[..12]
+        );
+    }
+    println!("  {NATIVE_EXACT_MATCH:<18} (compiled into the agent; exact-match without a sandbox)");
+    println!("or set `policy = \"path/to/policy.wasm\"` to load your own component");
+}
+
+fn sha(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+pub struct TestArgs {
+    pub policy: String,
+    pub manifest: PathBuf,
+    pub events: PathBuf,
+    pub settings: Vec<(String, String)>,
+    pub json: bool,
+}
+
+/// Returns whether the dataset came out complete.
+pub fn test(args: TestArgs) -> anyhow::Result<bool> {
+    let classifier = Classifier::new("-vaultjob", ".manifest");
+    let manifest_text = std::fs::read(&args.manifest)
+        .with_context(|| format!("reading {}", args.manifest.display()))?;
+    let first = String::from_utf8_lossy(&manifest_text)
+        .lines()
+        .map(|l| l.trim_start_matches("./").to_owned())
+        .find(|l| !l.trim().is_empty())
+        .context("the manifest is empty")?;
+    let top = first
+        .split(['/', '\t'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let set_id = top
+        .strip_suffix(classifier.job_dir_suffix())
+        .filter(|s| !s.is_empty())
+        .with_context(|| {
+            format!(
+                "the manifest's first line {first:?} is not below a <SET-ID>-vaultjob directory"
+            )
+        })?
+        .to_owned();
+    let manifest_key = classifier.manifest_key(&set_id);
+
+    let mut notifications = Vec::new();
+    let events = std::fs::read_to_string(&args.events)
+        .with_context(|| format!("reading {}", args.events.display()))?;
+    for (i, line) in events
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let n = parse_event(line.as_bytes())
+            .with_context(|| format!("{}:{}", args.events.display(), i + 1))?;
+        notifications.push(n);
+    }
+    let uploads = notifications
+        .iter()
+        .filter(|n| matches!(n, Notification::Upload(_)))
+        .count();
+
+    // The policy, shared so its logs and figures can be read afterwards.
+    let tmp = tempfile::tempdir()?;
+    let shared: Arc<Mutex<Box<dyn Policy>>>;
+    let mut wasm: Option<Arc<Mutex<WasmPolicy>>> = None;
+    if args.policy == NATIVE_EXACT_MATCH {
+        shared = Arc::new(Mutex::new(Box::new(crate::reconcile::policy::ExactMatch)));
+    } else {
+        let host = PluginHost::new(Some(tmp.path().join("cache")), Limits::default())?;
+        let source = PluginSource::for_name(&args.policy)?;
+        let mut p = WasmPolicy::load_strict(
+            host,
+            &plugin::policy_name(&args.policy),
+            source,
+            args.settings.clone(),
+        )?;
+        p.capture_logs();
+        let w = Arc::new(Mutex::new(p));
+        wasm = Some(w.clone());
+        shared = Arc::new(Mutex::new(Box::new(SharedWasm(w))));
+    }
+
+    // A share holding just the manifest, an empty store, the real engine.
+    let share = tmp.path().join("share");
+    let manifest_path = share.join(&manifest_key);
+    std::fs::create_dir_all(
+        manifest_path
+            .parent()
+            .context("manifest key has a folder")?,
+    )?;
+    std::fs::write(&manifest_path, &manifest_text)?;
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state)?;
+    let store = SqliteStore::open(&state, SyncMode::Normal)?;
+    let reader = store.reader()?;
+    let settings = EngineSettings {
+        share_path: share,
+        classifier: classifier.clone(),
+        deadline: Duration::from_secs(24 * 3600),
+        origin: Origin {
+            account: "000000000000".into(),
+            region: "test".into(),
+        },
+    };
+    let (engine, handle) = Engine::new(
+        Box::new(store),
+        Box::new(SharedPolicy(shared)),
+        settings,
+        watch::channel(0).0,
+    );
+    let thread = std::thread::spawn(move || engine.run());
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        handle.ingest(notifications).await?;
+        // The manifest is read on its own thread; wait for it, then re-check.
+        for _ in 0..500 {
+            let loaded = reader
+                .datasets()?
+                .iter()
+                .any(|d| d.set_id == set_id && (d.manifest_loaded || d.note.is_some()));
+            if loaded {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handle.tick().await?;
+        handle.tick().await?;
+        handle.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    let _ = thread.join();
+    let elapsed = started.elapsed();
+
+    let dir = classifier.dataset_dir(&set_id);
+    let detail = reader.dataset_detail(&set_id, &dir, 1000)?;
+    let Some(detail) = detail else {
+        bail!(
+            "no upload in {} belongs to dataset {set_id}",
+            args.events.display()
+        );
+    };
+    let d = &detail.record;
+    let verdict = match d.state {
+        DatasetState::Succeeded => "complete".to_owned(),
+        DatasetState::Failed => format!("fail: {}", d.note.clone().unwrap_or_default()),
+        DatasetState::Collecting => "wait: the events hold no upload of the manifest".to_owned(),
+        _ => format!("wait: {}", d.note.clone().unwrap_or_default()),
+    };
+    let (logs, stats, load) = match &wasm {
+        Some(w) => {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            (w.take_logs(), Some(w.stats()), w.load_time())
+        }
+        None => (Vec::new(), None, None),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "set-id": set_id, "verdict": verdict, "manifest-entries": d.manifest_entries,
+                "uploads": uploads, "received": d.counts.received, "ignored": d.counts.ignored,
+                "rejected": d.counts.rejected, "missing": detail.missing, "mismatched": detail.mismatched,
+                "unexpected": detail.unexpected, "logs": logs,
+                "calls": stats.map(|s| s.calls), "call-time-us": stats.map(|s| s.total.as_micros() as u64),
+                "slowest-call-us": stats.map(|s| s.slowest.as_micros() as u64),
+                "peak-memory-bytes": stats.map(|s| s.peak_memory),
+            }))?
+        );
+    } else {
+        println!("dataset {set_id}: {verdict}");
+        println!(
+            "  manifest entries {}, uploads {uploads}, counted {}, ignored {}, rejected {}",
+            d.manifest_entries, d.counts.received, d.counts.ignored, d.counts.rejected
+        );
+        for (label, paths) in [
+            ("missing", &detail.missing),
+            ("mismatched", &detail.mismatched),
+            ("unexpected", &detail.unexpected),
+        ] {
+            if !paths.is_empty() {
+                println!("  {label} ({}):", paths.len());
+                for p in paths {
+                    println!("    {p}");
+                }
+            }
+        }
+        if !logs.is_empty() {
+            println!("  plugin log:");
+            for l in &logs {
+                println!("    {l}");
+            }
+        }
+        if let Some(s) = stats {
+            println!(
+                "  plugin: {} calls, {:.3} ms in calls (slowest {:.3} ms), peak memory {} KiB",
+                s.calls,
+                s.total.as_secs_f64() * 1e3,
+                s.slowest.as_secs_f64() * 1e3,
+                s.peak_memory / 1024
+            );
+        }
+        if let Some((t, from)) = load {
+            println!("  load: {:.1} ms ({from:?})", t.as_secs_f64() * 1e3);
+        }
+        println!("  engine run: {:.1} ms", elapsed.as_secs_f64() * 1e3);
+    }
+    Ok(d.state == DatasetState::Succeeded)
+}
+
+/// Lets the engine own a policy the CLI still reads afterwards.
+struct SharedPolicy(Arc<Mutex<Box<dyn Policy>>>);
+struct SharedWasm(Arc<Mutex<WasmPolicy>>);
+
+macro_rules! delegate {
+    ($ty:ty, $name:literal) => {
+        impl Policy for $ty {
+            fn name(&self) -> &str {
+                $name
+            }
+            fn wants_expected_sizes(&mut self, set_id: &str) -> bool {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .wants_expected_sizes(set_id)
+            }
+            fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .expects(set_id, entry)
+            }
+            fn on_upload(&mut self, u: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_upload(u)
+            }
+            fn entry_matches(
+                &mut self,
+                e: &ExpectedEntry<'_>,
+                u: &UploadView<'_>,
+            ) -> Result<bool, PolicyError> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry_matches(e, u)
+            }
+            fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).decide(s)
+            }
+        }
+    };
+}
+delegate!(SharedPolicy, "shared");
+delegate!(SharedWasm, "shared-wasm");
+
+const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const WIT: &str = include_str!("../../../wit/reconcile.wit");
+
+/// Scaffolds a policy crate (with its own copy of the SDK and WIT) that
+/// builds with `cargo build --release`.
+pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("plugin name {name:?}: use letters, digits, '-' and '_'");
+    }
+    let root = parent.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    let crate_name = name.replace('-', "_");
+    let files: Vec<(PathBuf, String)> = vec![
+        (
+            "Cargo.toml".into(),
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
+                 [dependencies]\nvault-policy-sdk = {{ path = \"vault-policy-sdk\" }}\n\n\
+                 # A workspace of its own, so it builds wherever it is created.\n[workspace]\nmembers = [\".\", \"vault-policy-sdk\"]\n\n\
+                 [profile.release]\nopt-level = \"s\"\nlto = true\nstrip = true\npanic = \"abort\"\n"
+            ),
+        ),
+        (".cargo/config.toml".into(), "[build]\ntarget = \"wasm32-wasip2\"\n".into()),
+        (".gitignore".into(), "/target\n".into()),
+        ("src/lib.rs".into(), template(name)),
+        (
+            "vault-policy-sdk/Cargo.toml".into(),
+            "[package]\nname = \"vault-policy-sdk\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\n\
+             wit-bindgen = { version = \"0.61\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }\n"
+                .into(),
+        ),
+        ("vault-policy-sdk/src/lib.rs".into(), SDK_LIB.into()),
+        ("vault-policy-sdk/wit/reconcile.wit".into(), WIT.into()),
+        (
+            "README.md".into(),
+            format!(
+                "# {name}\n\nA vault-agent reconcile policy ({SUPPORTED_PACKAGE}).\n\n```sh\n\
+                 rustup target add wasm32-wasip2      # once\n\
+                 cargo build --release                # -> target/wasm32-wasip2/release/{crate_name}.wasm\n\
+                 vault-agent plugin test --policy target/wasm32-wasip2/release/{crate_name}.wasm \\\n    --manifest MANIFEST --events EVENTS.jsonl\n```\n\n\
+                 Deploy: copy the .wasm next to the agent's config and set `policy = \"{crate_name}.wasm\"`\n\
+                 under `[reconcile]` (or in a `[[reconcile.route]]`). Replacing the file is picked up\n\
+                 without a restart.\n"
+            ),
+        ),
+    ];
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(root)
+}
+
+fn template(name: &str) -> String {
+    format!(
+        r#"//! {name}: a vault-agent reconcile policy.
+//!
+//! Every hook of `Policy` defaults to exact-match; override what you change.
+
+use vault_policy_sdk::{{Level, Policy, Settings, Upload, UploadVerdict, log}};
+
+struct MyPolicy {{
+    /// Uploads whose file name ends with one of these are ignored.
+    ignore_suffixes: Vec<String>,
+}}
+
+impl Policy for MyPolicy {{
+    fn init(settings: &Settings) -> Result<Self, String> {{
+        settings.allow_only(&["ignore_suffixes"])?;
+        let ignore_suffixes = settings.list("ignore_suffixes").into_iter().map(String::from).collect();
+        Ok(MyPolicy {{ ignore_suffixes }})
+    }}
+
+    fn expects(&self, entry: &str) -> bool {{
+        !self.ignore_suffixes.iter().any(|s| entry.ends_with(s.as_str()))
+    }}
+
+    fn on_upload(&self, upload: &Upload) -> UploadVerdict {{
+        if self.ignore_suffixes.iter().any(|s| upload.entry.ends_with(s.as_str())) {{
+            log(Level::Debug, &format!("ignoring {{}}", upload.entry));
+            return UploadVerdict::Ignore;
+        }}
+        UploadVerdict::Count
+    }}
+}}
+
+vault_policy_sdk::policy!(MyPolicy);
+"#
+    )
+}
