@@ -3,7 +3,8 @@
 //! file sink, and prints throughput, the delay from the commit of a dataset's
 //! last notification to its Successful event being written, and peak RSS.
 //!
-//!     cargo bench -p vault-agent --bench replay -- [--notifications N] [--datasets D] [--sync full|normal] [--batch B]
+//!     cargo bench -p vault-agent --bench replay -- [--notifications N] [--datasets D]
+//!         [--sync full|normal] [--batch B] [--policy exact-match|exact-match-native|...]
 //!
 //! Each dataset has 100 sub-directories; notifications arrive in a random
 //! order (directory keys with their S3 `/`), each manifest at a random place
@@ -27,6 +28,7 @@ struct Args {
     datasets: usize,
     sync: SyncMode,
     batch: usize,
+    policy: String,
 }
 
 fn args() -> Args {
@@ -35,6 +37,7 @@ fn args() -> Args {
         datasets: 10,
         sync: SyncMode::Full,
         batch: 1000,
+        policy: "exact-match".into(),
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -44,6 +47,7 @@ fn args() -> Args {
             "--notifications" => a.notifications = value.parse().expect("--notifications N"),
             "--datasets" => a.datasets = value.parse().expect("--datasets D"),
             "--batch" => a.batch = value.parse().expect("--batch B"),
+            "--policy" => a.policy = value,
             "--sync" => {
                 a.sync = if value == "normal" {
                     SyncMode::Normal
@@ -147,12 +151,13 @@ fn main() {
 
     let config_text = format!(
         "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [store]\nsync = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
+         [store]\nsync = \"{}\"\n[reconcile]\npolicy = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
         if args.sync == SyncMode::Full {
             "full"
         } else {
             "normal"
-        }
+        },
+        args.policy
     );
     let config = config::parse(&config_text, Path::new("bench.toml"), tmp.path()).expect("config");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -264,8 +269,8 @@ fn main() {
     assert_eq!(successes, args.datasets, "one Successful event per dataset");
 
     println!(
-        "replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}",
-        args.datasets, args.batch, args.sync
+        "replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}, policy {}",
+        args.datasets, args.batch, args.sync, args.policy
     );
     println!(
         "  throughput        {:>10.0} notifications/s ({:.2} s)",

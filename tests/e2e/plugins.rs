@@ -238,3 +238,92 @@ fn replacing_the_plugin_file_is_picked_up_without_a_restart() {
     env.wait_for_events("RELOAD00000001", 1, Duration::from_secs(10));
     assert!(agent.logs().contains("reloaded"));
 }
+
+#[test]
+fn plugin_new_builds_with_one_command_and_plugin_test_judges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = crate::support::BIN;
+    let out = std::process::Command::new(bin)
+        .args(["plugin", "new", "skip-nfs", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dir.path().join("skip-nfs");
+    // The one command a plugin author runs (the scaffold pins the target).
+    let built =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--quiet"])
+            .current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .unwrap();
+    assert!(built.success());
+    let wasm = root.join("target/wasm32-wasip2/release/skip_nfs.wasm");
+    assert!(wasm.exists());
+
+    let manifest = dir.path().join("m.txt");
+    std::fs::write(
+        &manifest,
+        "P-vaultjob\nP-vaultjob/a.bin\nP-vaultjob/P.manifest\n",
+    )
+    .unwrap();
+    let events: Vec<String> = [
+        ("P-vaultjob/", 0),
+        ("P-vaultjob/a.bin", 5),
+        ("P-vaultjob/.nfs0042", 1),
+        ("P-vaultjob/P.manifest", 9),
+    ]
+    .iter()
+    .map(|(k, s)| crate::support::gateway_event(k, *s, "2021-05-01T10:00:00Z").to_string())
+    .collect();
+    let events_path = dir.path().join("e.jsonl");
+    std::fs::write(&events_path, events.join("\n")).unwrap();
+    let run = |policy: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["plugin", "test", "--json", "--policy"])
+            .arg(policy)
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--events")
+            .arg(&events_path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&wasm, &["--set", "ignore_suffixes=.nfs0042"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "complete");
+    assert_eq!(report["ignored"], 1);
+    assert_eq!(
+        report["logs"],
+        json!(["debug: ignoring P-vaultjob/.nfs0042"])
+    );
+    assert!(
+        report["calls"].as_u64().unwrap() > 0 && report["peak-memory-bytes"].as_u64().unwrap() > 0
+    );
+
+    let out = run(&wasm, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unexpected"], json!(["P-vaultjob/.nfs0042"]));
+
+    let out = run(&wasm, &["--set", "colour=blue"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown setting `colour`; known: ignore_suffixes")
+    );
+}

@@ -177,7 +177,7 @@ struct Core {
     open: HashMap<String, DatasetRecord>,
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
-    commands: mpsc::Sender<Command>,
+    manifest_jobs: std::sync::mpsc::Sender<ManifestJob>,
 }
 
 /// One transaction's worth of changes, applied to the cache only on commit.
@@ -210,12 +210,13 @@ impl Engine {
             tx: tx.clone(),
             classifier: Arc::new(settings.classifier.clone()),
         };
+        let share = settings.share_path.clone();
         let core = Core {
             policy,
             settings,
             open: HashMap::new(),
             reading: HashSet::new(),
-            commands: tx,
+            manifest_jobs: spawn_manifest_reader(share, tx),
         };
         (
             Engine {
@@ -501,7 +502,7 @@ impl Core {
             set_id, key = %upload.key, size = upload.size, "upload"
         );
         work.count("uploads");
-        let prev = tx.entry(&entry)?;
+        let prev = tx.entry(set_id, &entry)?;
         if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
             && old.event_time > upload.event_time
         {
@@ -598,7 +599,7 @@ impl Core {
         let mut counts = ds.counts;
         let mut note = None;
         for (key, size) in &lines {
-            let prev = tx.entry(key)?;
+            let prev = tx.entry(set_id, key)?;
             counts -= contribution(prev.as_ref());
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
@@ -660,7 +661,7 @@ impl Core {
     ) -> StoreResult<()> {
         const PER_TICK: usize = 10_000;
         let dir = self.settings.classifier.dataset_dir(set_id);
-        let rows = tx.unjudged_entries(&dir, PER_TICK)?;
+        let rows = tx.unjudged_entries(set_id, &dir, PER_TICK)?;
         let mut delta_note = None;
         let mut counts_delta = (Counts::default(), Counts::default());
         for mut row in rows {
@@ -767,23 +768,56 @@ impl Core {
         }
     }
 
-    /// Reads a manifest on its own thread so a slow share never stalls ingest.
+    /// Queues a manifest for the reader thread, so a slow share never
+    /// stalls ingest.
     fn read_manifest(&mut self, set_id: String, key: String) {
-        let share = self.settings.share_path.clone();
-        let dir = self.settings.classifier.dataset_dir(&set_id);
-        let with_sizes = self.policy.wants_expected_sizes(&set_id);
-        let commands = self.commands.clone();
-        let spawned = std::thread::Builder::new()
-            .name("manifest-reader".into())
-            .spawn(move || {
-                let result =
-                    manifest::read(&share, &key, &dir, with_sizes).map_err(|e| e.to_string());
-                let _ = commands.blocking_send(Command::ManifestRead { set_id, result });
-            });
-        if let Err(e) = spawned {
-            error!(error = %e, "cannot start a manifest reader thread; retrying at the next re-check");
+        let job = ManifestJob {
+            dir: self.settings.classifier.dataset_dir(&set_id),
+            with_sizes: self.policy.wants_expected_sizes(&set_id),
+            set_id,
+            key,
+        };
+        if self.manifest_jobs.send(job).is_err() {
+            error!("the manifest reader has stopped; retrying at the next re-check");
         }
     }
+}
+
+struct ManifestJob {
+    set_id: String,
+    key: String,
+    dir: String,
+    with_sizes: bool,
+}
+
+/// One thread reads manifests, one at a time: however many datasets wait,
+/// at most one parsed manifest is held in memory on this side.
+fn spawn_manifest_reader(
+    share: PathBuf,
+    commands: mpsc::Sender<Command>,
+) -> std::sync::mpsc::Sender<ManifestJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<ManifestJob>();
+    let spawned = std::thread::Builder::new()
+        .name("manifest-reader".into())
+        .spawn(move || {
+            for job in rx {
+                let result = manifest::read(&share, &job.key, &job.dir, job.with_sizes)
+                    .map_err(|e| e.to_string());
+                if commands
+                    .blocking_send(Command::ManifestRead {
+                        set_id: job.set_id,
+                        result,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        error!(error = %e, "cannot start the manifest reader thread");
+    }
+    tx
 }
 
 /// Decides a dataset once and for all, queueing its one event.
@@ -1043,7 +1077,7 @@ mod tests {
         h.send("S3-vaultjob/f", 5, 100).await;
         let mut store = SqliteStore::open(&h.state, SyncMode::Normal).unwrap();
         let mut tx = store.begin().unwrap();
-        let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
+        let row = tx.entry("S3", "S3-vaultjob/f").unwrap().unwrap();
         assert_eq!(
             row.upload.as_ref().map(|u| (u.size, u.event_time)),
             Some((10, 200))
@@ -1051,7 +1085,7 @@ mod tests {
         drop(tx);
         h.send("S3-vaultjob/f", 12, 300).await;
         let mut tx = store.begin().unwrap();
-        let row = tx.entry("S3-vaultjob/f").unwrap().unwrap();
+        let row = tx.entry("S3", "S3-vaultjob/f").unwrap().unwrap();
         assert_eq!(
             row.upload.as_ref().map(|u| (u.size, u.event_time)),
             Some((12, 300))

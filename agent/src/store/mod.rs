@@ -50,11 +50,12 @@ pub trait Store: Send {
 pub trait StoreTx {
     fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>>;
     fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
-    fn entry(&mut self, key: &str) -> StoreResult<Option<EntryRecord>>;
+    fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>>;
     fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()>;
     /// Up to `limit` entries of a dataset whose policy call failed.
     fn unjudged_entries(
         &mut self,
+        set_id: &str,
         dataset_dir: &str,
         limit: usize,
     ) -> StoreResult<Vec<EntryRecord>>;

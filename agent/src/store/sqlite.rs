@@ -19,7 +19,7 @@ use super::{Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
 const SCHEMA: &str = "
@@ -35,13 +35,13 @@ CREATE TABLE IF NOT EXISTS datasets (
     manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER,
     note TEXT
 ) WITHOUT ROWID;
--- One row per path: the reference's upload record (set_id, object_key, bucket,
--- size, event_time) and/or the manifest's expectation. Keyed by the path
--- without trailing '/', so a dataset's rows are one contiguous key range.
--- object_key is NULL when equal to key; size is NULL until uploaded.
+-- One row per path: the reference's upload record (object_key, bucket, size,
+-- event_time; its setId is the key's top directory minus the suffix) and/or
+-- the manifest's expectation. Keyed by the path without trailing '/', so a
+-- dataset's rows are one contiguous key range. object_key is NULL when equal
+-- to key; size is NULL until uploaded.
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
-    set_id TEXT NOT NULL,
     object_key TEXT, bucket TEXT, size INTEGER, event_time INTEGER,
     verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0,
     in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER
@@ -64,10 +64,13 @@ const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, man
     unjudged";
 
 /// Upgrades an older database in place (`from` is its schema version).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (2, "ALTER TABLE entries DROP COLUMN set_id;"),
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -102,8 +105,9 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
+        // A new file (version 0) gets the current schema directly.
         for (from, sql) in MIGRATIONS {
-            if found == *from {
+            if found != 0 && found <= *from {
                 conn.execute_batch(sql).map_err(&err)?;
             }
         }
@@ -200,16 +204,16 @@ impl StoreTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, key: &str) -> StoreResult<Option<EntryRecord>> {
+    fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "SELECT key, set_id, object_key, bucket, size, event_time, verdict, matched, \
+                "SELECT key, ?2, object_key, bucket, size, event_time, verdict, matched, \
                  in_manifest, expected_size FROM entries WHERE key = ?1",
             )
             .map_err(self.err())?;
         let row = stmt
-            .query_row([key], |r| Ok(entry_from_row(r)))
+            .query_row([key, set_id], |r| Ok(entry_from_row(r)))
             .optional()
             .map_err(self.err())?;
         row.transpose()
@@ -221,9 +225,9 @@ impl StoreTx for SqliteTx<'_> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT INTO entries (key, set_id, object_key, bucket, size, event_time, \
+                "INSERT INTO entries (key, object_key, bucket, size, event_time, \
                  verdict, matched, in_manifest, expected_size) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT(key) DO UPDATE SET object_key = excluded.object_key, \
                  bucket = excluded.bucket, size = excluded.size, event_time = excluded.event_time, \
                  verdict = excluded.verdict, matched = excluded.matched, \
@@ -236,7 +240,6 @@ impl StoreTx for SqliteTx<'_> {
         let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
         stmt.execute(params![
             e.key,
-            e.set_id,
             object_key,
             u.map(|u| &u.bucket),
             u.map(|u| u.size as i64),
@@ -252,19 +255,20 @@ impl StoreTx for SqliteTx<'_> {
 
     fn unjudged_entries(
         &mut self,
+        set_id: &str,
         dataset_dir: &str,
         limit: usize,
     ) -> StoreResult<Vec<EntryRecord>> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "SELECT key, set_id, object_key, bucket, size, event_time, verdict, matched, \
+                "SELECT key, ?3, object_key, bucket, size, event_time, verdict, matched, \
                  in_manifest, expected_size FROM entries \
                  WHERE (key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0')) AND verdict = 3 LIMIT ?2",
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![dataset_dir, limit as i64], |r| {
+            .query_map(params![dataset_dir, limit as i64, set_id], |r| {
                 Ok(entry_from_row(r))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -586,10 +590,10 @@ mod tests {
         assert_eq!(store.open_datasets().unwrap(), vec![ds.clone()]);
         let mut tx = store.begin().unwrap();
         assert_eq!(
-            tx.entry("S-vaultjob/d").unwrap(),
+            tx.entry("S", "S-vaultjob/d").unwrap(),
             Some(sample_entry("S-vaultjob/d", 9))
         );
-        assert_eq!(tx.entry("S-vaultjob/e").unwrap(), None);
+        assert_eq!(tx.entry("S", "S-vaultjob/e").unwrap(), None);
         drop(tx);
         let reader = store.reader().unwrap();
         assert_eq!(reader.counters().unwrap(), vec![("outside".to_string(), 5)]);
@@ -626,6 +630,35 @@ mod tests {
         assert_eq!(reader.events_after(0, 10).unwrap().len(), 1);
         assert_eq!(reader.cursor("file").unwrap(), a);
         assert_eq!(reader.cursor("stdout").unwrap(), 0);
+    }
+
+    #[test]
+    fn older_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE datasets (set_id TEXT PRIMARY KEY, state TEXT NOT NULL, manifest_key TEXT, \
+             manifest_bucket TEXT, manifest_size INTEGER, manifest_event_time INTEGER, \
+             manifest_loaded INTEGER NOT NULL, manifest_entries INTEGER NOT NULL, received INTEGER NOT NULL, \
+             matched INTEGER NOT NULL, mismatched INTEGER NOT NULL, ignored INTEGER NOT NULL, \
+             rejected INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, \
+             manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER, note TEXT) WITHOUT ROWID;
+             CREATE TABLE entries (key TEXT PRIMARY KEY, set_id TEXT NOT NULL, object_key TEXT, bucket TEXT, \
+             size INTEGER, event_time INTEGER, verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0, \
+             in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER) WITHOUT ROWID;
+             INSERT INTO datasets VALUES ('S', 'collecting', NULL, NULL, NULL, NULL, 0, 0, 1, 0, 0, 0, 0, 1, 1, NULL, NULL, NULL, NULL);
+             INSERT INTO entries VALUES ('S-vaultjob/a', 'S', NULL, 'b', 3, 7, 0, 0, 0, NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        assert_eq!(store.open_datasets().unwrap()[0].counts.received, 1);
+        let mut tx = store.begin().unwrap();
+        let row = tx.entry("S", "S-vaultjob/a").unwrap().unwrap();
+        assert_eq!(row.upload.as_ref().map(|u| u.size), Some(3));
+        tx.put_entry(&sample_entry("S-vaultjob/b", 1)).unwrap();
+        tx.commit().unwrap();
     }
 
     #[test]

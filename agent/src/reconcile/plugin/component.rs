@@ -64,6 +64,8 @@ pub struct WasmPolicy {
     health: PolicyHealth,
     capture_logs: bool,
     captured: Vec<String>,
+    /// Reused for every call, so a hook call allocates no strings here.
+    scratch: wit::Upload,
 }
 
 impl WasmPolicy {
@@ -91,6 +93,7 @@ impl WasmPolicy {
             health,
             capture_logs: false,
             captured: Vec::new(),
+            scratch: empty_upload(),
         };
         policy.loaded = policy.try_load();
         match &policy.loaded {
@@ -381,18 +384,33 @@ fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn upload(view: &UploadView<'_>) -> wit::Upload {
+fn empty_upload() -> wit::Upload {
     wit::Upload {
-        set_id: view.set_id.to_owned(),
-        object_key: view.object_key.to_owned(),
-        entry: view.entry.to_owned(),
-        size: view.size,
-        event_time: view.event_time,
-        kind: match view.kind {
-            UploadKind::Data => wit::UploadKind::Data,
-            UploadKind::Manifest => wit::UploadKind::Manifest,
-        },
+        set_id: String::new(),
+        object_key: String::new(),
+        entry: String::new(),
+        size: 0,
+        event_time: 0,
+        kind: wit::UploadKind::Data,
     }
+}
+
+/// Copies a view into the reusable record (keeping its string buffers).
+fn fill(record: &mut wit::Upload, view: &UploadView<'_>) {
+    for (to, from) in [
+        (&mut record.set_id, view.set_id),
+        (&mut record.object_key, view.object_key),
+        (&mut record.entry, view.entry),
+    ] {
+        to.clear();
+        to.push_str(from);
+    }
+    record.size = view.size;
+    record.event_time = view.event_time;
+    record.kind = match view.kind {
+        UploadKind::Data => wit::UploadKind::Data,
+        UploadKind::Manifest => wit::UploadKind::Manifest,
+    };
 }
 
 impl Policy for WasmPolicy {
@@ -456,9 +474,11 @@ impl Policy for WasmPolicy {
     }
 
     fn on_upload(&mut self, view: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
-        let arg = upload(view);
-        let verdict = self.call("on-upload", |g, s| g.call_on_upload(s, &arg))?;
-        Ok(match verdict {
+        let mut arg = std::mem::replace(&mut self.scratch, empty_upload());
+        fill(&mut arg, view);
+        let verdict = self.call("on-upload", |g, s| g.call_on_upload(s, &arg));
+        self.scratch = arg;
+        Ok(match verdict? {
             wit::UploadVerdict::Count => UploadVerdict::Count,
             wit::UploadVerdict::Ignore => UploadVerdict::Ignore,
             wit::UploadVerdict::Reject(reason) => UploadVerdict::Reject(reason),
@@ -474,10 +494,13 @@ impl Policy for WasmPolicy {
             entry: expected.entry.to_owned(),
             size: expected.size,
         };
-        let arg = upload(view);
-        self.call("entry-matches", |g, s| {
+        let mut arg = std::mem::replace(&mut self.scratch, empty_upload());
+        fill(&mut arg, view);
+        let matched = self.call("entry-matches", |g, s| {
             g.call_entry_matches(s, &expected, &arg)
-        })
+        });
+        self.scratch = arg;
+        matched
     }
 
     fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {

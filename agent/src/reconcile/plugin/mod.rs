@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use component::WasmPolicy;
+pub use component::{CallStats, WasmPolicy};
 pub use host::{Limits, PluginHost, SUPPORTED_PACKAGE};
 
 use crate::config::ReconcileSection;
