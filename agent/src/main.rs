@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use vault_agent::config::{self, SinkConfig};
 use vault_agent::logging::{self, LogFormat};
+use vault_agent::reconcile::plugin::{self, PolicyHealth};
 use vault_agent::{Agent, cli};
 
 #[derive(Parser)]
@@ -153,6 +154,31 @@ async fn main() -> anyhow::Result<()> {
                     SinkConfig::Stdout { .. } => "stdout".to_owned(),
                 };
                 println!("  sink       {} ({what})", sink.name());
+            }
+            // Load every configured policy, so a broken plugin shows up now.
+            let reconcile = c.reconcile.clone();
+            let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<_>> {
+                let cache = tempfile::tempdir()?;
+                let health = PolicyHealth::default();
+                plugin::build(&reconcile, cache.path(), &health)?;
+                let health = health
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("plugin health poisoned"))?;
+                Ok(health.values().cloned().collect())
+            })
+            .await??;
+            let mut broken = 0;
+            for p in plugins {
+                match &p.last_error {
+                    Some(e) => {
+                        broken += 1;
+                        eprintln!("  policy     {} ({}): {e}", p.name, p.source);
+                    }
+                    None => println!("  policy     {} ({}): loads", p.name, p.source),
+                }
+            }
+            if broken > 0 {
+                anyhow::bail!("{broken} policy plugin(s) do not load");
             }
         }
         Command::Status {

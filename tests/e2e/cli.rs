@@ -47,6 +47,29 @@ fn check_config_points_at_line_and_column() {
         stdout.contains("OK") && stdout.contains("(deadline 1m)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("policy     exact-match (bundled): loads"),
+        "{stdout}"
+    );
+
+    // A plugin that does not load fails the check, naming it and why.
+    std::fs::write(env.dir.path().join("broken.wasm"), "nope").unwrap();
+    std::fs::write(
+        &good,
+        "[[reconcile.route]]\nset_ids = \"X*\"\npolicy = \"broken.wasm\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugin broken: not a WebAssembly file"),
+        "{stderr}"
+    );
 }
 
 #[test]
