@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, WatchKind};
 use crate::notification::Classifier;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
@@ -18,6 +18,7 @@ use crate::sinks::{self, dispatcher, envelope::Origin};
 use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, StoreReader};
+use crate::watcher::{self, WatchMode, WatcherSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -82,6 +83,7 @@ impl Agent {
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(Box::new(store), policy, settings, outbox_tx);
+        let classifier_for_watcher = classifier.clone();
         let engine_thread = std::thread::Builder::new()
             .name("reconcile-engine".into())
             .spawn(move || {
@@ -90,6 +92,8 @@ impl Agent {
                 }
             })
             .map_err(StartError::Thread)?;
+
+        start_watcher(config, classifier_for_watcher, handle.clone());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -164,6 +168,28 @@ impl Agent {
         let thread = self.engine_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         info!("vault-agent stopped");
+    }
+}
+
+/// Starts the share watcher unless it is off or the share is not there.
+fn start_watcher(config: &Config, classifier: Classifier, engine: EngineHandle) {
+    let mode = match config.share.watch {
+        WatchKind::Off => return,
+        WatchKind::Inotify => WatchMode::Inotify,
+        WatchKind::Poll => WatchMode::Poll(config.share.poll_interval.0),
+    };
+    if !config.share.path.is_dir() {
+        warn!(share = %config.share.path.display(), "the share is not mounted here; pending files are not tracked");
+        return;
+    }
+    let settings = WatcherSettings {
+        share: config.share.path.clone(),
+        classifier,
+        mode,
+        seal_after: config.share.seal_after.map(|d| d.0),
+    };
+    if let Err(e) = watcher::spawn(settings, engine) {
+        error!(error = %e, "cannot start the share watcher");
     }
 }
 

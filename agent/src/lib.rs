@@ -4,7 +4,9 @@
 //! Data flows through the modules in this order (see ARCHITECTURE.md):
 //! [`sources`] (notifications in) -> [`notification`] (parse, classify) ->
 //! [`store`] (durable records) -> [`reconcile`] (engine + policy) ->
-//! [`sinks`] (reference-shaped events out). [`agent`] wires them together,
+//! [`sinks`] (reference-shaped events out); the [`watcher`] sees what is
+//! written on the share, and [`share`] writes manifests and vaults datasets.
+//! [`agent`] wires them together,
 //! [`server`] is the HTTP front, [`config`] the TOML file, [`cli`] the
 //! commands beyond `run`.
 
@@ -15,8 +17,10 @@ pub mod logging;
 pub mod notification;
 pub mod reconcile;
 pub mod server;
+pub mod share;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod watcher;
 
 pub use agent::Agent;

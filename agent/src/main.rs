@@ -46,9 +46,54 @@ enum Command {
         /// One dataset, with example paths of what it waits for.
         #[arg(long)]
         set_id: Option<String>,
+        /// List the paths of a dataset still pending (written here, not yet confirmed).
+        #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
+        pending: Option<String>,
         /// Print the JSON the agent answered.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a dataset's manifest (reference format, crash-safe).
+    Seal {
+        /// The dataset directory, <share>/<SET-ID>-vaultjob.
+        dir: PathBuf,
+        /// How long to wait for files still open for writing.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// Write the manifest even if one exists.
+        #[arg(long)]
+        force: bool,
+        /// Take the suffixes from this config.
+        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Copy a directory onto the share as a dataset, then write its manifest.
+    Vault {
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        share: PathBuf,
+        /// Default: 16 random letters and digits.
+        #[arg(long)]
+        set_id: Option<String>,
+        /// Files copied in parallel.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        /// Take the suffixes from this config.
+        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Generate test data: random files in 10 to 50 sub-directories.
+    GenData {
+        #[arg(long)]
+        target: PathBuf,
+        /// Total size, e.g. 1GiB.
+        #[arg(long, value_parser = parse_size)]
+        total: u64,
+        #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+        min: u64,
+        #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+        max: u64,
     },
     /// Reconcile policy plugins: list, test, scaffold.
     Plugin {
@@ -93,6 +138,26 @@ enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// The dataset naming of a config, or the reference's defaults.
+fn classifier(
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<vault_agent::notification::Classifier> {
+    let c = match config {
+        Some(path) => config::load(path)?,
+        None => config::Config::default(),
+    };
+    Ok(vault_agent::notification::Classifier::new(
+        c.share.job_dir_suffix.0,
+        c.share.manifest_suffix.0,
+    ))
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -181,10 +246,75 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("{broken} policy plugin(s) do not load");
             }
         }
+        Command::Seal {
+            dir,
+            wait,
+            force,
+            config,
+        } => {
+            let c = classifier(config.as_deref())?;
+            let options = vault_agent::share::seal::SealOptions {
+                wait_for_writers: wait,
+                force,
+            };
+            let r = vault_agent::share::seal::seal(&dir, &c, &options)?;
+            println!(
+                "sealed {}: {} lines ({} directories, {} files) in {}",
+                r.set_id,
+                r.lines,
+                r.directories,
+                r.files,
+                r.manifest.display()
+            );
+        }
+        Command::Vault {
+            source,
+            share,
+            set_id,
+            jobs,
+            config,
+        } => {
+            let c = classifier(config.as_deref())?;
+            let r = tokio::task::spawn_blocking(move || {
+                vault_agent::share::vault::vault(&source, &share, set_id.as_deref(), jobs, &c)
+            })
+            .await??;
+            eprintln!(
+                "vaulted {} files ({}) into {} in {:.1}s ({}/s){}",
+                r.files,
+                bytesize::ByteSize(r.bytes),
+                r.dest.display(),
+                r.elapsed.as_secs_f64(),
+                bytesize::ByteSize((r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-3)) as u64),
+                if r.skipped_links > 0 {
+                    format!("; skipped {} symlinks/special files", r.skipped_links)
+                } else {
+                    String::new()
+                }
+            );
+            println!("{}", r.set_id);
+        }
+        Command::GenData {
+            target,
+            total,
+            min,
+            max,
+        } => {
+            std::fs::create_dir_all(&target)?;
+            let r = vault_agent::share::gen_data::generate(&target, total, min, max)?;
+            println!(
+                "wrote {} files ({}) in {} directories under {}",
+                r.files,
+                bytesize::ByteSize(r.bytes),
+                r.directories,
+                target.display()
+            );
+        }
         Command::Status {
             config,
             url,
             set_id,
+            pending,
             json,
         } => {
             let base = match (url, config) {
@@ -192,6 +322,27 @@ async fn main() -> anyhow::Result<()> {
                 (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
                 (None, None) => cli::status::url_for(config::Config::default().http.listen),
             };
+            if let Some(id) = pending {
+                let detail = cli::status::fetch(&base, Some(&id)).await?;
+                let paths = detail["pending-paths"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let count = detail["pending"].as_u64().unwrap_or(0);
+                println!(
+                    "{id}: {count} pending ({} bytes){}",
+                    detail["pending-bytes"],
+                    if paths.len() as u64 == count {
+                        ""
+                    } else {
+                        "; the first 100:"
+                    }
+                );
+                for p in paths {
+                    println!("  {}", p.as_str().unwrap_or_default());
+                }
+                return Ok(());
+            }
             let status = cli::status::fetch(&base, set_id.as_deref()).await?;
             if json || set_id.is_some() {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -8,3 +8,4 @@ mod http;
 mod plugins;
 mod reconcile;
 mod support;
+mod watcher;

@@ -44,21 +44,44 @@ pub fn print_table(status: &Value) {
         println!("no datasets seen yet");
     } else {
         println!(
-            "{:<24} {:<12} {:>9} {:>9} {:>8} {:>10}  {:<20}  NOTE",
-            "SET-ID", "STATE", "ENTRIES", "RECEIVED", "MISSING", "UNEXPECTED", "LAST NOTIFICATION"
+            "{:<24} {:<12} {:>9} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9} {:>10} {:>7}  NOTE",
+            "SET-ID",
+            "STATE",
+            "ENTRIES",
+            "RECEIVED",
+            "MISSING",
+            "UNEXPECTED",
+            "WRITTEN",
+            "BYTES",
+            "PENDING",
+            "RATE/s",
+            "ETA"
         );
     }
     let num = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
     for d in datasets {
+        let bytes = |v: &Value| {
+            v.as_u64()
+                .map_or("-".to_owned(), |n| bytesize::ByteSize(n).to_string())
+        };
         println!(
-            "{:<24} {:<12} {:>9} {:>9} {:>8} {:>10}  {:<20}  {}",
+            "{:<24} {:<12} {:>9} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9} {:>10} {:>7}  {}",
             d["set-id"].as_str().unwrap_or("?"),
             d["state"].as_str().unwrap_or("?"),
             num(&d["manifest-entries"]),
             num(&d["received"]),
             num(&d["missing"]),
             num(&d["unexpected"]),
-            d["last-notification"].as_str().unwrap_or("-"),
+            num(&d["local-files"]),
+            bytes(&d["local-bytes"]),
+            num(&d["pending"]),
+            bytes(&d["upload-rate-bytes-per-second"]),
+            d["eta-seconds"]
+                .as_u64()
+                .map_or("-".to_owned(), |s| humantime::format_duration(
+                    std::time::Duration::from_secs(s)
+                )
+                .to_string()),
             d["note"].as_str().unwrap_or(""),
         );
     }

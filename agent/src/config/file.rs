@@ -47,6 +47,25 @@ pub struct ShareSection {
     pub path: PathBuf,
     pub job_dir_suffix: Suffix,
     pub manifest_suffix: Suffix,
+    /// How the share watcher sees local writes.
+    pub watch: WatchKind,
+    /// Rescan period in `watch = "poll"` mode.
+    pub poll_interval: HumanDuration,
+    /// Seal (write the manifest of) a dataset after this long without
+    /// local changes; off when absent.
+    pub seal_after: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchKind {
+    /// Kernel notifications: instant, sees writes made on this host.
+    #[default]
+    Inotify,
+    /// Periodic rescans: also sees files written by other NFS clients.
+    Poll,
+    /// No share watcher.
+    Off,
 }
 
 impl Default for ShareSection {
@@ -55,6 +74,9 @@ impl Default for ShareSection {
             path: PathBuf::from("/mnt/vaultdata"),
             job_dir_suffix: Suffix("-vaultjob".into()),
             manifest_suffix: Suffix(".manifest".into()),
+            watch: WatchKind::Inotify,
+            poll_interval: HumanDuration(Duration::from_secs(10)),
+            seal_after: None,
         }
     }
 }

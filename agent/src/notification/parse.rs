@@ -36,6 +36,9 @@ pub struct ObjectUpload {
     pub size: u64,
     /// Epoch seconds of the envelope's `time`.
     pub event_time: i64,
+    /// Epoch seconds of the detail's `modification-time` (the file's mtime as
+    /// the gateway saw it), when given and well-formed.
+    pub modified: Option<i64>,
 }
 
 /// Why an event was refused; the message names the field.
@@ -86,6 +89,8 @@ struct UploadDetail<'a> {
     key: Cow<'a, str>,
     #[serde(rename = "object-size")]
     size: u64,
+    #[serde(rename = "modification-time", default, borrow)]
+    modified: Option<Cow<'a, str>>,
 }
 
 /// Parses a request or message body: one event object, or a JSON array of them.
@@ -138,6 +143,7 @@ fn fast_parse(body: &[u8]) -> Result<Notification, String> {
         key: detail.key.into_owned(),
         size: detail.size,
         event_time,
+        modified: detail.modified.as_deref().and_then(parse_rfc3339),
     }))
 }
 
@@ -259,6 +265,7 @@ pub(crate) mod tests {
                 key: "ABC-vaultjob/dir-a/file-b".into(),
                 size: 1_048_576,
                 event_time: 1_619_863_200,
+                modified: Some(1_619_863_198),
             })
         );
     }

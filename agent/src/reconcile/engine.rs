@@ -21,8 +21,8 @@ use crate::notification::time::now_ms;
 use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
 use crate::sinks::envelope::{self, Origin};
 use crate::store::{
-    Counts, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent, Store, StoreResult,
-    StoreTx, UploadRecord, Verdict,
+    Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent, Store,
+    StoreResult, StoreTx, UploadRecord, Verdict,
 };
 
 /// Most commands folded into one transaction.
@@ -73,12 +73,30 @@ pub enum Command {
         set_id: String,
         result: Result<Vec<ExpectedLine>, String>,
     },
+    /// What the share watcher saw: files present (with their size) or gone.
+    Local { changes: Vec<LocalChange> },
+    /// After a full scan of a dataset that started at `scan_started_ms`:
+    /// entries not seen since are gone.
+    LocalPrune {
+        set_id: String,
+        scan_started_ms: i64,
+    },
     /// Periodic re-check: deadlines, manifests not yet readable, decisions.
     Tick,
     /// A sink delivered every event up to `seq`.
     Ack { sink: String, seq: i64 },
     /// Commit what is queued, then stop.
     Shutdown,
+}
+
+/// One observation of the share watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalChange {
+    pub set_id: String,
+    /// The path relative to the share root, as a manifest line.
+    pub entry: String,
+    /// `None`: the path is gone.
+    pub file: Option<LocalFile>,
 }
 
 /// The cloneable front door of the engine.
@@ -141,6 +159,27 @@ impl EngineHandle {
             })
             .await
             .map_err(|_| EngineError::Stopped)
+    }
+
+    /// For the share watcher's thread (not an async task): queues
+    /// observations, waiting while the engine is busy.
+    pub fn blocking_local(&self, changes: Vec<LocalChange>) -> Result<(), EngineError> {
+        self.tx
+            .blocking_send(Command::Local { changes })
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    pub fn blocking_prune(&self, set_id: String, scan_started_ms: i64) -> Result<(), EngineError> {
+        self.tx
+            .blocking_send(Command::LocalPrune {
+                set_id,
+                scan_started_ms,
+            })
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
     }
 
     pub async fn tick(&self) -> Result<(), EngineError> {
@@ -279,6 +318,23 @@ impl Engine {
                             .apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
                     }
                     Command::Tick => self.core.tick(&mut *tx, &mut work, now)?,
+                    Command::Local { changes } => {
+                        for change in changes {
+                            self.core.apply_local(&mut *tx, &mut work, change, now)?;
+                        }
+                    }
+                    Command::LocalPrune {
+                        set_id,
+                        scan_started_ms,
+                    } => {
+                        self.core.prune_local(
+                            &mut *tx,
+                            &mut work,
+                            &set_id,
+                            scan_started_ms,
+                            now,
+                        )?;
+                    }
                     Command::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
                     Command::Shutdown => {}
                 }
@@ -326,6 +382,15 @@ impl Engine {
 fn contribution(row: Option<&EntryRecord>) -> Counts {
     let mut c = Counts::default();
     let Some(row) = row else { return c };
+    if let Some(local) = &row.local {
+        let bytes = if local.is_dir { 0 } else { local.size };
+        c.local_files = 1;
+        c.local_bytes = bytes;
+        if !local.confirmed_by(row.upload.as_ref()) {
+            c.pending = 1;
+            c.pending_bytes = bytes;
+        }
+    }
     let Some(up) = &row.upload else { return c };
     match up.verdict {
         Verdict::Ignore => c.ignored = 1,
@@ -525,6 +590,7 @@ impl Core {
             event_time: upload.event_time,
             verdict: Verdict::Unjudged,
             matched: false,
+            modified: upload.modified,
         });
         let note = self.judge(set_id, &mut row);
         tx.put_entry(&row)?;
@@ -620,6 +686,54 @@ impl Core {
             expected = lines.len(),
             "manifest loaded"
         );
+        Ok(())
+    }
+
+    /// Records what the share watcher saw of one path.
+    fn apply_local(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        change: LocalChange,
+        now: i64,
+    ) -> StoreResult<()> {
+        let prev = tx.entry(&change.set_id, &change.entry)?;
+        if prev.is_none() && change.file.is_none() {
+            return Ok(());
+        }
+        let before = contribution(prev.as_ref());
+        let mut row = prev.unwrap_or_else(|| EntryRecord::new(&change.entry, &change.set_id));
+        row.local = change.file;
+        tx.put_entry(&row)?;
+        let ds = work.dataset(tx, &self.open, &change.set_id, now)?;
+        ds.counts -= before;
+        ds.counts += contribution(Some(&row));
+        ds.last_local_ms = Some(now);
+        Ok(())
+    }
+
+    /// Forgets local files a full scan no longer found.
+    fn prune_local(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        before_ms: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        let dir = self.settings.classifier.dataset_dir(set_id);
+        for row in tx.stale_local_entries(set_id, &dir, before_ms)? {
+            self.apply_local(
+                tx,
+                work,
+                LocalChange {
+                    set_id: set_id.to_owned(),
+                    entry: row.key,
+                    file: None,
+                },
+                now,
+            )?;
+        }
         Ok(())
     }
 
@@ -958,6 +1072,7 @@ mod tests {
                 key: key.into(),
                 size,
                 event_time: time,
+                modified: None,
             });
             self.handle.ingest(vec![n]).await.unwrap()
         }

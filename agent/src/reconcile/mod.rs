@@ -7,4 +7,4 @@ pub mod manifest;
 pub mod plugin;
 pub mod policy;
 
-pub use engine::{Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt};
+pub use engine::{Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt, LocalChange};

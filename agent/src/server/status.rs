@@ -54,6 +54,7 @@ pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> R
     v["missing-paths"] = json!(detail.missing);
     v["mismatched-paths"] = json!(detail.mismatched);
     v["unexpected-paths"] = json!(detail.unexpected);
+    v["pending-paths"] = json!(detail.pending);
     (StatusCode::OK, Json(v))
 }
 
@@ -73,6 +74,13 @@ fn reply(result: Result<crate::store::StoreResult<Value>, tokio::task::JoinError
 
 pub fn dataset_json(d: &DatasetRecord) -> Value {
     let time = |ms: Option<i64>| ms.map(format_event_time);
+    // Confirmed bytes over the time since the dataset was first seen.
+    let confirmed = d.counts.local_bytes.saturating_sub(d.counts.pending_bytes);
+    let seconds = (crate::notification::time::now_ms() - d.first_seen_ms).max(1) as f64 / 1000.0;
+    let rate = (d.counts.local_files > 0).then(|| (confirmed as f64 / seconds).round() as u64);
+    let eta = rate
+        .filter(|r| *r > 0 && d.counts.pending_bytes > 0)
+        .map(|r| d.counts.pending_bytes / r);
     json!({
         "set-id": d.set_id,
         "state": d.state,
@@ -89,5 +97,11 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "deadline": time(d.deadline_ms),
         "decided": time(d.decided_ms),
         "note": d.note,
+        "local-files": d.counts.local_files,
+        "local-bytes": d.counts.local_bytes,
+        "pending": d.counts.pending,
+        "pending-bytes": d.counts.pending_bytes,
+        "upload-rate-bytes-per-second": rate,
+        "eta-seconds": eta,
     })
 }

@@ -12,8 +12,8 @@ pub mod model;
 pub mod sqlite;
 
 pub use model::{
-    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent,
-    UploadRecord, Verdict,
+    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
+    OutboxEvent, UploadRecord, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,14 @@ pub trait StoreTx {
         set_id: &str,
         dataset_dir: &str,
         limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>>;
+    /// The entries of a dataset last seen locally before `seen_before_ms`
+    /// (gone, if a full scan since then did not see them).
+    fn stale_local_entries(
+        &mut self,
+        set_id: &str,
+        dataset_dir: &str,
+        seen_before_ms: i64,
     ) -> StoreResult<Vec<EntryRecord>>;
     /// Appends an event to the outbox; returns its sequence number. An event
     /// whose id is already there is not added again.

@@ -71,6 +71,13 @@ pub struct Counts {
     /// Uploads whose policy call failed: they block success and are judged
     /// again at the next re-check.
     pub unjudged: u64,
+    /// Files and directories the share watcher sees on this host.
+    pub local_files: u64,
+    pub local_bytes: u64,
+    /// Local entries the cloud has not confirmed yet (no notification with
+    /// the local size since the last local change).
+    pub pending: u64,
+    pub pending_bytes: u64,
 }
 
 impl AddAssign for Counts {
@@ -81,6 +88,10 @@ impl AddAssign for Counts {
         self.ignored += o.ignored;
         self.rejected += o.rejected;
         self.unjudged += o.unjudged;
+        self.local_files += o.local_files;
+        self.local_bytes += o.local_bytes;
+        self.pending += o.pending;
+        self.pending_bytes += o.pending_bytes;
     }
 }
 
@@ -92,6 +103,10 @@ impl SubAssign for Counts {
         self.ignored -= o.ignored;
         self.rejected -= o.rejected;
         self.unjudged -= o.unjudged;
+        self.local_files -= o.local_files;
+        self.local_bytes -= o.local_bytes;
+        self.pending -= o.pending;
+        self.pending_bytes -= o.pending_bytes;
     }
 }
 
@@ -112,6 +127,8 @@ pub struct DatasetRecord {
     pub decided_ms: Option<i64>,
     /// Why the dataset is waiting or failed, or what went wrong last.
     pub note: Option<String>,
+    /// Agent clock of the last local change the share watcher saw.
+    pub last_local_ms: Option<i64>,
 }
 
 impl DatasetRecord {
@@ -129,6 +146,7 @@ impl DatasetRecord {
             deadline_ms: None,
             decided_ms: None,
             note: None,
+            last_local_ms: None,
         }
     }
 
@@ -192,6 +210,31 @@ pub struct UploadRecord {
     pub verdict: Verdict,
     /// Whether the policy found it to match its manifest entry.
     pub matched: bool,
+    /// The notification's `modification-time` (epoch seconds), if given.
+    pub modified: Option<i64>,
+}
+
+/// A file or directory as the share watcher last saw it on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalFile {
+    pub size: u64,
+    /// Epoch seconds.
+    pub mtime: i64,
+    pub is_dir: bool,
+    /// Agent clock (ms) of the scan or event that saw it.
+    pub seen_ms: i64,
+}
+
+impl LocalFile {
+    /// Whether `upload` confirms this local version: a notification with the
+    /// same size whose modification time is not older than the local one
+    /// (so a file rewritten after its notification is pending again).
+    /// Directories are confirmed by any notification.
+    pub fn confirmed_by(&self, upload: Option<&UploadRecord>) -> bool {
+        upload.is_some_and(|u| {
+            self.is_dir || (u.size == self.size && u.modified.unwrap_or(u.event_time) >= self.mtime)
+        })
+    }
 }
 
 /// One path of a dataset: notified, listed in the manifest, or both.
@@ -204,6 +247,8 @@ pub struct EntryRecord {
     /// `Some` when the manifest lists this entry; the inner value is the
     /// expected size where known.
     pub expected: Option<Option<u64>>,
+    /// The local file, when the share watcher has seen it.
+    pub local: Option<LocalFile>,
 }
 
 impl EntryRecord {
@@ -213,6 +258,7 @@ impl EntryRecord {
             set_id: set_id.to_owned(),
             upload: None,
             expected: None,
+            local: None,
         }
     }
 }
@@ -238,4 +284,5 @@ pub struct DatasetDetail {
     pub missing: Vec<String>,
     pub mismatched: Vec<String>,
     pub unexpected: Vec<String>,
+    pub pending: Vec<String>,
 }

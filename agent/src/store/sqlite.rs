@@ -12,14 +12,14 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 
 use super::model::{
-    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, ManifestRef, OutboxEvent,
-    UploadRecord, Verdict,
+    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
+    OutboxEvent, UploadRecord, Verdict,
 };
 use super::{Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
 const SCHEMA: &str = "
@@ -33,18 +33,24 @@ CREATE TABLE IF NOT EXISTS datasets (
     ignored INTEGER NOT NULL, rejected INTEGER NOT NULL, unjudged INTEGER NOT NULL DEFAULT 0,
     first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
     manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER,
-    note TEXT
+    note TEXT,
+    local_files INTEGER NOT NULL DEFAULT 0, local_bytes INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0, pending_bytes INTEGER NOT NULL DEFAULT 0,
+    last_local_ms INTEGER
 ) WITHOUT ROWID;
 -- One row per path: the reference's upload record (object_key, bucket, size,
 -- event_time; its setId is the key's top directory minus the suffix) and/or
 -- the manifest's expectation. Keyed by the path without trailing '/', so a
 -- dataset's rows are one contiguous key range. object_key is NULL when equal
--- to key; size is NULL until uploaded.
+-- to key; size is NULL until uploaded. local_* describe the file as the
+-- share watcher last saw it on this host (NULL: not seen locally).
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
     object_key TEXT, bucket TEXT, size INTEGER, event_time INTEGER,
     verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0,
-    in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER
+    in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER,
+    modified INTEGER,
+    local_size INTEGER, local_mtime INTEGER, local_dir INTEGER, local_seen INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,7 +67,33 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, manifest_size, \
     manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
     ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, \
-    unjudged";
+    unjudged, local_files, local_bytes, pending, pending_bytes, last_local_ms";
+
+/// The columns of an entry row, `$set` being the parameter that carries the
+/// set-id (rows do not store it: the key's top directory determines it).
+/// A macro so the SQL is a literal: no formatting on the hot path.
+macro_rules! entry_columns {
+    ($set:literal) => {
+        concat!(
+            "key, ",
+            $set,
+            ", object_key, bucket, size, event_time, verdict, matched, in_manifest, \
+             expected_size, modified, local_size, local_mtime, local_dir, local_seen"
+        )
+    };
+}
+
+/// A dataset's rows: its root entry and the key range below it ('0' sorts
+/// right after '/'); `?1` is the dataset directory.
+macro_rules! in_dataset {
+    () => {
+        "(key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0'))"
+    };
+}
+
+/// SQL for "this entry exists locally and the cloud has not confirmed it".
+pub const PENDING_SQL: &str = "local_size IS NOT NULL AND NOT (size IS NOT NULL AND \
+    (local_dir = 1 OR (size = local_size AND coalesce(modified, event_time) >= local_mtime)))";
 
 /// Upgrades an older database in place (`from` is its schema version).
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -70,6 +102,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
     ),
     (2, "ALTER TABLE entries DROP COLUMN set_id;"),
+    (
+        3,
+        "ALTER TABLE datasets ADD COLUMN local_files INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN local_bytes INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN pending_bytes INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN last_local_ms INTEGER;
+         ALTER TABLE entries ADD COLUMN modified INTEGER;
+         ALTER TABLE entries ADD COLUMN local_size INTEGER;
+         ALTER TABLE entries ADD COLUMN local_mtime INTEGER;
+         ALTER TABLE entries ADD COLUMN local_dir INTEGER;
+         ALTER TABLE entries ADD COLUMN local_seen INTEGER;",
+    ),
 ];
 
 pub struct SqliteStore {
@@ -174,7 +219,8 @@ impl StoreTx for SqliteTx<'_> {
     fn put_dataset(&mut self, d: &DatasetRecord) -> StoreResult<()> {
         let sql = format!(
             "INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+             ?21, ?22, ?23, ?24, ?25)"
         );
         let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
         let m = d.manifest.as_ref();
@@ -199,6 +245,11 @@ impl StoreTx for SqliteTx<'_> {
             d.decided_ms,
             d.note,
             d.counts.unjudged as i64,
+            d.counts.local_files as i64,
+            d.counts.local_bytes as i64,
+            d.counts.pending as i64,
+            d.counts.pending_bytes as i64,
+            d.last_local_ms,
         ])
         .map_err(self.err())?;
         Ok(())
@@ -207,10 +258,11 @@ impl StoreTx for SqliteTx<'_> {
     fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>> {
         let mut stmt = self
             .tx
-            .prepare_cached(
-                "SELECT key, ?2, object_key, bucket, size, event_time, verdict, matched, \
-                 in_manifest, expected_size FROM entries WHERE key = ?1",
-            )
+            .prepare_cached(concat!(
+                "SELECT ",
+                entry_columns!("?2"),
+                " FROM entries WHERE key = ?1"
+            ))
             .map_err(self.err())?;
         let row = stmt
             .query_row([key, set_id], |r| Ok(entry_from_row(r)))
@@ -226,12 +278,16 @@ impl StoreTx for SqliteTx<'_> {
             .tx
             .prepare_cached(
                 "INSERT INTO entries (key, object_key, bucket, size, event_time, \
-                 verdict, matched, in_manifest, expected_size) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 verdict, matched, in_manifest, expected_size, modified, \
+                 local_size, local_mtime, local_dir, local_seen) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                  ON CONFLICT(key) DO UPDATE SET object_key = excluded.object_key, \
                  bucket = excluded.bucket, size = excluded.size, event_time = excluded.event_time, \
                  verdict = excluded.verdict, matched = excluded.matched, \
-                 in_manifest = excluded.in_manifest, expected_size = excluded.expected_size",
+                 in_manifest = excluded.in_manifest, expected_size = excluded.expected_size, \
+                 modified = excluded.modified, local_size = excluded.local_size, \
+                 local_mtime = excluded.local_mtime, local_dir = excluded.local_dir, \
+                 local_seen = excluded.local_seen",
             )
             .map_err(self.err())?;
         let u = e.upload.as_ref();
@@ -248,6 +304,11 @@ impl StoreTx for SqliteTx<'_> {
             u.is_some_and(|u| u.matched),
             e.expected.is_some(),
             e.expected.flatten().map(|s| s as i64),
+            u.and_then(|u| u.modified),
+            e.local.map(|l| l.size as i64),
+            e.local.map(|l| l.mtime),
+            e.local.map(|l| l.is_dir),
+            e.local.map(|l| l.seen_ms),
         ])
         .map_err(self.err())?;
         Ok(())
@@ -261,14 +322,41 @@ impl StoreTx for SqliteTx<'_> {
     ) -> StoreResult<Vec<EntryRecord>> {
         let mut stmt = self
             .tx
-            .prepare_cached(
-                "SELECT key, ?3, object_key, bucket, size, event_time, verdict, matched, \
-                 in_manifest, expected_size FROM entries \
-                 WHERE (key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0')) AND verdict = 3 LIMIT ?2",
-            )
+            .prepare_cached(concat!(
+                "SELECT ",
+                entry_columns!("?3"),
+                " FROM entries WHERE ",
+                in_dataset!(),
+                " AND verdict = 3 LIMIT ?2"
+            ))
             .map_err(self.err())?;
         let rows = stmt
             .query_map(params![dataset_dir, limit as i64, set_id], |r| {
+                Ok(entry_from_row(r))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        rows.into_iter().collect()
+    }
+
+    fn stale_local_entries(
+        &mut self,
+        set_id: &str,
+        dataset_dir: &str,
+        seen_before_ms: i64,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(concat!(
+                "SELECT ",
+                entry_columns!("?3"),
+                " FROM entries WHERE ",
+                in_dataset!(),
+                " AND local_seen < ?2"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![dataset_dir, seen_before_ms, set_id], |r| {
                 Ok(entry_from_row(r))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -382,7 +470,7 @@ impl StoreReader for SqliteReader {
         };
         // The dataset's rows: its root entry and the key range below it
         // ('0' sorts right after '/').
-        let range = "(key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0'))";
+        let range = in_dataset!();
         let list = |condition: &str| -> StoreResult<Vec<String>> {
             let sql = format!(
                 "SELECT key FROM entries WHERE {range} AND {condition} ORDER BY key LIMIT ?2"
@@ -405,11 +493,17 @@ impl StoreReader for SqliteReader {
         } else {
             Default::default()
         };
+        let pending = if record.counts.pending > 0 {
+            list(PENDING_SQL)?
+        } else {
+            Vec::new()
+        };
         Ok(Some(DatasetDetail {
             record,
             missing,
             mismatched,
             unexpected,
+            pending,
         }))
     }
 
@@ -488,6 +582,10 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
                 ignored: r.get::<_, i64>(11)? as u64,
                 rejected: r.get::<_, i64>(12)? as u64,
                 unjudged: r.get::<_, i64>(19)? as u64,
+                local_files: r.get::<_, i64>(20)? as u64,
+                local_bytes: r.get::<_, i64>(21)? as u64,
+                pending: r.get::<_, i64>(22)? as u64,
+                pending_bytes: r.get::<_, i64>(23)? as u64,
             },
             first_seen_ms: r.get(13)?,
             last_seen_ms: r.get(14)?,
@@ -495,6 +593,7 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
             deadline_ms: r.get(16)?,
             decided_ms: r.get(17)?,
             note: r.get(18)?,
+            last_local_ms: r.get(24)?,
         };
         Ok((record, state))
     };
@@ -518,6 +617,16 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
                 event_time: r.get(5)?,
                 verdict: Verdict::Count,
                 matched: r.get(7)?,
+                modified: r.get(10)?,
+            }),
+            None => None,
+        };
+        let local = match r.get::<_, Option<i64>>(11)? {
+            Some(size) => Some(LocalFile {
+                size: size as u64,
+                mtime: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
+                is_dir: r.get::<_, Option<bool>>(13)?.unwrap_or(false),
+                seen_ms: r.get::<_, Option<i64>>(14)?.unwrap_or(0),
             }),
             None => None,
         };
@@ -528,6 +637,7 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
             set_id: r.get(1)?,
             upload,
             expected: in_manifest.then_some(expected_size.map(|s| s as u64)),
+            local,
         };
         Ok((entry, verdict))
     };
@@ -560,8 +670,15 @@ mod tests {
                 event_time: 1_619_863_200,
                 verdict: Verdict::Ignore,
                 matched: true,
+                modified: Some(1_619_863_100),
             }),
             expected: Some(None),
+            local: Some(LocalFile {
+                size,
+                mtime: 5,
+                is_dir: false,
+                seen_ms: 6,
+            }),
         }
     }
 

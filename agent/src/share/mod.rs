@@ -1,0 +1,8 @@
+//! Operations on the share itself: writing a dataset's manifest ([`seal`]),
+//! copying a tree in as a dataset ([`vault`]), generating test data
+//! ([`gen_data`]), and finding files still open for writing ([`open_files`]).
+
+pub mod gen_data;
+pub mod open_files;
+pub mod seal;
+pub mod vault;

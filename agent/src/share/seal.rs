@@ -1,0 +1,286 @@
+//! `vault-agent seal DIR`: writes `<SET-ID><manifest_suffix>` in the
+//! reference format: every directory (the dataset root included), then every
+//! file (the manifest included), each group sorted, paths relative to the
+//! share root.
+//!
+//! Crash safety: the manifest is written to a temporary file outside any
+//! dataset (`<share>/.vault-agent/`, so the gateway's upload of it is an
+//! unrelated key), fsynced, renamed into place, and the dataset directory
+//! fsynced: a crash leaves no manifest or the whole one, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::notification::Classifier;
+
+/// Where temporary manifests are written, at the share root.
+pub const TEMP_DIR: &str = ".vault-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("{path}: not a dataset directory (expected <SET-ID>{suffix} directly in the share)")]
+    NotADataset { path: String, suffix: String },
+    #[error("{path} already exists; the dataset is sealed (use --force to write it again)")]
+    AlreadySealed { path: String },
+    #[error("{path}: the name contains a newline, which a manifest line cannot carry; rename it")]
+    Newline { path: String },
+    #[error("{path}: the name is not UTF-8, so it cannot be an S3 key; rename it")]
+    NotUtf8 { path: String },
+    #[error("files are still open for writing: {}", list(.paths))]
+    StillWriting { paths: Vec<String> },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(paths: &[String]) -> String {
+    let mut text = paths.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if paths.len() > 5 {
+        text.push_str(&format!(" and {} more", paths.len() - 5));
+    }
+    text
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SealError + '_ {
+    move |source| SealError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub struct SealOptions {
+    /// How long to wait for writers to close their files (zero: fail at once).
+    pub wait_for_writers: Duration,
+    /// Write the manifest even if one exists.
+    pub force: bool,
+}
+
+#[derive(Debug)]
+pub struct SealReport {
+    pub manifest: PathBuf,
+    pub set_id: String,
+    pub lines: usize,
+    pub directories: usize,
+    pub files: usize,
+}
+
+/// Seals the dataset directory `dir` (which sits directly in the share).
+pub fn seal(
+    dir: &Path,
+    classifier: &Classifier,
+    options: &SealOptions,
+) -> Result<SealReport, SealError> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let set_id = name
+        .strip_suffix(classifier.job_dir_suffix())
+        .filter(|s| !s.is_empty() && dir.is_dir())
+        .ok_or_else(|| SealError::NotADataset {
+            path: dir.display().to_string(),
+            suffix: classifier.job_dir_suffix().to_owned(),
+        })?
+        .to_owned();
+    let share = dir.parent().unwrap_or(Path::new("."));
+    let manifest_name = format!("{set_id}{}", classifier.manifest_suffix());
+    let manifest = dir.join(&manifest_name);
+    if manifest.exists() && !options.force {
+        return Err(SealError::AlreadySealed {
+            path: manifest.display().to_string(),
+        });
+    }
+    wait_for_writers(dir, options.wait_for_writers)?;
+
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for item in walkdir::WalkDir::new(dir).follow_links(false) {
+        let item = item.map_err(|e| SealError::Io {
+            path: e
+                .path()
+                .map_or_else(|| dir.display().to_string(), |p| p.display().to_string()),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("walk failed")),
+        })?;
+        let path = item.path();
+        if path == manifest {
+            continue;
+        }
+        let rel = path.strip_prefix(share).unwrap_or(path);
+        let text = rel.to_str().ok_or_else(|| SealError::NotUtf8 {
+            path: path.display().to_string(),
+        })?;
+        if text.contains('\n') || text.contains('\r') {
+            return Err(SealError::Newline {
+                path: path.display().to_string(),
+            });
+        }
+        if item.file_type().is_dir() {
+            dirs.push(text.to_owned());
+        } else {
+            files.push(text.to_owned());
+        }
+    }
+    files.push(format!("{name}/{manifest_name}"));
+    dirs.sort();
+    files.sort();
+    let mut text = String::with_capacity((dirs.len() + files.len()) * 64);
+    for line in dirs.iter().chain(&files) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    write_atomically(share, &manifest, &set_id, text.as_bytes())?;
+    Ok(SealReport {
+        manifest,
+        set_id,
+        lines: dirs.len() + files.len(),
+        directories: dirs.len(),
+        files: files.len(),
+    })
+}
+
+fn wait_for_writers(dir: &Path, wait: Duration) -> Result<(), SealError> {
+    let start = Instant::now();
+    let mut warned = false;
+    loop {
+        let writers = super::open_files::writers_below(dir);
+        if writers.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= wait {
+            return Err(SealError::StillWriting {
+                paths: writers
+                    .iter()
+                    .map(|(p, pid)| format!("{} (pid {pid})", p.display()))
+                    .collect(),
+            });
+        }
+        if !warned {
+            tracing::warn!(
+                files = writers.len(),
+                "files still open for writing; waiting up to {wait:?}"
+            );
+            eprintln!(
+                "waiting for {} file(s) still open for writing, e.g. {}",
+                writers.len(),
+                writers[0].0.display()
+            );
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// temp file (outside the dataset) -> fsync -> rename -> fsync the directory.
+fn write_atomically(
+    share: &Path,
+    target: &Path,
+    set_id: &str,
+    bytes: &[u8],
+) -> Result<(), SealError> {
+    let temp_dir = share.join(TEMP_DIR);
+    std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
+    let temp = temp_dir.join(format!("{set_id}.manifest.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+        file.write_all(bytes).map_err(io(&temp))?;
+        file.sync_all().map_err(io(&temp))?;
+        drop(file);
+        std::fs::rename(&temp, target).map_err(io(target))?;
+        if let Some(parent) = target.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io(parent))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier() -> Classifier {
+        Classifier::new("-vaultjob", ".manifest")
+    }
+
+    fn options() -> SealOptions {
+        SealOptions {
+            wait_for_writers: Duration::ZERO,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn writes_the_reference_format() {
+        let share = tempfile::tempdir().unwrap();
+        let dir = share.path().join("S-vaultjob");
+        std::fs::create_dir_all(dir.join("b/c")).unwrap();
+        std::fs::create_dir_all(dir.join("a dir")).unwrap();
+        std::fs::write(dir.join("b/c/x.bin"), "x").unwrap();
+        std::fs::write(dir.join("a dir/ü.txt"), "u").unwrap();
+        let report = seal(&dir, &classifier(), &options()).unwrap();
+        assert_eq!(report.lines, 7);
+        let text = std::fs::read_to_string(dir.join("S.manifest")).unwrap();
+        assert_eq!(
+            text,
+            "S-vaultjob\nS-vaultjob/a dir\nS-vaultjob/b\nS-vaultjob/b/c\n\
+             S-vaultjob/S.manifest\nS-vaultjob/a dir/ü.txt\nS-vaultjob/b/c/x.bin\n"
+        );
+        // The temporary file is gone; sealing again needs --force.
+        assert_eq!(
+            std::fs::read_dir(share.path().join(TEMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(matches!(
+            seal(&dir, &classifier(), &options()),
+            Err(SealError::AlreadySealed { .. })
+        ));
+        seal(
+            &dir,
+            &classifier(),
+            &SealOptions {
+                force: true,
+                ..options()
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_newlines_open_writers_and_non_datasets() {
+        let share = tempfile::tempdir().unwrap();
+        let dir = share.path().join("N-vaultjob");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad\nname"), "x").unwrap();
+        let e = seal(&dir, &classifier(), &options())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad\nname") && e.contains("newline"), "{e}");
+        std::fs::remove_file(dir.join("bad\nname")).unwrap();
+
+        let busy = std::fs::File::create(dir.join("busy.bin")).unwrap();
+        let e = seal(&dir, &classifier(), &options())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("still open for writing") && e.contains("busy.bin"),
+            "{e}"
+        );
+        drop(busy);
+        seal(&dir, &classifier(), &options()).unwrap();
+
+        let e = seal(share.path(), &classifier(), &options())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a dataset directory"), "{e}");
+    }
+}
