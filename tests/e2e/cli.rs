@@ -136,3 +136,28 @@ fn status_command_and_upload_log_lines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `vault-agent run` running?"));
 }
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let out = Command::new(BIN)
+        .args(["demo", "--files", "60"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("the share watcher sees"), "{stdout}");
+    let summary = stdout.split("summary").nth(1).unwrap_or_default();
+    assert!(
+        summary.contains("File Upload Reconciliation Successful  64 entries"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("File Upload Reconciliation Timeout  missing: [\""),
+        "{summary}"
+    );
+    assert!(summary.contains("ignored: 2 keys outside"), "{summary}");
+}

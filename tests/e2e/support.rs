@@ -15,6 +15,8 @@ pub struct Env {
     pub extra_config: String,
     /// Extra lines inside `[http]` (e.g. `api_key`).
     pub http_extra: String,
+    /// Extra lines inside `[share]` (e.g. `watch`).
+    pub share_extra: String,
 }
 
 impl Env {
@@ -25,7 +27,13 @@ impl Env {
             dir,
             extra_config: extra_config.to_owned(),
             http_extra: String::new(),
+            share_extra: String::new(),
         }
+    }
+
+    pub fn with_share(mut self, lines: &str) -> Env {
+        self.share_extra = lines.to_owned();
+        self
     }
 
     pub fn with_http(mut self, lines: &str) -> Env {
@@ -49,9 +57,9 @@ impl Env {
     pub fn start(&self) -> AgentProcess {
         let port = free_port();
         let text = format!(
-            "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
+            "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
              [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n{}\n",
-            self.http_extra, self.extra_config
+            self.share_extra, self.http_extra, self.extra_config
         );
         std::fs::write(self.config_path(), text).unwrap();
         let log = self.dir.path().join(format!("agent-{port}.log"));
@@ -62,13 +70,19 @@ impl Env {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("vault-agent starts");
-        let agent = AgentProcess {
+        let mut agent = AgentProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
         };
         let start = Instant::now();
         while http_get(&format!("{}/healthz", agent.base)).map(|(c, _)| c) != Some(200) {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "agent exited ({status}) before becoming healthy:\n{}",
+                    agent.logs()
+                );
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "agent did not become healthy:\n{}",

@@ -292,7 +292,7 @@ fn odd_names_round_trip_through_vault_manifest_and_reconcile() {
 
 #[test]
 fn vault_and_gen_data_commands() {
-    let env = Env::new("[share]\nwatch = \"off\"\n");
+    let env = Env::new("").with_share("watch = \"off\"");
     let data = env.dir.path().join("data");
     let out = Command::new(BIN)
         .args(["gen-data", "--target"])
@@ -351,4 +351,35 @@ fn vault_and_gen_data_commands() {
         String::from_utf8_lossy(&missing.stderr)
             .contains("source /nonexistent/src: does not exist")
     );
+}
+
+#[test]
+fn poll_mode_tracks_files_and_auto_seal_writes_the_manifest() {
+    let env =
+        Env::new("").with_share("watch = \"poll\"\npoll_interval = \"200ms\"\nseal_after = \"1s\"");
+    let agent = env.start();
+    let dir = env.share().join("POLL-vaultjob");
+    std::fs::create_dir_all(dir.join("x")).unwrap();
+    std::fs::write(dir.join("x/one.bin"), "1").unwrap();
+    std::fs::write(dir.join("two.bin"), "22").unwrap();
+    // Polling finds the files; a second later, quiet, the dataset is sealed.
+    let manifest = dir.join("POLL.manifest");
+    let start = Instant::now();
+    while !manifest.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no auto-seal:\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(
+        text,
+        "POLL-vaultjob\nPOLL-vaultjob/x\nPOLL-vaultjob/POLL.manifest\nPOLL-vaultjob/two.bin\nPOLL-vaultjob/x/one.bin\n"
+    );
+    wait_status(&agent, "POLL", "polled", Duration::from_secs(10), |d| {
+        d["local-files"] == 5
+    });
+    assert!(agent.logs().contains("auto-sealed"));
 }

@@ -26,6 +26,8 @@ const UPLOAD_SPAN: Duration = Duration::from_secs(3);
 /// A dataset written on the share: its set-id and every manifest line.
 struct Sample {
     set_id: String,
+    /// The manifest's own line (manifests are sorted: not always the last).
+    manifest: String,
     lines: Vec<String>,
 }
 
@@ -60,8 +62,16 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
         .context("cannot start the agent")?;
     let base = format!("http://{}", agent.local_addr());
 
-    let complete = write_dataset(&share, files.max(1), "complete")?;
-    let partial = write_dataset(&share, 12, "incomplete")?;
+    let (complete, partial) = {
+        let (tmp_path, share_path) = (tmp.path().to_owned(), share.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Sample, Sample)> {
+            Ok((
+                write_dataset(&tmp_path, &share_path, files.max(1), "complete")?,
+                write_dataset(&tmp_path, &share_path, 12, "incomplete")?,
+            ))
+        })
+        .await??
+    };
     let never_uploaded = partial
         .lines
         .iter()
@@ -69,11 +79,15 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
         .cloned()
         .context("the sample has files")?;
     println!(
-        "wrote dataset {} ({} manifest entries) and dataset {} ({} entries; the gateway will never upload {never_uploaded})",
+        "`vault` copied dataset {} ({} manifest entries) and dataset {} ({} entries; the gateway will never upload {never_uploaded})",
         complete.set_id,
         complete.lines.len(),
         partial.set_id,
         partial.lines.len()
+    );
+    let pending = wait_for_watcher(&base, &[&complete, &partial]).await?;
+    println!(
+        "the share watcher sees {pending} files and directories written here, all pending upload"
     );
 
     let plan = upload_plan(&share, &complete, &partial, &never_uploaded)?;
@@ -86,6 +100,12 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
     let pause = UPLOAD_SPAN / plan.len().max(1) as u32;
     let complete_prefix = format!("{}{SUFFIX}/", complete.set_id);
     let mut last_commit = Instant::now();
+    // Watch the sink while uploading, so the latency is measured, not the
+    // demo's own pacing.
+    let watch_success = {
+        let (path, set_id) = (events_path.clone(), complete.set_id.clone());
+        tokio::spawn(async move { wait_for_event(&path, &set_id, Duration::from_secs(15)).await })
+    };
     for (i, chunk) in plan.chunks(1 + i_rand(3)).enumerate() {
         let body: Vec<&Value> = chunk.iter().map(|(_, event)| event).collect();
         let body = if body.len() == 1 {
@@ -128,7 +148,7 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
     }
     progress.finish_with_message("all notified");
 
-    let success = wait_for_event(&events_path, &complete.set_id, Duration::from_secs(10)).await?;
+    let success = watch_success.await??;
     let success_latency = success.1.saturating_duration_since(last_commit);
     println!(
         "\nFile Upload Reconciliation Successful for {}:",
@@ -150,10 +170,11 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
         success_latency.as_secs_f64() * 1e3
     );
     println!(
-        "  {}  {}  missing: {}",
+        "  {}  {}  missing: {}; still pending upload here: {}",
         partial.set_id,
         timeout.0["detail-type"].as_str().unwrap_or("?"),
-        detail["missing-paths"]
+        detail["missing-paths"],
+        detail["pending-paths"]
     );
     println!(
         "  ignored: {} keys outside any *{SUFFIX} directory; repeats absorbed, directory keys with '/' matched",
@@ -180,34 +201,33 @@ fn random_set_id() -> String {
         .collect()
 }
 
-/// Writes `files` random files in a few sub-directories and the manifest, in
-/// the reference's format (directories first, then files, manifest included).
-fn write_dataset(share: &Path, files: usize, _label: &str) -> anyhow::Result<Sample> {
+/// Makes a source tree of `files` random files and copies it onto the share
+/// with the real `vault` command (which writes the manifest last).
+fn write_dataset(tmp: &Path, share: &Path, files: usize, label: &str) -> anyhow::Result<Sample> {
     let mut rng = rand::rng();
-    let set_id = random_set_id();
-    let root = format!("{set_id}{SUFFIX}");
+    let source = tmp.join(format!("source-{label}"));
     let dirs = (files / 25).clamp(1, 12);
-    let mut dir_lines = vec![root.clone()];
-    for d in 0..dirs {
-        let dir = format!("{root}/run-{d:02}");
-        std::fs::create_dir_all(share.join(&dir)).with_context(|| format!("creating {dir}"))?;
-        dir_lines.push(dir);
-    }
-    let mut file_lines = Vec::new();
     for f in 0..files {
-        let path = format!("{root}/run-{:02}/sample-{f:04}.bin", f % dirs);
+        let dir = source.join(format!("run-{:02}", f % dirs));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut data = vec![0u8; rng.random_range(512..8192)];
         rng.fill(&mut data[..]);
-        std::fs::write(share.join(&path), &data).with_context(|| format!("writing {path}"))?;
-        file_lines.push(path);
+        let path = dir.join(format!("sample-{f:04}.bin"));
+        std::fs::write(&path, &data).with_context(|| format!("writing {}", path.display()))?;
     }
-    let manifest = format!("{root}/{set_id}.manifest");
-    file_lines.push(manifest.clone());
-    let mut lines = dir_lines;
-    lines.extend(file_lines);
-    std::fs::write(share.join(&manifest), lines.join("\n") + "\n")
-        .with_context(|| format!("writing {manifest}"))?;
-    Ok(Sample { set_id, lines })
+    let classifier = crate::notification::Classifier::new(SUFFIX, ".manifest");
+    let report =
+        crate::share::vault::vault(&source, share, Some(&random_set_id()), 4, &classifier)?;
+    let manifest = report.dest.join(format!("{}.manifest", report.set_id));
+    let lines = std::fs::read_to_string(&manifest)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    Ok(Sample {
+        manifest: format!("{}{SUFFIX}/{}.manifest", report.set_id, report.set_id),
+        set_id: report.set_id,
+        lines,
+    })
 }
 
 /// The notifications the "gateway" sends, labelled for the progress bar.
@@ -220,11 +240,12 @@ fn upload_plan(
     let mut rng = rand::rng();
     let mut plan = Vec::new();
     for sample in [complete, partial] {
-        let (manifest_line, rest) = sample
+        let manifest_line = &sample.manifest;
+        let mut keys: Vec<&String> = sample
             .lines
-            .split_last()
-            .context("the sample has a manifest")?;
-        let mut keys: Vec<&String> = rest.iter().filter(|l| l.as_str() != never).collect();
+            .iter()
+            .filter(|l| l.as_str() != never && *l != manifest_line)
+            .collect();
         keys.shuffle(&mut rng);
         // The small manifest tends to be uploaded early.
         let at = rng.random_range(0..=keys.len().min(5));
@@ -278,7 +299,15 @@ fn notification(share: &Path, line: &str) -> anyhow::Result<(String, Value)> {
         .find(|s| !s.is_empty())
         .unwrap_or(&key)
         .to_owned();
-    Ok((label, gateway_event(&key, size)))
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut event = gateway_event(&key, size);
+    event["detail"]["modification-time"] =
+        json!(crate::notification::time::format_event_time(mtime));
+    Ok((label, event))
 }
 
 fn stray(key: &str) -> (String, Value) {
@@ -314,6 +343,35 @@ fn gateway_event(key: &str, size: u64) -> Value {
             "prefix": prefix
         }
     })
+}
+
+/// Waits until the watcher has seen every file of the samples; returns how many.
+async fn wait_for_watcher(base: &str, samples: &[&Sample]) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    loop {
+        let status = crate::cli::status::fetch(base, None).await?;
+        let seen: Vec<u64> = samples
+            .iter()
+            .map(|s| {
+                status["datasets"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|d| d["set-id"] == s.set_id.as_str()))
+                    .and_then(|d| d["pending"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if samples
+            .iter()
+            .zip(&seen)
+            .all(|(s, n)| *n == s.lines.len() as u64)
+        {
+            return Ok(seen.iter().sum());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the share watcher did not see the samples; see the logs (RUST_LOG=info)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls the file sink until the event of `set_id` shows up.
