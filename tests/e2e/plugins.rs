@@ -243,15 +243,11 @@ fn replacing_the_plugin_file_is_picked_up_without_a_restart() {
 fn plugin_new_builds_with_one_command_and_plugin_test_judges_it() {
     let dir = tempfile::tempdir().unwrap();
     let bin = crate::support::BIN;
-    let out = std::process::Command::new(bin)
-        .args(["plugin", "new", "skip-nfs", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run_ok(
+        ["plugin", "new", "skip-nfs", "--dir"]
+            .map(std::ffi::OsStr::new)
+            .into_iter()
+            .chain([dir.path().as_os_str()]),
     );
     let root = dir.path().join("skip-nfs");
     // The one command a plugin author runs (the scaffold pins the target).

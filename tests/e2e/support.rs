@@ -292,6 +292,24 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     })
 }
 
+/// Runs `vault-agent ARGS`, asserting success (showing stderr if not).
+pub fn run_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("vault-agent runs");
+    assert!(
+        out.status.success(),
+        "vault-agent failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// File names for a dataset: `n` files spread over a few nested directories.
 pub fn file_names(n: usize) -> Vec<String> {
     (0..n)

@@ -3,13 +3,14 @@
 //! cloud's confirmations, and odd names survive manifest and reconcile.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{AgentProcess, BIN, Env};
+use crate::support::{AgentProcess, BIN, Env, run_ok};
 
 fn wait_status(
     agent: &AgentProcess,
@@ -86,16 +87,10 @@ fn tree_copied_by_cp_is_tracked_with_no_file_missed() {
         "nothing is confirmed before the cloud says so"
     );
 
-    let out = Command::new(BIN)
-        .args(["seal"])
-        .arg(env.share().join("CPTREE-vaultjob"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok([
+        OsStr::new("seal"),
+        env.share().join("CPTREE-vaultjob").as_os_str(),
+    ]);
     let manifest =
         std::fs::read_to_string(env.share().join("CPTREE-vaultjob/CPTREE.manifest")).unwrap();
     let lines: BTreeSet<String> = manifest.lines().map(str::to_owned).collect();
@@ -123,12 +118,7 @@ fn pending_falls_to_zero_with_the_last_notification_and_rises_on_rewrite() {
     for name in ["a.bin", "b.bin", "sub/c.bin"] {
         std::fs::write(dir.join(name), format!("data of {name}")).unwrap();
     }
-    let out = Command::new(BIN).args(["seal"]).arg(&dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok([OsStr::new("seal"), dir.as_os_str()]);
     let lines: Vec<String> = std::fs::read_to_string(dir.join("PEND.manifest"))
         .unwrap()
         .lines()
@@ -240,19 +230,16 @@ fn odd_names_round_trip_through_vault_manifest_and_reconcile() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, n.as_bytes()).unwrap();
     }
-    let out = Command::new(BIN)
-        .args(["vault", "--source"])
-        .arg(&src)
-        .arg("--share")
-        .arg(env.share())
-        .args(["--set-id", "ODD-names.1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let share = env.share();
+    let out = run_ok([
+        OsStr::new("vault"),
+        OsStr::new("--source"),
+        src.as_os_str(),
+        OsStr::new("--share"),
+        share.as_os_str(),
+        OsStr::new("--set-id"),
+        OsStr::new("ODD-names.1"),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ODD-names.1");
     let manifest = std::fs::read_to_string(
         env.share()
@@ -294,28 +281,21 @@ fn odd_names_round_trip_through_vault_manifest_and_reconcile() {
 fn vault_and_gen_data_commands() {
     let env = Env::new("").with_share("watch = \"off\"");
     let data = env.dir.path().join("data");
-    let out = Command::new(BIN)
-        .args(["gen-data", "--target"])
-        .arg(&data)
-        .args(["--total", "2MiB", "--min", "10KiB", "--max", "200KiB"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let share = env.share();
+    run_ok(
+        [
+            OsStr::new("gen-data"),
+            OsStr::new("--target"),
+            data.as_os_str(),
+        ]
+        .into_iter()
+        .chain(["--total", "2MiB", "--min", "10KiB", "--max", "200KiB"].map(OsStr::new)),
     );
-    let out = Command::new(BIN)
-        .args(["vault", "--jobs", "4", "--source"])
-        .arg(&data)
-        .arg("--share")
-        .arg(env.share())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        ["vault", "--jobs", "4", "--source"]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([data.as_os_str(), OsStr::new("--share"), share.as_os_str()]),
     );
     let set_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(set_id.len(), 16);

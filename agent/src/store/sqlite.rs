@@ -203,6 +203,20 @@ impl SqliteTx<'_> {
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         sqlite_error(self.path)
     }
+
+    /// Runs a query selecting `entry_columns!` rows.
+    fn select_entries(
+        &mut self,
+        sql: &'static str,
+        params: impl rusqlite::Params,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(params, |r| Ok(entry_from_row(r)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err())?;
+        rows.into_iter().collect()
+    }
 }
 
 impl StoreTx for SqliteTx<'_> {
@@ -320,23 +334,14 @@ impl StoreTx for SqliteTx<'_> {
         dataset_dir: &str,
         limit: usize,
     ) -> StoreResult<Vec<EntryRecord>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(concat!(
-                "SELECT ",
-                entry_columns!("?3"),
-                " FROM entries WHERE ",
-                in_dataset!(),
-                " AND verdict = 3 LIMIT ?2"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![dataset_dir, limit as i64, set_id], |r| {
-                Ok(entry_from_row(r))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(self.err())?;
-        rows.into_iter().collect()
+        let sql = concat!(
+            "SELECT ",
+            entry_columns!("?3"),
+            " FROM entries WHERE ",
+            in_dataset!(),
+            " AND verdict = 3 LIMIT ?2"
+        );
+        self.select_entries(sql, params![dataset_dir, limit as i64, set_id])
     }
 
     fn stale_local_entries(
@@ -345,23 +350,14 @@ impl StoreTx for SqliteTx<'_> {
         dataset_dir: &str,
         seen_before_ms: i64,
     ) -> StoreResult<Vec<EntryRecord>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(concat!(
-                "SELECT ",
-                entry_columns!("?3"),
-                " FROM entries WHERE ",
-                in_dataset!(),
-                " AND local_seen < ?2"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![dataset_dir, seen_before_ms, set_id], |r| {
-                Ok(entry_from_row(r))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(self.err())?;
-        rows.into_iter().collect()
+        let sql = concat!(
+            "SELECT ",
+            entry_columns!("?3"),
+            " FROM entries WHERE ",
+            in_dataset!(),
+            " AND local_seen < ?2"
+        );
+        self.select_entries(sql, params![dataset_dir, seen_before_ms, set_id])
     }
 
     fn push_event(&mut self, ev: &OutboxEvent) -> StoreResult<i64> {
