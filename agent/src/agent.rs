@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, WatchKind};
+use crate::config::{Config, SinkConfig, SourceConfig, WatchKind};
 use crate::notification::Classifier;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
@@ -51,10 +51,20 @@ impl Agent {
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
         let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
         let status_reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
+        let needs_aws = matches!(config.source, SourceConfig::Sqs { .. })
+            || config
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Eventbridge { .. }));
+        let aws = if needs_aws {
+            Some(crate::aws::sdk_config(&config.aws).await)
+        } else {
+            None
+        };
         let mut sink_readers = Vec::new();
         for sink_config in &config.sinks {
             let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
-            sink_readers.push((sinks::open(sink_config)?, reader));
+            sink_readers.push((sinks::open(sink_config, aws.as_ref())?, reader));
         }
         let policy_name = config.reconcile.policy.get_ref();
         let health = PolicyHealth::default();
@@ -80,6 +90,7 @@ impl Agent {
                 account: config.aws.account.clone(),
                 region: config.aws.region.clone(),
             },
+            upload_events: config.sinks.iter().any(SinkConfig::wants_upload_events),
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(Box::new(store), policy, settings, outbox_tx);
@@ -103,6 +114,33 @@ impl Agent {
                 reader,
                 handle.clone(),
                 outbox_rx.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let (
+            SourceConfig::Sqs {
+                queue_url,
+                visibility_timeout,
+            },
+            Some(aws),
+        ) = (&config.source, &aws)
+        {
+            let client = aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(aws)
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            // Longer than the 20 s long poll.
+                            .operation_attempt_timeout(std::time::Duration::from_secs(40))
+                            .build(),
+                    )
+                    .build(),
+            );
+            info!(queue = %queue_url, "consuming notifications from SQS");
+            tasks.push(tokio::spawn(crate::sources::sqs::run(
+                client,
+                queue_url.clone(),
+                visibility_timeout.0,
+                handle.clone(),
                 shutdown_rx.clone(),
             )));
         }

@@ -11,6 +11,7 @@
 //! commands beyond `run`.
 
 pub mod agent;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod logging;

@@ -206,7 +206,10 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "  http       {} (source {}, api key {})",
                 c.http.listen,
-                format!("{:?}", c.source).to_lowercase(),
+                match &c.source {
+                    config::SourceConfig::Http => "http: POST /events".to_owned(),
+                    config::SourceConfig::Sqs { queue_url, .. } => format!("sqs: {queue_url}"),
+                },
                 if c.http.api_key.is_some() {
                     "required"
                 } else {
@@ -217,6 +220,19 @@ async fn main() -> anyhow::Result<()> {
                 let what = match sink {
                     SinkConfig::File { path, .. } => format!("file {}", path.display()),
                     SinkConfig::Stdout { .. } => "stdout".to_owned(),
+                    SinkConfig::Eventbridge {
+                        event_bus,
+                        publish_upload_events,
+                        ..
+                    } => format!(
+                        "EventBridge bus {event_bus}{}",
+                        if *publish_upload_events {
+                            ", with upload events"
+                        } else {
+                            ""
+                        }
+                    ),
+                    SinkConfig::Webhook { url, .. } => format!("POST {url}"),
                 };
                 println!("  sink       {} ({what})", sink.name());
             }

@@ -137,6 +137,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
             account: "000000000000".into(),
             region: "test".into(),
         },
+        upload_events: false,
     };
     let (engine, handle) = Engine::new(
         Box::new(store),

@@ -182,6 +182,18 @@ pub enum SourceConfig {
     /// `POST /events` on the HTTP server (EventBridge API destination).
     #[default]
     Http,
+    /// An SQS queue fed by an EventBridge rule (long polling).
+    Sqs {
+        queue_url: String,
+        /// Visibility given to received messages; extended while a batch is
+        /// still being committed.
+        #[serde(default = "default_visibility")]
+        visibility_timeout: HumanDuration,
+    },
+}
+
+fn default_visibility() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,27 +210,71 @@ pub enum SinkConfig {
         #[serde(default)]
         name: Option<String>,
     },
+    /// PutEvents to an EventBridge bus.
+    Eventbridge {
+        event_bus: String,
+        /// Largest PutEvents request, in bytes (the service takes up to 1 MB).
+        #[serde(default = "default_max_request_bytes")]
+        max_request_bytes: usize,
+        /// Also send `Data File Upload Event` / `Manifest File Upload Event`
+        /// for every upload, as the reference did.
+        #[serde(default)]
+        publish_upload_events: bool,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// POSTs each event as JSON to a URL.
+    Webhook {
+        url: String,
+        /// Sent as `Authorization: Bearer ...` when set.
+        #[serde(default)]
+        bearer_token: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+fn default_max_request_bytes() -> usize {
+    256 * 1024
 }
 
 impl SinkConfig {
     /// The sink's delivery-cursor name: stable across restarts unless renamed.
     pub fn name(&self) -> String {
         match self {
-            SinkConfig::File { name: Some(n), .. } | SinkConfig::Stdout { name: Some(n) } => {
-                n.clone()
-            }
+            SinkConfig::File { name: Some(n), .. }
+            | SinkConfig::Stdout { name: Some(n) }
+            | SinkConfig::Eventbridge { name: Some(n), .. }
+            | SinkConfig::Webhook { name: Some(n), .. } => n.clone(),
             SinkConfig::File { path, .. } => format!("file:{}", path.display()),
             SinkConfig::Stdout { .. } => "stdout".into(),
+            SinkConfig::Eventbridge { event_bus, .. } => format!("eventbridge:{event_bus}"),
+            SinkConfig::Webhook { url, .. } => format!("webhook:{url}"),
         }
+    }
+
+    /// Whether this sink also wants the per-upload events.
+    pub fn wants_upload_events(&self) -> bool {
+        matches!(
+            self,
+            SinkConfig::Eventbridge {
+                publish_upload_events: true,
+                ..
+            }
+        )
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsSection {
-    /// Written into the envelopes of events the agent emits.
+    /// Used by the AWS clients and written into the envelopes of events the
+    /// agent emits.
     pub region: String,
     pub account: String,
+    /// An endpoint for every AWS service (an emulator, say); the
+    /// `AWS_ENDPOINT_URL` environment variable works too.
+    pub endpoint_url: Option<String>,
 }
 
 impl Default for AwsSection {
@@ -226,6 +282,7 @@ impl Default for AwsSection {
         AwsSection {
             region: "eu-west-1".into(),
             account: "000000000000".into(),
+            endpoint_url: None,
         }
     }
 }

@@ -206,6 +206,9 @@ pub struct EngineSettings {
     /// wait x iterations: how long after its manifest a dataset times out.
     pub deadline: Duration,
     pub origin: Origin,
+    /// Also put the reference's per-upload events in the outbox (for sinks
+    /// with `publish_upload_events`).
+    pub upload_events: bool,
 }
 
 /// Everything the engine owns besides the store.
@@ -583,6 +586,25 @@ impl Core {
             size: upload.size,
             event_time: upload.event_time,
         });
+        if self.settings.upload_events {
+            let this = ManifestRef {
+                key: upload.key.clone(),
+                bucket: upload.bucket.clone(),
+                size: upload.size,
+                event_time: upload.event_time,
+            };
+            let detail_type = match kind {
+                UploadKind::Data => envelope::DATA_UPLOAD,
+                UploadKind::Manifest => envelope::MANIFEST_UPLOAD,
+            };
+            work.events.push(envelope::upload_event(
+                detail_type,
+                set_id,
+                &this,
+                &self.settings.origin,
+                now,
+            ));
+        }
         row.upload = Some(UploadRecord {
             object_key: upload.key,
             bucket: upload.bucket,
@@ -1110,6 +1132,7 @@ mod tests {
                 account: "123456789012".into(),
                 region: "eu-west-1".into(),
             },
+            upload_events: false,
         }
     }
 

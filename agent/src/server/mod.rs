@@ -38,6 +38,7 @@ pub fn router(state: AppState, source: &SourceConfig) -> Router {
         SourceConfig::Http => {
             router = router.route("/events", post(sources::http::post_events));
         }
+        SourceConfig::Sqs { .. } => {}
     }
     router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

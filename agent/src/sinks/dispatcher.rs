@@ -49,7 +49,12 @@ pub async fn run(
                 continue;
             }
         };
-        if !deliver(sink.as_mut(), &events, &mut shutdown).await {
+        let wanted: Vec<OutboxEvent> = events
+            .iter()
+            .filter(|e| sink.wants(&e.detail_type))
+            .cloned()
+            .collect();
+        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &mut shutdown).await {
             return;
         }
         cursor = events.last().map_or(cursor, |e| e.seq);

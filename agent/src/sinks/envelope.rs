@@ -11,6 +11,8 @@ use crate::store::{ManifestRef, OutboxEvent};
 pub const SOURCE: &str = "vault.application";
 pub const SUCCESSFUL: &str = "File Upload Reconciliation Successful";
 pub const TIMEOUT: &str = "File Upload Reconciliation Timeout";
+pub const DATA_UPLOAD: &str = "Data File Upload Event";
+pub const MANIFEST_UPLOAD: &str = "Manifest File Upload Event";
 
 /// Namespace of the event ids: the same dataset and outcome give the same id
 /// on every host and after every restart, so consumers can drop repeats.
@@ -67,7 +69,41 @@ pub fn reconcile_event(
     origin: &Origin,
     now_ms: i64,
 ) -> OutboxEvent {
-    let id = event_id(set_id, detail_type);
+    build(
+        event_id(set_id, detail_type),
+        detail_type,
+        set_id,
+        manifest,
+        origin,
+        now_ms,
+    )
+}
+
+/// The reference's per-upload event (`Data File Upload Event` or `Manifest
+/// File Upload Event`), for sinks with `publish_upload_events`.
+pub fn upload_event(
+    detail_type: &str,
+    set_id: &str,
+    upload: &ManifestRef,
+    origin: &Origin,
+    now_ms: i64,
+) -> OutboxEvent {
+    let name = format!(
+        "{set_id}\n{}\n{}\n{}\n{detail_type}",
+        upload.key, upload.event_time, upload.size
+    );
+    let id = Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string();
+    build(id, detail_type, set_id, upload, origin, now_ms)
+}
+
+fn build(
+    id: String,
+    detail_type: &str,
+    set_id: &str,
+    manifest: &ManifestRef,
+    origin: &Origin,
+    now_ms: i64,
+) -> OutboxEvent {
     let envelope = Envelope {
         version: "0",
         id: &id,

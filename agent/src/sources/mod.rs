@@ -3,3 +3,4 @@
 //! its sender only after the engine committed them.
 
 pub mod http;
+pub mod sqs;

@@ -1,0 +1,74 @@
+//! `[[sink]] kind = "webhook"`: POSTs each event's JSON envelope to a URL.
+//! 2xx is delivered; 5xx, 429 and network errors are retried (by the
+//! dispatcher, with backoff); other 4xx are reported loudly and skipped.
+
+use std::time::Duration;
+
+use tracing::error;
+
+use super::{DeliverFuture, Sink, SinkError};
+use crate::store::OutboxEvent;
+
+pub struct WebhookSink {
+    name: String,
+    url: String,
+    bearer_token: Option<String>,
+    client: reqwest::Client,
+}
+
+impl WebhookSink {
+    pub fn new(name: String, url: String, bearer_token: Option<String>) -> Result<Self, SinkError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| SinkError {
+                sink: name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(WebhookSink {
+            name,
+            url,
+            bearer_token,
+            client,
+        })
+    }
+}
+
+impl Sink for WebhookSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a> {
+        Box::pin(async move {
+            let fail = |message: String| SinkError {
+                sink: self.name.clone(),
+                message,
+            };
+            for event in events {
+                let mut request = self
+                    .client
+                    .post(&self.url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", &event.id)
+                    .body(event.payload.clone());
+                if let Some(token) = &self.bearer_token {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| fail(format!("POST {}: {e}", self.url)))?;
+                let status = response.status();
+                if status.is_success() {
+                    continue;
+                }
+                if status.is_server_error() || status.as_u16() == 429 {
+                    return Err(fail(format!("POST {} answered {status}", self.url)));
+                }
+                error!(sink = %self.name, event_id = %event.id, %status, "EVENT NOT DELIVERED: the webhook refused it");
+            }
+            Ok(())
+        })
+    }
+}
