@@ -2,6 +2,7 @@
 //! config, SQLite file and HTTP server, and plays the File Gateway over HTTP.
 //! One test binary with modules, so CI links the agent once.
 
+mod aws;
 mod cli;
 mod crash;
 mod http;

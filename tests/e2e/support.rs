@@ -17,6 +17,8 @@ pub struct Env {
     pub http_extra: String,
     /// Extra lines inside `[share]` (e.g. `watch`).
     pub share_extra: String,
+    /// Environment variables for the agent process.
+    pub envs: Vec<(String, String)>,
 }
 
 impl Env {
@@ -28,6 +30,7 @@ impl Env {
             extra_config: extra_config.to_owned(),
             http_extra: String::new(),
             share_extra: String::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Env {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(self.config_path())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -1,0 +1,465 @@
+//! AWS backends against moto (an AWS API emulator) on loopback, started and
+//! stopped by the tests: notifications put on the default bus reach the
+//! queue through a rule, the agent consumes them, and its reconcile events
+//! put on a custom bus reach a queue through a rule, in the reference's shape.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
+use serde_json::{Value, json};
+
+use crate::support::{Env, free_port, http_get};
+
+/// A moto server on 127.0.0.1, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        if Command::new("moto_server").arg("--help").output().is_err() {
+            // The README's test command installs what it needs.
+            let ok = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "moto_server is missing and `pip install moto[server]` failed"
+            );
+        }
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while http_get(&format!("{endpoint}/moto-api/")).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, endpoint }
+    }
+
+    pub fn envs(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        for (k, v) in self.envs() {
+            // SAFETY: set before any client is built; tests share the values.
+            unsafe { std::env::set_var(k, v) };
+        }
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attrs.attributes.unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    (url, arn)
+}
+
+async fn route(
+    eb: &aws_sdk_eventbridge::Client,
+    bus: &str,
+    rule: &str,
+    pattern: Value,
+    target_arn: &str,
+) {
+    eb.put_rule()
+        .event_bus_name(bus)
+        .name(rule)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .unwrap();
+    eb.put_targets()
+        .event_bus_name(bus)
+        .rule(rule)
+        .targets(Target::builder().id("t1").arn(target_arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[test]
+fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
+    let moto = Moto::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = rt.block_on(moto.sdk());
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let eb = aws_sdk_eventbridge::Client::new(&sdk);
+    let (uploads_url, uploads_arn, reconciled_url) = rt.block_on(async {
+        let (uploads_url, uploads_arn) = queue(&sqs, "vault-uploads").await;
+        let (reconciled_url, reconciled_arn) = queue(&sqs, "reconciled").await;
+        route(
+            &eb,
+            "default",
+            "uploads-to-queue",
+            json!({"source": ["aws.storagegateway"], "detail-type": ["Storage Gateway Object Upload Event"]}),
+            &uploads_arn,
+        )
+        .await;
+        eb.create_event_bus().name("vault-application").send().await.unwrap();
+        route(&eb, "vault-application", "reconcile-events", json!({"source": ["vault.application"]}), &reconciled_arn).await;
+        (uploads_url, uploads_arn, reconciled_url)
+    });
+    let _ = uploads_arn;
+
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\n[source]\nkind = \"sqs\"\nqueue_url = \"{uploads_url}\"\n\
+         [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\npublish_upload_events = true\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    ));
+    env.envs = moto.envs();
+    let agent = env.start();
+
+    // The gateway's notifications, put on the default bus as EventBridge would.
+    let set_id = "AwsFlow00000001";
+    let lines = env.write_dataset(set_id, &crate::support::file_names(12));
+    rt.block_on(async {
+        sqs.send_message()
+            .queue_url(&uploads_url)
+            .message_body("this is not an event")
+            .send()
+            .await
+            .unwrap();
+        for chunk in lines.chunks(10) {
+            let entries: Vec<PutEventsRequestEntry> = chunk
+                .iter()
+                .map(|line| {
+                    let event = env.upload_for(line);
+                    PutEventsRequestEntry::builder()
+                        .source("aws.storagegateway")
+                        .detail_type("Storage Gateway Object Upload Event")
+                        .detail(event["detail"].to_string())
+                        .build()
+                })
+                .collect();
+            let out = eb
+                .put_events()
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.failed_entry_count, 0);
+        }
+    });
+    let events = env.wait_for_events(set_id, 1, Duration::from_secs(30));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+
+    // The reconcile event reached the custom bus, and its rule's queue.
+    let manifest = lines.iter().find(|l| l.ends_with(".manifest")).unwrap();
+    let manifest_size = std::fs::metadata(env.share().join(manifest)).unwrap().len();
+    let received = rt.block_on(async {
+        let mut bodies: Vec<Value> = Vec::new();
+        let start = Instant::now();
+        while !bodies
+            .iter()
+            .any(|b| b["detail-type"] == "File Upload Reconciliation Successful")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no reconcile event on the custom bus: {bodies:?}"
+            );
+            let out = sqs
+                .receive_message()
+                .queue_url(&reconciled_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages.unwrap_or_default() {
+                bodies.push(serde_json::from_str(m.body.as_deref().unwrap()).unwrap());
+            }
+        }
+        bodies
+    });
+    let success = received
+        .iter()
+        .find(|b| b["detail-type"] == "File Upload Reconciliation Successful")
+        .unwrap();
+    assert_eq!(success["source"], "vault.application");
+    assert_eq!(
+        success["detail"],
+        json!({"set-id": set_id, "event-time": events[0]["detail"]["event-time"], "bucket-name": "e2e-bucket",
+               "object-key": manifest, "object-size": manifest_size})
+    );
+    // Upload events for teams migrating their rules, when asked for.
+    assert!(
+        received
+            .iter()
+            .any(|b| b["detail-type"] == "Data File Upload Event"),
+        "{received:?}"
+    );
+
+    // Recorded messages were deleted; the malformed one was left to the redrive policy.
+    let logs = agent.logs();
+    assert!(logs.contains("not an upload notification"), "{logs}");
+    let left = rt.block_on(async {
+        sqs.get_queue_attributes()
+            .queue_url(&uploads_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()
+    });
+    let visible: u64 = left[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]
+        .parse()
+        .unwrap();
+    let in_flight: u64 = left
+        [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        visible + in_flight,
+        1,
+        "only the malformed message stays: {left:?}"
+    );
+}
+
+/// A proxy in front of moto that injects EventBridge failures: the first
+/// PutEvents request is throttled outright; the next `partial` requests have
+/// their odd entries fail (retryably) while the even ones go through.
+struct FaultProxy {
+    pub endpoint: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FaultProxy {
+    fn start(upstream: String, partial: usize) -> FaultProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::new();
+        let handler = move |req: axum::extract::Request| {
+            let (upstream, calls, client) = (upstream.clone(), calls.clone(), client.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let target = parts
+                    .headers
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let forward = |body: Vec<u8>| {
+                    let mut request =
+                        client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
+                    for (k, v) in &parts.headers {
+                        if k != "host" && k != "content-length" {
+                            request = request.header(k, v);
+                        }
+                    }
+                    request.body(body).send()
+                };
+                let reply = |status: u16, body: String| {
+                    axum::response::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/x-amz-json-1.1")
+                        .body(axum::body::Body::from(body))
+                        .unwrap()
+                };
+                if target == "AWSEvents.PutEvents" {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 {
+                        return reply(400, json!({"__type": "ThrottlingException", "message": "Rate exceeded (injected)"}).to_string());
+                    }
+                    if n <= partial {
+                        let request: Value = serde_json::from_slice(&body).unwrap();
+                        let entries = request["Entries"].as_array().unwrap().clone();
+                        let kept: Vec<Value> = entries.iter().step_by(2).cloned().collect();
+                        let mut forwarded = request.clone();
+                        forwarded["Entries"] = json!(kept);
+                        let upstream_bytes = forward(forwarded.to_string().into_bytes())
+                            .await
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap();
+                        let upstream_reply: Value =
+                            serde_json::from_slice(&upstream_bytes).unwrap();
+                        let mut ok = upstream_reply["Entries"].as_array().unwrap().iter();
+                        let merged: Vec<Value> = (0..entries.len())
+                            .map(|i| match i % 4 {
+                                0 | 2 => ok.next().cloned().unwrap(),
+                                1 => json!({"ErrorCode": "ThrottlingException", "ErrorMessage": "injected"}),
+                                _ => json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}),
+                            })
+                            .collect();
+                        let failed = entries.len() / 2;
+                        return reply(
+                            200,
+                            json!({"FailedEntryCount": failed, "Entries": merged}).to_string(),
+                        );
+                    }
+                }
+                let upstream_reply = forward(body.to_vec()).await.unwrap();
+                let status = upstream_reply.status().as_u16();
+                let headers = upstream_reply.headers().clone();
+                let bytes = upstream_reply.bytes().await.unwrap();
+                let mut response = axum::response::Response::builder().status(status);
+                for (k, v) in &headers {
+                    if k != "content-length" && k != "transfer-encoding" {
+                        response = response.header(k, v);
+                    }
+                }
+                response.body(axum::body::Body::from(bytes)).unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        FaultProxy {
+            endpoint,
+            _runtime: runtime,
+        }
+    }
+}
+
+#[test]
+fn put_events_partial_failures_and_throttling_lose_nothing() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.endpoint.clone(), 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = rt.block_on(moto.sdk());
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let eb = aws_sdk_eventbridge::Client::new(&sdk);
+    let reconciled_url = rt.block_on(async {
+        let (url, arn) = queue(&sqs, "reconciled").await;
+        eb.create_event_bus()
+            .name("vault-application")
+            .send()
+            .await
+            .unwrap();
+        route(
+            &eb,
+            "vault-application",
+            "all",
+            json!({"source": ["vault.application"]}),
+            &arn,
+        )
+        .await;
+        url
+    });
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\n\
+         [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        proxy.endpoint
+    ));
+    env.envs = moto.envs();
+    let agent = env.start();
+    // 24 datasets, posted together, so their events leave in batches of 10.
+    let mut all = Vec::new();
+    let set_ids: Vec<String> = (0..24).map(|i| format!("Fault{i:010}")).collect();
+    for set_id in &set_ids {
+        for line in env.write_dataset(set_id, &crate::support::file_names(2)) {
+            all.push(env.upload_for(&line));
+        }
+    }
+    assert_eq!(agent.post(&json!(all).to_string()).0, 202);
+    for set_id in &set_ids {
+        env.wait_for_events(set_id, 1, Duration::from_secs(20));
+    }
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    rt.block_on(async {
+        let start = Instant::now();
+        while seen.len() < set_ids.len() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "events lost; got {seen:?}"
+            );
+            let out = sqs
+                .receive_message()
+                .queue_url(&reconciled_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages.unwrap_or_default() {
+                let body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+                *seen
+                    .entry(body["detail"]["set-id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    });
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        set_ids,
+        "every dataset's event arrived"
+    );
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "only failed entries are re-sent: {seen:?}"
+    );
+    let logs = agent.logs();
+    assert!(
+        logs.contains("PutEvents entry failed; retrying it"),
+        "failures were injected and retried"
+    );
+}
