@@ -514,13 +514,20 @@ impl Core {
     /// the verdict in it. A failed call leaves the upload unjudged: it
     /// blocks success (fail closed) and is judged again at the next re-check.
     /// Returns the reason to show in status, if any.
-    fn judge(&mut self, set_id: &str, row: &mut EntryRecord) -> Option<String> {
+    /// `kind`: known on arrival; otherwise it is worked out from the key.
+    fn judge(
+        &mut self,
+        set_id: &str,
+        row: &mut EntryRecord,
+        kind: Option<UploadKind>,
+    ) -> Option<String> {
         let key = row.key.as_str();
         let up = row.upload.as_mut()?;
-        let kind = match self.settings.classifier.classify(&up.object_key) {
-            Classification::Dataset { kind, .. } => kind,
-            Classification::Outside => UploadKind::Data,
-        };
+        let kind =
+            kind.unwrap_or_else(|| match self.settings.classifier.classify(&up.object_key) {
+                Classification::Dataset { kind, .. } => kind,
+                Classification::Outside => UploadKind::Data,
+            });
         let mut note = None;
         let v = view(set_id, key, up, kind);
         let mut verdict = match self.policy.on_upload(&v) {
@@ -579,6 +586,7 @@ impl Core {
             return Ok(());
         }
         let before = contribution(prev.as_ref());
+        let is_new = prev.is_none();
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&entry, set_id));
         let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
             key: upload.key.clone(),
@@ -614,8 +622,8 @@ impl Core {
             matched: false,
             modified: upload.modified,
         });
-        let note = self.judge(set_id, &mut row);
-        tx.put_entry(&row)?;
+        let note = self.judge(set_id, &mut row, Some(kind));
+        tx.put_entry(&row, is_new)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
         let ds = work.dataset(tx, &self.open, set_id, now)?;
@@ -689,13 +697,14 @@ impl Core {
         for (key, size) in &lines {
             let prev = tx.entry(set_id, key)?;
             counts -= contribution(prev.as_ref());
+            let is_new = prev.is_none();
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
-            if let Some(n) = self.judge(set_id, &mut row) {
+            if let Some(n) = self.judge(set_id, &mut row, None) {
                 note = Some(n);
             }
             counts += contribution(Some(&row));
-            tx.put_entry(&row)?;
+            tx.put_entry(&row, is_new)?;
         }
         let ds = work.dataset(tx, &self.open, set_id, now)?;
         ds.counts = counts;
@@ -724,9 +733,10 @@ impl Core {
             return Ok(());
         }
         let before = contribution(prev.as_ref());
+        let is_new = prev.is_none();
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&change.entry, &change.set_id));
         row.local = change.file;
-        tx.put_entry(&row)?;
+        tx.put_entry(&row, is_new)?;
         let ds = work.dataset(tx, &self.open, &change.set_id, now)?;
         ds.counts -= before;
         ds.counts += contribution(Some(&row));
@@ -802,11 +812,11 @@ impl Core {
         let mut counts_delta = (Counts::default(), Counts::default());
         for mut row in rows {
             counts_delta.0 += contribution(Some(&row));
-            if let Some(n) = self.judge(set_id, &mut row) {
+            if let Some(n) = self.judge(set_id, &mut row, None) {
                 delta_note = Some(n);
             }
             counts_delta.1 += contribution(Some(&row));
-            tx.put_entry(&row)?;
+            tx.put_entry(&row, false)?;
         }
         let ds = work.dataset(tx, &self.open, set_id, now)?;
         ds.counts -= counts_delta.0;

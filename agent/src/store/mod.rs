@@ -51,7 +51,9 @@ pub trait StoreTx {
     fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>>;
     fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
     fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>>;
-    fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()>;
+    /// Writes an entry; `is_new` says it was absent when this transaction
+    /// read it (so the backend can insert rather than update).
+    fn put_entry(&mut self, entry: &EntryRecord, is_new: bool) -> StoreResult<()>;
     /// Up to `limit` entries of a dataset whose policy call failed.
     fn unjudged_entries(
         &mut self,
