@@ -8,5 +8,6 @@ mod crash;
 mod http;
 mod plugins;
 mod reconcile;
+mod sinks;
 mod support;
 mod watcher;
