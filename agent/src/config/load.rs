@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::file::{Config, SinkConfig};
+use super::file::{Config, SinkConfig, SourceConfig};
 use crate::reconcile::policy;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,47 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
         ));
     }
 
+    if let SourceConfig::Sqs { queue_url, .. } = &config.source
+        && !is_http_url(queue_url)
+    {
+        return Err(at(
+            None,
+            format!("[source] queue_url {queue_url:?} must be the queue's https:// URL"),
+        ));
+    }
+    for sink in &config.sinks {
+        match sink {
+            SinkConfig::Eventbridge {
+                event_bus,
+                max_request_bytes,
+                ..
+            } => {
+                if event_bus.trim().is_empty() {
+                    return Err(at(
+                        None,
+                        "[[sink]] kind = \"eventbridge\" needs an event_bus".into(),
+                    ));
+                }
+                if !(1024..=1024 * 1024).contains(max_request_bytes) {
+                    return Err(at(
+                        None,
+                        format!(
+                            "[[sink]] max_request_bytes = {max_request_bytes}: must be between 1024 and 1048576"
+                        ),
+                    ));
+                }
+            }
+            SinkConfig::Webhook { url, .. } if !is_http_url(url) => {
+                return Err(at(
+                    None,
+                    format!(
+                        "[[sink]] kind = \"webhook\": url {url:?} must start with http:// or https://"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
     config.agent.state_dir = base.join(&config.agent.state_dir);
     config.share.path = base.join(&config.share.path);
     if config.sinks.is_empty() {
@@ -108,6 +149,10 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
         ));
     }
     Ok(config)
+}
+
+fn is_http_url(text: &str) -> bool {
+    text.starts_with("https://") || text.starts_with("http://")
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -235,6 +280,30 @@ account = "123456789012"
         assert!(e.starts_with("agent.toml:2:11: invalid set-id glob"), "{e}");
         let e = parse_str("[reconcile.policy_config]\nx = { y = 1 }\n").unwrap_err();
         assert!(e.contains("setting `x` must be a string"), "{e}");
+    }
+
+    #[test]
+    fn aws_sources_and_sinks_are_checked() {
+        let c = parse_str(
+            "[source]\nkind = \"sqs\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/q\"\n\
+             [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\npublish_upload_events = true\n\
+             [[sink]]\nkind = \"webhook\"\nurl = \"https://hooks.example/vault\"\n\
+             [aws]\nregion = \"eu-west-1\"\naccount = \"123456789012\"\nendpoint_url = \"http://127.0.0.1:5000\"\n",
+        )
+        .unwrap();
+        assert!(c.sinks[0].wants_upload_events());
+        assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+        let e = parse_str("[source]\nkind = \"sqs\"\n").unwrap_err();
+        assert!(e.contains("missing field `queue_url`"), "{e}");
+        let e = parse_str("[source]\nkind = \"sqs\"\nqueue_url = \"my-queue\"\n").unwrap_err();
+        assert!(e.contains("must be the queue's https:// URL"), "{e}");
+        let e = parse_str("[[sink]]\nkind = \"webhook\"\nurl = \"hooks.example\"\n").unwrap_err();
+        assert!(e.contains("must start with http"), "{e}");
+        let e = parse_str(
+            "[[sink]]\nkind = \"eventbridge\"\nevent_bus = \"b\"\nmax_request_bytes = 5\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("between 1024 and 1048576"), "{e}");
     }
 
     #[test]
