@@ -100,6 +100,23 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
     (url, arn)
 }
 
+/// One receive from a queue: the message bodies as JSON.
+async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
+    let out = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    out.messages
+        .unwrap_or_default()
+        .iter()
+        .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
+        .collect()
+}
+
 async fn route(
     eb: &aws_sdk_eventbridge::Client,
     bus: &str,
@@ -210,17 +227,7 @@ fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
                 start.elapsed() < Duration::from_secs(30),
                 "no reconcile event on the custom bus: {bodies:?}"
             );
-            let out = sqs
-                .receive_message()
-                .queue_url(&reconciled_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages.unwrap_or_default() {
-                bodies.push(serde_json::from_str(m.body.as_deref().unwrap()).unwrap());
-            }
+            bodies.extend(receive_json(&sqs, &reconciled_url).await);
         }
         bodies
     });
@@ -274,7 +281,7 @@ fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
 /// their odd entries fail (retryably) while the even ones go through.
 struct FaultProxy {
     pub endpoint: String,
-    _runtime: tokio::runtime::Runtime,
+    _server: crate::support::TestServer,
 }
 
 impl FaultProxy {
@@ -282,15 +289,6 @@ impl FaultProxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let calls = Arc::new(AtomicUsize::new(0));
         let client = reqwest::Client::new();
         let handler = move |req: axum::extract::Request| {
@@ -368,10 +366,10 @@ impl FaultProxy {
             }
         };
         let app = axum::Router::new().fallback(handler);
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let server = crate::support::serve(app);
         FaultProxy {
-            endpoint,
-            _runtime: runtime,
+            endpoint: server.base.clone(),
+            _server: server,
         }
     }
 }
@@ -432,16 +430,7 @@ fn put_events_partial_failures_and_throttling_lose_nothing() {
                 start.elapsed() < Duration::from_secs(60),
                 "events lost; got {seen:?}"
             );
-            let out = sqs
-                .receive_message()
-                .queue_url(&reconciled_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages.unwrap_or_default() {
-                let body: Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+            for body in receive_json(&sqs, &reconciled_url).await {
                 *seen
                     .entry(body["detail"]["set-id"].as_str().unwrap().to_owned())
                     .or_default() += 1;

@@ -13,15 +13,6 @@ fn webhook_sink_retries_until_the_receiver_takes_the_event() {
     // The receiver: refuses the first two POSTs with 503, then records them.
     let received: Arc<Mutex<Vec<(String, String, Value)>>> = Arc::default();
     let refusals = Arc::new(Mutex::new(2));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}/hooks/vault", listener.local_addr().unwrap());
     let (store, left) = (received.clone(), refusals.clone());
     let app = axum::Router::new().route(
         "/hooks/vault",
@@ -49,7 +40,8 @@ fn webhook_sink_retries_until_the_receiver_takes_the_event() {
             }
         }),
     );
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let receiver = crate::support::serve(app);
+    let url = format!("{}/hooks/vault", receiver.base);
 
     let env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\n[[sink]]\nkind = \"webhook\"\nurl = \"{url}\"\nbearer_token = \"hook-secret\"\n"

@@ -296,6 +296,30 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     })
 }
 
+/// An HTTP server the test runs on loopback (kept alive by its runtime).
+pub struct TestServer {
+    pub base: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Serves `app` on a free loopback port until the returned value is dropped.
+pub fn serve(app: axum::Router) -> TestServer {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    TestServer {
+        base,
+        _runtime: runtime,
+    }
+}
+
 /// Runs `vault-agent ARGS`, asserting success (showing stderr if not).
 pub fn run_ok<I, S>(args: I) -> std::process::Output
 where
