@@ -49,15 +49,14 @@ pub async fn run(
                 continue;
             }
         };
-        let wanted: Vec<OutboxEvent> = events
-            .iter()
-            .filter(|e| sink.wants(&e.detail_type))
-            .cloned()
-            .collect();
-        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &mut shutdown).await {
+        // The cursor moves past every event read, delivered or not wanted.
+        let last = events.last().map_or(cursor, |e| e.seq);
+        let mut events = events;
+        events.retain(|e| sink.wants(&e.detail_type));
+        if !events.is_empty() && !deliver(sink.as_mut(), &events, &mut shutdown).await {
             return;
         }
-        cursor = events.last().map_or(cursor, |e| e.seq);
+        cursor = last;
         debug!(sink = %name, cursor, delivered = events.len(), "events delivered");
         if engine.ack(&name, cursor).await.is_err() {
             return;
