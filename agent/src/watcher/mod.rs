@@ -267,8 +267,8 @@ impl State {
                     {
                         // A directory (or something renamed away): its
                         // children vanished with it.
-                        if let Some(d) = dataset {
-                            rescan.insert(d);
+                        if let Some(d) = &dataset {
+                            rescan.insert(d.clone());
                         }
                     }
                     EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
@@ -279,7 +279,7 @@ impl State {
                     EventKind::Access(_) => {}
                     _ => touched.push(path.clone()),
                 }
-                if let Some(d) = dataset_root(&share, path) {
+                if let Some(d) = dataset {
                     self.last_change.insert(d, Instant::now());
                 }
             }
