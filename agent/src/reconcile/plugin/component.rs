@@ -117,13 +117,10 @@ impl WasmPolicy {
         source: PluginSource,
         settings: Vec<(String, String)>,
     ) -> Result<WasmPolicy, PluginError> {
-        let mut policy = WasmPolicy::load(host, name, source, settings, PolicyHealth::default());
-        match std::mem::replace(&mut policy.loaded, Err(PluginError::Host("taken".into()))) {
-            Ok(l) => {
-                policy.loaded = Ok(l);
-                Ok(policy)
-            }
-            Err(e) => Err(e),
+        let policy = WasmPolicy::load(host, name, source, settings, PolicyHealth::default());
+        match &policy.loaded {
+            Ok(_) => Ok(policy),
+            Err(e) => Err(e.clone()),
         }
     }
 
@@ -142,22 +139,25 @@ impl WasmPolicy {
             loaded_from,
             load_time: Duration::ZERO,
         };
-        let live = self
-            .instantiate(&loaded.pre)
-            .map_err(|message| PluginError::Init {
-                plugin: self.name.clone(),
-                message,
-            })?;
-        loaded.live = Some(live);
+        let (store, instance, wants_sizes) =
+            self.instantiate(&loaded.pre)
+                .map_err(|message| PluginError::Init {
+                    plugin: self.name.clone(),
+                    message,
+                })?;
+        loaded.live = Some((store, instance));
+        loaded.wants_sizes = wants_sizes;
         loaded.load_time = start.elapsed();
         Ok(loaded)
     }
 
-    /// A fresh instance with `init` run; Err is the reason, for the operator.
+    /// A fresh instance with `init` run, and its answer to
+    /// `wants-expected-sizes` (asked once: it describes the policy, not a
+    /// dataset). Err is the reason, for the operator.
     fn instantiate(
         &mut self,
         pre: &ReconcilePolicyPre<HostState>,
-    ) -> Result<(Store<HostState>, ReconcilePolicy), String> {
+    ) -> Result<(Store<HostState>, ReconcilePolicy, bool), String> {
         let mut store = self.host.new_store(&self.name);
         store.data_mut().captured = self.capture_logs.then(Vec::new);
         store.set_epoch_deadline(self.host.deadline_ticks());
@@ -178,9 +178,12 @@ impl WasmPolicy {
             }
         }
         store.set_epoch_deadline(self.host.deadline_ticks());
-        let _ = policy.call_wants_expected_sizes(&mut store);
+        // A plugin that cannot answer gets no sizes: size checks then fail closed.
+        let wants_sizes = policy
+            .call_wants_expected_sizes(&mut store)
+            .unwrap_or(false);
         self.drain_captured(&mut store);
-        Ok((store, instance))
+        Ok((store, instance, wants_sizes))
     }
 
     fn drain_captured(&mut self, store: &mut Store<HostState>) {
@@ -220,9 +223,10 @@ impl WasmPolicy {
         if loaded.live.is_none() {
             let pre = loaded.pre.clone();
             match self.instantiate(&pre) {
-                Ok(live) => {
+                Ok((store, instance, wants_sizes)) => {
                     if let Ok(l) = &mut self.loaded {
-                        l.live = Some(live);
+                        l.live = Some((store, instance));
+                        l.wants_sizes = wants_sizes;
                     }
                 }
                 Err(message) => return Err(self.failed(call, message)),
@@ -419,22 +423,7 @@ impl Policy for WasmPolicy {
     }
 
     fn wants_expected_sizes(&mut self, _set_id: &str) -> bool {
-        let Ok(Loaded {
-            live: Some((store, instance)),
-            ..
-        }) = &mut self.loaded
-        else {
-            return self.loaded.as_ref().is_ok_and(|l| l.wants_sizes);
-        };
-        store.set_epoch_deadline(self.host.deadline_ticks());
-        let wants = instance
-            .vault_reconcile_policy()
-            .call_wants_expected_sizes(&mut *store)
-            .unwrap_or(false);
-        if let Ok(l) = &mut self.loaded {
-            l.wants_sizes = wants;
-        }
-        wants
+        self.loaded.as_ref().is_ok_and(|l| l.wants_sizes)
     }
 
     fn expects(&mut self, _set_id: &str, entry: &str) -> Result<bool, PolicyError> {
