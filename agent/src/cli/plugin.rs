@@ -97,10 +97,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
 
     // The policy, shared so its logs and figures can be read afterwards.
     let tmp = tempfile::tempdir()?;
-    let shared: Arc<Mutex<Box<dyn Policy>>>;
+    // The native rule has no logs or figures to read back: it needs no sharing.
+    let policy: Box<dyn Policy>;
     let mut wasm: Option<Arc<Mutex<WasmPolicy>>> = None;
     if args.policy == NATIVE_EXACT_MATCH {
-        shared = Arc::new(Mutex::new(Box::new(crate::reconcile::policy::ExactMatch)));
+        policy = Box::new(crate::reconcile::policy::ExactMatch);
     } else {
         let host = PluginHost::new(Some(tmp.path().join("cache")), Limits::default())?;
         let source = PluginSource::for_name(&args.policy)?;
@@ -113,7 +114,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         p.capture_logs();
         let w = Arc::new(Mutex::new(p));
         wasm = Some(w.clone());
-        shared = Arc::new(Mutex::new(Box::new(SharedWasm(w))));
+        policy = Box::new(SharedWasm(w));
     }
 
     // A share holding just the manifest, an empty store, the real engine.
@@ -139,12 +140,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         },
         upload_events: false,
     };
-    let (engine, handle) = Engine::new(
-        Box::new(store),
-        Box::new(SharedPolicy(shared)),
-        settings,
-        watch::channel(0).0,
-    );
+    let (engine, handle) = Engine::new(Box::new(store), policy, settings, watch::channel(0).0);
     let thread = std::thread::spawn(move || engine.run());
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -247,52 +243,39 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     Ok(d.state == DatasetState::Succeeded)
 }
 
-/// Lets the engine own a policy the CLI still reads afterwards.
-struct SharedPolicy(Arc<Mutex<Box<dyn Policy>>>);
+/// Lets the engine own a plugin the CLI still reads (logs, figures) afterwards.
 struct SharedWasm(Arc<Mutex<WasmPolicy>>);
 
-macro_rules! delegate {
-    ($ty:ty, $name:literal) => {
-        impl Policy for $ty {
-            fn name(&self) -> &str {
-                $name
-            }
-            fn wants_expected_sizes(&mut self, set_id: &str) -> bool {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .wants_expected_sizes(set_id)
-            }
-            fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .expects(set_id, entry)
-            }
-            fn on_upload(&mut self, u: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_upload(u)
-            }
-            fn entry_matches(
-                &mut self,
-                e: &ExpectedEntry<'_>,
-                u: &UploadView<'_>,
-            ) -> Result<bool, PolicyError> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry_matches(e, u)
-            }
-            fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).decide(s)
-            }
-        }
-    };
+impl SharedWasm {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WasmPolicy> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
-delegate!(SharedPolicy, "shared");
-delegate!(SharedWasm, "shared-wasm");
+
+impl Policy for SharedWasm {
+    fn name(&self) -> &str {
+        "shared-wasm"
+    }
+    fn wants_expected_sizes(&mut self, set_id: &str) -> bool {
+        self.lock().wants_expected_sizes(set_id)
+    }
+    fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
+        self.lock().expects(set_id, entry)
+    }
+    fn on_upload(&mut self, u: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
+        self.lock().on_upload(u)
+    }
+    fn entry_matches(
+        &mut self,
+        e: &ExpectedEntry<'_>,
+        u: &UploadView<'_>,
+    ) -> Result<bool, PolicyError> {
+        self.lock().entry_matches(e, u)
+    }
+    fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
+        self.lock().decide(s)
+    }
+}
 
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 const WIT: &str = include_str!("../../../wit/reconcile.wit");
