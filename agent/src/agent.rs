@@ -9,15 +9,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, SinkConfig, SourceConfig, WatchKind};
+use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
 use crate::notification::Classifier;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
 use crate::server::{self, AppState};
-use crate::sinks::{self, dispatcher, envelope::Origin};
+use crate::sinks::dispatcher::{self, Outbox};
+use crate::sinks::{self, envelope::Origin};
+use crate::store::dynamodb::DynamoStore;
 use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{StoreError, StoreReader};
+use crate::store::{Store, StoreError, StoreReader};
 use crate::watcher::{self, WatchMode, WatcherSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +51,8 @@ pub struct Agent {
 impl Agent {
     pub async fn start(config: &Config) -> Result<Agent, StartError> {
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
-        let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
-        let status_reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
         let needs_aws = matches!(config.source, SourceConfig::Sqs { .. })
+            || config.store.backend == StoreBackend::Dynamodb
             || config
                 .sinks
                 .iter()
@@ -61,11 +62,12 @@ impl Agent {
         } else {
             None
         };
-        let mut sink_readers = Vec::new();
+        let mut sinks = Vec::new();
         for sink_config in &config.sinks {
-            let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
-            sink_readers.push((sinks::open(sink_config, aws.as_ref())?, reader));
+            sinks.push(sinks::open(sink_config, aws.as_ref())?);
         }
+        let (store, status_reader, outboxes) = open_store(config, aws.as_ref(), &sinks).await?;
+        let sink_outboxes: Vec<_> = sinks.into_iter().zip(outboxes).collect();
         let policy_name = config.reconcile.policy.get_ref();
         let health = PolicyHealth::default();
         // Plugins are built off the async runtime: a plugin's WASI calls
@@ -93,7 +95,7 @@ impl Agent {
             upload_events: config.sinks.iter().any(SinkConfig::wants_upload_events),
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
-        let (engine, handle) = Engine::new(Box::new(store), policy, settings, outbox_tx);
+        let (engine, handle) = Engine::new(store, policy, settings, outbox_tx);
         let classifier_for_watcher = classifier.clone();
         let engine_thread = std::thread::Builder::new()
             .name("reconcile-engine".into())
@@ -108,10 +110,10 @@ impl Agent {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        for (sink, reader) in sink_readers {
+        for (sink, outbox) in sink_outboxes {
             tasks.push(tokio::spawn(dispatcher::run(
                 sink,
-                reader,
+                outbox,
                 handle.clone(),
                 outbox_rx.clone(),
                 shutdown_rx.clone(),
@@ -206,6 +208,37 @@ impl Agent {
         let thread = self.engine_thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         info!("vault-agent stopped");
+    }
+}
+
+/// The configured store, its read side for `/status`, and an outbox for
+/// each sink (in `sinks` order).
+async fn open_store(
+    config: &Config,
+    aws: Option<&aws_config::SdkConfig>,
+    sinks: &[Box<dyn sinks::Sink>],
+) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Vec<Outbox>), StartError> {
+    match (config.store.backend, &config.store.table, aws) {
+        (StoreBackend::Dynamodb, Some(table), Some(aws)) => {
+            let names = sinks.iter().map(|s| s.name().to_owned()).collect();
+            let store = DynamoStore::open(aws_sdk_dynamodb::Client::new(aws), table, names).await?;
+            let reader = Arc::new(store.reader());
+            info!(%table, "state is shared in DynamoDB");
+            let outboxes = sinks
+                .iter()
+                .map(|_| Outbox::Shared(reader.clone()))
+                .collect();
+            Ok((Box::new(store), reader, outboxes))
+        }
+        _ => {
+            let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
+            let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
+            let mut outboxes = Vec::new();
+            for _ in sinks {
+                outboxes.push(Outbox::Local(Arc::new(store.reader()?)));
+            }
+            Ok((Box::new(store), reader, outboxes))
+        }
     }
 }
 

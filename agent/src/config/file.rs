@@ -136,7 +136,10 @@ impl Default for ReconcileSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub backend: StoreBackend,
+    /// SQLite only.
     pub sync: SyncMode,
+    /// DynamoDB only: the table, in the reference's key schema.
+    pub table: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -144,6 +147,8 @@ pub struct StoreSection {
 pub enum StoreBackend {
     #[default]
     Sqlite,
+    /// Shared by several agents (one queue, one table).
+    Dynamodb,
 }
 
 /// What a `202 Accepted` promises (see README, "Durability").

@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::file::{Config, SinkConfig, SourceConfig};
+use super::file::{Config, SinkConfig, SourceConfig, StoreBackend};
 use crate::reconcile::policy;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,25 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
             None,
             format!("[aws] account {:?} must be 12 digits", config.aws.account),
         ));
+    }
+
+    match (config.store.backend, &config.store.table) {
+        (StoreBackend::Dynamodb, None) => {
+            return Err(at(
+                None,
+                "[store] backend = \"dynamodb\" needs a table (the DynamoDB table's name)".into(),
+            ));
+        }
+        (StoreBackend::Dynamodb, Some(t)) if t.trim().is_empty() => {
+            return Err(at(None, "[store] table must not be empty".into()));
+        }
+        (StoreBackend::Sqlite, Some(_)) => {
+            return Err(at(
+                None,
+                "[store] table is for backend = \"dynamodb\"; the sqlite backend keeps its file in [agent] state_dir".into(),
+            ));
+        }
+        _ => {}
     }
 
     if let SourceConfig::Sqs { queue_url, .. } = &config.source
@@ -252,11 +271,15 @@ account = "123456789012"
         );
         let e = parse_str("[[sink]]\nkind = \"stdout\"\ncolour = true\n").unwrap_err();
         assert!(e.contains("unknown field `colour`"), "{e}");
-        let e = parse_str("[store]\nbackend = \"dynamodb\"\n").unwrap_err();
+        let e = parse_str("[store]\nbackend = \"postgres\"\n").unwrap_err();
         assert!(
-            e.starts_with("agent.toml:2:11: unknown variant `dynamodb`"),
+            e.starts_with("agent.toml:2:11: unknown variant `postgres`"),
             "{e}"
         );
+        let e = parse_str("[store]\nbackend = \"dynamodb\"\n").unwrap_err();
+        assert!(e.contains("needs a table"), "{e}");
+        let e = parse_str("[store]\ntable = \"t\"\n").unwrap_err();
+        assert!(e.contains("table is for backend = \"dynamodb\""), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod values;
 
 pub use file::{
     AgentSection, AwsSection, Config, HttpSection, ReconcileSection, RouteConfig, ShareSection,
-    SinkConfig, SourceConfig, StoreSection, SyncMode, WatchKind,
+    SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, WatchKind,
 };
 pub use load::{ConfigError, load, parse};
 pub use values::{HumanDuration, PolicySettings, Suffix};

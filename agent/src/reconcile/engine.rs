@@ -22,7 +22,7 @@ use crate::notification::{Classification, Classifier, Notification, ObjectUpload
 use crate::sinks::envelope::{self, Origin};
 use crate::store::{
     Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent, Store,
-    StoreResult, StoreTx, UploadRecord, Verdict,
+    StoreError, StoreResult, StoreTx, UploadRecord, Verdict,
 };
 
 /// Most commands folded into one transaction.
@@ -53,6 +53,7 @@ pub struct IngestReceipt {
 
 /// A notification already classified (done by the sender's thread, so the
 /// engine thread only writes).
+#[derive(Clone)]
 pub enum Ingested {
     Upload {
         upload: ObjectUpload,
@@ -98,6 +99,30 @@ pub struct LocalChange {
     /// `None`: the path is gone.
     pub file: Option<LocalFile>,
 }
+
+/// A command's work without its reply channel: what a retry runs again.
+#[derive(Clone)]
+enum Step {
+    Ingest(Vec<Ingested>),
+    ManifestRead {
+        set_id: String,
+        result: Result<Vec<ExpectedLine>, String>,
+    },
+    Local(Vec<LocalChange>),
+    LocalPrune {
+        set_id: String,
+        scan_started_ms: i64,
+    },
+    Tick,
+    Ack {
+        sink: String,
+        seq: i64,
+    },
+}
+
+/// How often a batch is run again after another agent changed what it
+/// read (shared stores only).
+const CONFLICT_RETRIES: u32 = 10;
 
 /// The cloneable front door of the engine.
 #[derive(Clone)]
@@ -216,7 +241,11 @@ struct Core {
     policy: Box<dyn Policy>,
     settings: EngineSettings,
     /// Datasets not yet decided (decided ones are re-read when touched).
+    /// With a shared store it only lists them for the re-check: records
+    /// are always read afresh, since other agents change them.
     open: HashMap<String, DatasetRecord>,
+    shared: bool,
+    no_cache: HashMap<String, DatasetRecord>,
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
     manifest_jobs: std::sync::mpsc::Sender<ManifestJob>,
@@ -257,6 +286,8 @@ impl Engine {
             policy,
             settings,
             open: HashMap::new(),
+            shared: store.is_shared(),
+            no_cache: HashMap::new(),
             reading: HashSet::new(),
             manifest_jobs: spawn_manifest_reader(share, tx),
         };
@@ -302,66 +333,55 @@ impl Engine {
 
     fn process(&mut self, batch: Vec<Command>) {
         self.core.policy.refresh();
-        let now = now_ms();
-        let mut work = Work::default();
+        let shared = self.core.shared;
         let mut replies = Vec::new();
-        // Uploads of all queued requests are applied together in key order:
-        // neighbouring keys share B-tree pages, so each page is visited once.
-        let mut uploads = Vec::new();
-        let result = (|| -> StoreResult<()> {
-            let mut tx = self.store.begin()?;
-            for cmd in batch {
-                match cmd {
-                    Command::Ingest { items, reply } => {
-                        replies.push((reply, receipt_of(&items)));
-                        uploads.extend(items);
-                    }
-                    Command::ManifestRead { set_id, result } => {
-                        self.core
-                            .apply_manifest(&mut *tx, &mut work, &set_id, result, now)?;
-                    }
-                    Command::Tick => self.core.tick(&mut *tx, &mut work, now)?,
-                    Command::Local { changes } => {
-                        for change in changes {
-                            self.core.apply_local(&mut *tx, &mut work, change, now)?;
-                        }
-                    }
-                    Command::LocalPrune {
-                        set_id,
-                        scan_started_ms,
-                    } => {
-                        self.core.prune_local(
-                            &mut *tx,
-                            &mut work,
-                            &set_id,
-                            scan_started_ms,
-                            now,
-                        )?;
-                    }
-                    Command::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
-                    Command::Shutdown => {}
+        let mut steps = Vec::with_capacity(batch.len());
+        for cmd in batch {
+            steps.push(match cmd {
+                Command::Ingest { items, reply } => {
+                    replies.push((reply, receipt_of(&items)));
+                    Step::Ingest(items)
                 }
-            }
-            self.core.ingest(&mut *tx, &mut work, uploads, now)?;
-            self.core.decide_touched(&mut work, now);
-            for ds in work.touched.values() {
-                if self.core.open.get(&ds.set_id) != Some(ds) {
-                    tx.put_dataset(ds)?;
+                Command::ManifestRead { set_id, result } => Step::ManifestRead { set_id, result },
+                Command::Local { changes } => Step::Local(changes),
+                Command::LocalPrune {
+                    set_id,
+                    scan_started_ms,
+                } => Step::LocalPrune {
+                    set_id,
+                    scan_started_ms,
+                },
+                Command::Tick => Step::Tick,
+                Command::Ack { sink, seq } => Step::Ack { sink, seq },
+                Command::Shutdown => continue,
+            });
+        }
+        let mut attempt = 0;
+        let (result, mut work) = loop {
+            let mut work = Work::default();
+            // Only a shared store can conflict, so only then keep a copy.
+            let run = if shared {
+                steps.clone()
+            } else {
+                std::mem::take(&mut steps)
+            };
+            match self.apply(run, &mut work, now_ms()) {
+                Err(StoreError::Conflict(reason)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
                 }
+                result => break (result, work),
             }
-            for event in &mut work.events {
-                event.seq = tx.push_event(event)?;
-            }
-            for (name, delta) in &work.counters {
-                tx.add_counter(name, *delta)?;
-            }
-            tx.commit()
-        })();
+        };
 
         match result {
             Ok(()) => {
                 for (reply, receipt) in replies {
                     let _ = reply.send(Ok(receipt));
+                }
+                if shared && let Err(e) = self.decide_shared(&mut work, now_ms()) {
+                    // The uploads are recorded; the re-check decides later.
+                    warn!(error = %e, "could not decide after the batch; the next re-check will");
                 }
                 self.core.committed(&mut work);
                 if let Some(max) = work.events.iter().map(|e| e.seq).max() {
@@ -379,38 +399,103 @@ impl Engine {
             }
         }
     }
-}
 
-/// What one entry row adds to its dataset's counters.
-fn contribution(row: Option<&EntryRecord>) -> Counts {
-    let mut c = Counts::default();
-    let Some(row) = row else { return c };
-    if let Some(local) = &row.local {
-        let bytes = if local.is_dir { 0 } else { local.size };
-        c.local_files = 1;
-        c.local_bytes = bytes;
-        if !local.confirmed_by(row.upload.as_ref()) {
-            c.pending = 1;
-            c.pending_bytes = bytes;
+    /// Applies one batch in one transaction. With the local store the
+    /// decisions are part of it; with a shared one they follow the commit
+    /// ([`Engine::decide_shared`]).
+    fn apply(&mut self, steps: Vec<Step>, work: &mut Work, now: i64) -> StoreResult<()> {
+        let shared = self.core.shared;
+        if shared && steps.iter().any(|s| matches!(s, Step::Tick)) {
+            // Other agents open datasets too: list them afresh.
+            self.core.open = self
+                .store
+                .open_datasets()?
+                .into_iter()
+                .map(|d| (d.set_id.clone(), d))
+                .collect();
         }
-    }
-    let Some(up) = &row.upload else { return c };
-    match up.verdict {
-        Verdict::Ignore => c.ignored = 1,
-        Verdict::Reject => c.rejected = 1,
-        Verdict::Unjudged => c.unjudged = 1,
-        Verdict::Count => {
-            c.received = 1;
-            if row.expected.is_some() {
-                if up.matched {
-                    c.matched = 1;
-                } else {
-                    c.mismatched = 1;
+        // Uploads of all queued requests are applied together in key order:
+        // neighbouring keys share B-tree pages, so each page is visited once.
+        let mut uploads = Vec::new();
+        let mut tx = self.store.begin()?;
+        for step in steps {
+            match step {
+                Step::Ingest(items) => uploads.extend(items),
+                Step::ManifestRead { set_id, result } => {
+                    self.core
+                        .apply_manifest(&mut *tx, work, &set_id, result, now)?;
                 }
+                Step::Tick => self.core.tick(&mut *tx, work, now)?,
+                Step::Local(changes) => {
+                    for change in changes {
+                        self.core.apply_local(&mut *tx, work, change, now)?;
+                    }
+                }
+                Step::LocalPrune {
+                    set_id,
+                    scan_started_ms,
+                } => {
+                    self.core
+                        .prune_local(&mut *tx, work, &set_id, scan_started_ms, now)?;
+                }
+                Step::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
             }
         }
+        self.core.ingest(&mut *tx, work, uploads, now)?;
+        if !shared {
+            self.core.decide_touched(work, now);
+        }
+        for ds in work.touched.values() {
+            if shared || self.core.open.get(&ds.set_id) != Some(ds) {
+                tx.put_dataset(ds)?;
+            }
+        }
+        for event in &mut work.events {
+            event.seq = tx.push_event(event)?;
+        }
+        for (name, delta) in &work.counters {
+            tx.add_counter(name, *delta)?;
+        }
+        tx.commit()
     }
-    c
+
+    /// With a shared store: decides the touched datasets on a fresh read,
+    /// after the batch committed. Whichever of two agents committed last
+    /// reads both batches, so a dataset completed by two agents at once is
+    /// still decided now; the store lets only one of them record it.
+    fn decide_shared(&mut self, work: &mut Work, now: i64) -> StoreResult<()> {
+        let ids: Vec<String> = work
+            .touched
+            .values()
+            .filter(|d| !d.state.is_decided())
+            .map(|d| d.set_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut fresh = Work::default();
+        let mut tx = self.store.begin()?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        tx.prefetch(&refs, &[])?;
+        for id in &ids {
+            if let Some(ds) = tx.dataset(id)? {
+                fresh.touched.insert(id.clone(), ds);
+            }
+        }
+        self.core.decide_touched(&mut fresh, now);
+        for ds in fresh.touched.values() {
+            if ds.state.is_decided() {
+                tx.put_dataset(ds)?;
+            }
+        }
+        for event in &mut fresh.events {
+            event.seq = tx.push_event(event)?;
+        }
+        tx.commit()?;
+        work.touched.extend(fresh.touched);
+        work.events.extend(fresh.events);
+        Ok(())
+    }
 }
 
 fn view<'a>(
@@ -478,6 +563,15 @@ fn receipt_of(items: &[Ingested]) -> IngestReceipt {
 }
 
 impl Core {
+    /// Dataset records this engine may trust without reading them.
+    fn cache(&self) -> &HashMap<String, DatasetRecord> {
+        if self.shared {
+            &self.no_cache
+        } else {
+            &self.open
+        }
+    }
+
     fn ingest(
         &mut self,
         tx: &mut dyn StoreTx,
@@ -493,6 +587,22 @@ impl Core {
             }
         }
         items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        if self.shared {
+            // One round trip for the batch instead of one per upload.
+            let mut datasets: Vec<&str> = Vec::new();
+            let mut entries = Vec::new();
+            for item in &items {
+                if let Ingested::Upload { set_id, entry, .. } = item {
+                    if datasets.last() != Some(&set_id.as_str())
+                        && !datasets.contains(&set_id.as_str())
+                    {
+                        datasets.push(set_id);
+                    }
+                    entries.push((set_id.as_str(), entry.as_str()));
+                }
+            }
+            tx.prefetch(&datasets, &entries)?;
+        }
         for item in items {
             match item {
                 Ingested::Outside => work.count("outside_keys"),
@@ -585,7 +695,7 @@ impl Core {
             work.count("stale_uploads");
             return Ok(());
         }
-        let before = contribution(prev.as_ref());
+        let before = EntryRecord::contribution(prev.as_ref());
         let is_new = prev.is_none();
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&entry, set_id));
         let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
@@ -626,9 +736,9 @@ impl Core {
         tx.put_entry(&row, is_new)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
-        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        let ds = work.dataset(tx, self.cache(), set_id, now)?;
         ds.counts -= before;
-        ds.counts += contribution(Some(&row));
+        ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_seen_ms = ds.last_seen_ms.max(now);
         if note.is_some() {
             ds.note = note;
@@ -665,7 +775,7 @@ impl Core {
         now: i64,
     ) -> StoreResult<()> {
         self.reading.remove(set_id);
-        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        let ds = work.dataset(tx, self.cache(), set_id, now)?;
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
         }
@@ -694,19 +804,23 @@ impl Core {
         }
         let mut counts = ds.counts;
         let mut note = None;
+        if self.shared {
+            let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
+            tx.prefetch(&[], &keys)?;
+        }
         for (key, size) in &lines {
             let prev = tx.entry(set_id, key)?;
-            counts -= contribution(prev.as_ref());
+            counts -= EntryRecord::contribution(prev.as_ref());
             let is_new = prev.is_none();
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
             if let Some(n) = self.judge(set_id, &mut row, None) {
                 note = Some(n);
             }
-            counts += contribution(Some(&row));
+            counts += EntryRecord::contribution(Some(&row));
             tx.put_entry(&row, is_new)?;
         }
-        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        let ds = work.dataset(tx, self.cache(), set_id, now)?;
         ds.counts = counts;
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
@@ -732,14 +846,14 @@ impl Core {
         if prev.is_none() && change.file.is_none() {
             return Ok(());
         }
-        let before = contribution(prev.as_ref());
+        let before = EntryRecord::contribution(prev.as_ref());
         let is_new = prev.is_none();
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&change.entry, &change.set_id));
         row.local = change.file;
         tx.put_entry(&row, is_new)?;
-        let ds = work.dataset(tx, &self.open, &change.set_id, now)?;
+        let ds = work.dataset(tx, self.cache(), &change.set_id, now)?;
         ds.counts -= before;
-        ds.counts += contribution(Some(&row));
+        ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_local_ms = Some(now);
         Ok(())
     }
@@ -779,8 +893,12 @@ impl Core {
             .filter(|d| d.state == DatasetState::Reconciling)
             .map(|d| d.set_id.clone())
             .collect();
+        if self.shared {
+            let ids: Vec<&str> = reconciling.iter().map(String::as_str).collect();
+            tx.prefetch(&ids, &[])?;
+        }
         for set_id in reconciling {
-            let ds = work.dataset(tx, &self.open, &set_id, now)?;
+            let ds = work.dataset(tx, self.cache(), &set_id, now)?;
             let unjudged = ds.counts.unjudged > 0;
             if !ds.manifest_loaded && !self.reading.contains(&set_id) {
                 let key = ds
@@ -811,14 +929,14 @@ impl Core {
         let mut delta_note = None;
         let mut counts_delta = (Counts::default(), Counts::default());
         for mut row in rows {
-            counts_delta.0 += contribution(Some(&row));
+            counts_delta.0 += EntryRecord::contribution(Some(&row));
             if let Some(n) = self.judge(set_id, &mut row, None) {
                 delta_note = Some(n);
             }
-            counts_delta.1 += contribution(Some(&row));
+            counts_delta.1 += EntryRecord::contribution(Some(&row));
             tx.put_entry(&row, false)?;
         }
-        let ds = work.dataset(tx, &self.open, set_id, now)?;
+        let ds = work.dataset(tx, self.cache(), set_id, now)?;
         ds.counts -= counts_delta.0;
         ds.counts += counts_delta.1;
         ds.note = delta_note;
@@ -1014,15 +1132,15 @@ mod tests {
     use super::*;
     use crate::config::SyncMode;
     use crate::reconcile::policy::ExactMatch;
-    use crate::store::StoreReader;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::sqlite::{SqliteReader, SqliteStore};
+    use crate::store::{LocalOutbox, StoreReader};
 
     struct Harness {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
         share: PathBuf,
         state: PathBuf,
         handle: EngineHandle,
-        reader: Arc<dyn StoreReader>,
+        reader: Arc<SqliteReader>,
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
@@ -1045,13 +1163,9 @@ mod tests {
             share: &Path,
             state: &Path,
             deadline: Duration,
-        ) -> (
-            EngineHandle,
-            Arc<dyn StoreReader>,
-            std::thread::JoinHandle<()>,
-        ) {
+        ) -> (EngineHandle, Arc<SqliteReader>, std::thread::JoinHandle<()>) {
             let store = SqliteStore::open(state, SyncMode::Normal).unwrap();
-            let reader: Arc<dyn StoreReader> = Arc::new(store.reader().unwrap());
+            let reader = Arc::new(store.reader().unwrap());
             let (engine, handle) = Engine::new(
                 Box::new(store),
                 Box::new(ExactMatch),

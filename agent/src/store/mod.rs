@@ -5,8 +5,9 @@
 //! [`Store`] is the write side, used by the single reconcile engine thread
 //! inside one transaction per batch; [`StoreReader`] is the read side used by
 //! `/status` and the sink dispatchers. SQLite ([`sqlite`]) is the embedded
-//! backend; a DynamoDB backend implements the same traits.
+//! backend; [`dynamodb`] is the shared one, written by several agents at once.
 
+pub mod dynamodb;
 pub mod local_fs;
 pub mod model;
 pub mod sqlite;
@@ -36,6 +37,12 @@ pub enum StoreError {
     },
     #[error("state database holds a value this version cannot read: {0}")]
     Corrupt(String),
+    #[error("DynamoDB table {table}: {message}")]
+    Dynamodb { table: String, message: String },
+    /// Another agent changed what this batch read; running the batch again
+    /// on fresh reads resolves it.
+    #[error("write conflict: {0}")]
+    Conflict(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -45,9 +52,19 @@ pub trait Store: Send {
     /// Datasets still waiting for a decision, to resume after a restart.
     fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>>;
     fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>>;
+    /// Whether other agents write to this store too. Then nothing read may
+    /// be cached across batches, and decisions are claimed, not assumed.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 pub trait StoreTx {
+    /// Reads ahead datasets and (set-id, key) entries about to be asked
+    /// for, so a remote backend makes one round trip for many.
+    fn prefetch(&mut self, _datasets: &[&str], _entries: &[(&str, &str)]) -> StoreResult<()> {
+        Ok(())
+    }
     fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>>;
     fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
     fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>>;
@@ -89,7 +106,24 @@ pub trait StoreReader: Send + Sync {
         limit: usize,
     ) -> StoreResult<Option<DatasetDetail>>;
     fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
+}
+
+/// This agent's own outbox: a sequence, and a cursor per sink that the
+/// engine moves when the sink confirms.
+pub trait LocalOutbox: Send + Sync {
     /// Where `sink` stopped delivering (0 if it never delivered).
     fn cursor(&self, sink: &str) -> StoreResult<i64>;
     fn events_after(&self, seq: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
+}
+
+/// An outbox shared by several agents: for each sink one agent at a time
+/// holds a lease and delivers, and an event stays until every sink has it.
+pub trait SharedOutbox: Send + Sync {
+    /// Takes or renews this agent's lease on `sink` for `ttl`; false while
+    /// another agent holds it.
+    fn hold_lease(&self, sink: &str, ttl: std::time::Duration) -> StoreResult<bool>;
+    /// Up to `limit` events `sink` does not have yet, oldest first.
+    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
+    /// Records that `sink` has these events.
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()>;
 }

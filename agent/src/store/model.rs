@@ -80,6 +80,52 @@ pub struct Counts {
     pub pending_bytes: u64,
 }
 
+impl Counts {
+    /// The counters' names, in the order of [`Counts::values`].
+    pub const NAMES: [&'static str; 10] = [
+        "received",
+        "matched",
+        "mismatched",
+        "ignored",
+        "rejected",
+        "unjudged",
+        "localFiles",
+        "localBytes",
+        "pending",
+        "pendingBytes",
+    ];
+
+    pub fn values(&self) -> [u64; 10] {
+        [
+            self.received,
+            self.matched,
+            self.mismatched,
+            self.ignored,
+            self.rejected,
+            self.unjudged,
+            self.local_files,
+            self.local_bytes,
+            self.pending,
+            self.pending_bytes,
+        ]
+    }
+
+    pub fn from_values(v: [u64; 10]) -> Counts {
+        Counts {
+            received: v[0],
+            matched: v[1],
+            mismatched: v[2],
+            ignored: v[3],
+            rejected: v[4],
+            unjudged: v[5],
+            local_files: v[6],
+            local_bytes: v[7],
+            pending: v[8],
+            pending_bytes: v[9],
+        }
+    }
+}
+
 impl AddAssign for Counts {
     fn add_assign(&mut self, o: Counts) {
         self.received += o.received;
@@ -260,6 +306,40 @@ impl EntryRecord {
             expected: None,
             local: None,
         }
+    }
+
+    /// What an entry (or its absence) adds to its dataset's counters. The
+    /// store keeps these sums incrementally, so every backend must use this
+    /// one definition.
+    pub fn contribution(row: Option<&EntryRecord>) -> Counts {
+        let mut c = Counts::default();
+        let Some(row) = row else { return c };
+        if let Some(local) = &row.local {
+            let bytes = if local.is_dir { 0 } else { local.size };
+            c.local_files = 1;
+            c.local_bytes = bytes;
+            if !local.confirmed_by(row.upload.as_ref()) {
+                c.pending = 1;
+                c.pending_bytes = bytes;
+            }
+        }
+        let Some(up) = &row.upload else { return c };
+        match up.verdict {
+            Verdict::Ignore => c.ignored = 1,
+            Verdict::Reject => c.rejected = 1,
+            Verdict::Unjudged => c.unjudged = 1,
+            Verdict::Count => {
+                c.received = 1;
+                if row.expected.is_some() {
+                    if up.matched {
+                        c.matched = 1;
+                    } else {
+                        c.mismatched = 1;
+                    }
+                }
+            }
+        }
+        c
     }
 }
 

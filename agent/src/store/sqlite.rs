@@ -15,7 +15,7 @@ use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
     OutboxEvent, UploadRecord, Verdict,
 };
-use super::{Store, StoreError, StoreReader, StoreResult, StoreTx};
+use super::{LocalOutbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
@@ -508,7 +508,9 @@ impl StoreReader for SqliteReader {
             rows.collect()
         })
     }
+}
 
+impl LocalOutbox for SqliteReader {
     fn cursor(&self, sink: &str) -> StoreResult<i64> {
         self.with(|c| {
             c.query_row(

@@ -1,0 +1,295 @@
+//! The table and the requests made to it: reads that always read the latest
+//! write, queries followed to their last page, batch reads that retry what
+//! DynamoDB left unprocessed, and transactions retried through contention.
+//! Every request is counted, so the cost per notification can be measured.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType, KeysAndAttributes, TransactWriteItem};
+use tracing::{debug, warn};
+
+use super::item::{Item, PK, SK, key};
+use crate::store::{StoreError, StoreResult};
+
+/// DynamoDB's limits per request.
+const BATCH_GET_MAX: usize = 100;
+pub const TRANSACTION_MAX: usize = 100;
+const RETRIES: u32 = 8;
+
+/// A client bound to one table, shared by the store, its readers and the
+/// outbox. Calls block on the runtime they were opened on, so the engine's
+/// own thread can use them.
+#[derive(Clone)]
+pub struct Table {
+    client: Client,
+    pub name: Arc<str>,
+    rt: tokio::runtime::Handle,
+    /// Who this agent is in sink leases: host, process and a random part.
+    pub agent_id: Arc<str>,
+    /// Requests sent, for `/status` and the benchmark.
+    requests: Arc<AtomicU64>,
+    /// This agent's counters (uploads, stray keys...): per process, not shared.
+    pub counters: Arc<Mutex<BTreeMap<String, i64>>>,
+}
+
+/// Why a transaction did not apply.
+#[derive(Debug)]
+pub enum TransactFailure {
+    /// The condition of these items (by index) did not hold.
+    Condition(Vec<usize>),
+    Other(StoreError),
+}
+
+impl Table {
+    /// Checks that the table exists with the reference's key schema.
+    pub async fn open(client: Client, name: &str) -> StoreResult<Table> {
+        let table = Table {
+            client,
+            name: name.into(),
+            rt: tokio::runtime::Handle::current(),
+            agent_id: agent_id().into(),
+            requests: Arc::default(),
+            counters: Arc::default(),
+        };
+        table.count(1);
+        let described = table
+            .client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| table.error("describing the table", e))?;
+        let schema = described
+            .table
+            .and_then(|t| t.key_schema)
+            .unwrap_or_default();
+        let key_of = |kind: KeyType| {
+            schema
+                .iter()
+                .find(|k| k.key_type == kind)
+                .map(|k| k.attribute_name.as_str())
+        };
+        if key_of(KeyType::Hash) != Some(PK) || key_of(KeyType::Range) != Some(SK) {
+            return Err(StoreError::Dynamodb {
+                table: name.to_owned(),
+                message: format!(
+                    "the table's key schema must be partition key {PK} (S) and sort key {SK} (S), as in the reference (config/cloudformation.yaml creates it); found partition {:?}, sort {:?}",
+                    key_of(KeyType::Hash),
+                    key_of(KeyType::Range)
+                ),
+            });
+        }
+        Ok(table)
+    }
+
+    pub fn error<E, R>(&self, what: &str, e: SdkError<E, R>) -> StoreError
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        StoreError::Dynamodb {
+            table: self.name.to_string(),
+            message: format!("{what}: {}", DisplayErrorContext(&e)),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn count(&self, requests: u64) {
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Runs a request from a thread that is not a runtime worker.
+    pub fn block<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// One item, as of the latest write.
+    pub async fn get(&self, partition: &str, sort: &str) -> StoreResult<Option<Item>> {
+        self.count(1);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&*self.name)
+            .set_key(Some(key(partition, sort)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("reading an item", e))?;
+        Ok(out.item)
+    }
+
+    /// Many items (absent ones are simply not returned), 100 per request;
+    /// keys DynamoDB leaves unprocessed are asked again with backoff.
+    pub async fn batch_get(&self, keys: Vec<Item>) -> StoreResult<Vec<Item>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_MAX) {
+            let mut todo = chunk.to_vec();
+            let mut attempt = 0;
+            while !todo.is_empty() {
+                self.count(1);
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(todo))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Dynamodb {
+                        table: self.name.to_string(),
+                        message: e.to_string(),
+                    })?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&*self.name, request)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("reading items", e))?;
+                if let Some(mut responses) = out.responses {
+                    found.extend(responses.remove(&*self.name).unwrap_or_default());
+                }
+                todo = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&*self.name))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !todo.is_empty() {
+                    attempt += 1;
+                    self.backoff("BatchGetItem left keys unprocessed", attempt)
+                        .await?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every item of a partition matching `filter` (if any), following
+    /// `LastEvaluatedKey` to the last page, or until `limit` items.
+    pub async fn query(
+        &self,
+        partition: &str,
+        filter: Option<(&str, Item)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.count(1);
+            let mut values =
+                HashMap::from([(":pk".to_owned(), AttributeValue::S(partition.into()))]);
+            let mut request = self
+                .client
+                .query()
+                .table_name(&*self.name)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", PK)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            if let Some((expression, filter_values)) = &filter {
+                request = request.filter_expression(*expression);
+                values.extend(filter_values.clone());
+            }
+            let out = request
+                .set_expression_attribute_values(Some(values))
+                .send()
+                .await
+                .map_err(|e| self.error("querying a partition", e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(last) if items.len() < limit => start = Some(last),
+                _ => break,
+            }
+        }
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    /// Applies all of `items` or none. Contention (another transaction on
+    /// the same item, throttling) is retried with backoff; a failed
+    /// condition is the caller's to handle.
+    pub async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactFailure> {
+        let mut attempt = 0;
+        loop {
+            self.count(1);
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let e = match result {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let retryable = match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    let reasons = c.cancellation_reasons();
+                    let failed: Vec<usize> = reasons
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !failed.is_empty() {
+                        return Err(TransactFailure::Condition(failed));
+                    }
+                    true
+                }
+                Some(
+                    TransactWriteItemsError::TransactionInProgressException(_)
+                    | TransactWriteItemsError::ProvisionedThroughputExceededException(_)
+                    | TransactWriteItemsError::RequestLimitExceeded(_)
+                    | TransactWriteItemsError::InternalServerError(_),
+                ) => true,
+                Some(other) => other.code() == Some("ThrottlingException"),
+                None => false,
+            };
+            if !retryable {
+                return Err(TransactFailure::Other(
+                    self.error("writing a transaction", e),
+                ));
+            }
+            attempt += 1;
+            debug!(attempt, error = %DisplayErrorContext(&e), "transaction contended; retrying");
+            self.backoff("a transaction kept being cancelled", attempt)
+                .await
+                .map_err(TransactFailure::Other)?;
+        }
+    }
+
+    /// Sleeps before retry `attempt` (with jitter, so agents contending for
+    /// one item spread out); gives up after [`RETRIES`].
+    pub async fn backoff(&self, what: &str, attempt: u32) -> StoreResult<()> {
+        if attempt > RETRIES {
+            return Err(StoreError::Dynamodb {
+                table: self.name.to_string(),
+                message: format!("{what}; gave up after {RETRIES} retries"),
+            });
+        }
+        let base = 20u64 << attempt.min(8);
+        let jitter = rand::random_range(0..=base);
+        if attempt > 3 {
+            warn!(table = %self.name, attempt, "{what}; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+        Ok(())
+    }
+}
+
+fn agent_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &random[..8])
+}

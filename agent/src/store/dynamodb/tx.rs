@@ -1,0 +1,664 @@
+//! One engine batch against the shared table.
+//!
+//! Reads go to DynamoDB (or to what this batch already read or wrote);
+//! writes are buffered and sent at commit. At commit every changed entry is
+//! written with a condition on its version, in the same transaction as the
+//! change it makes to its dataset's counters (`ADD` of the difference between
+//! its old and new contribution). So counters stay exactly the sum over
+//! entries however many agents write, and an agent that dies mid-way leaves
+//! either both or neither. If another agent changed an entry first, commit
+//! fails with [`StoreError::Conflict`] and the engine runs the batch again on
+//! fresh reads: applying a notification twice changes nothing, so the part
+//! that did commit is harmless.
+//!
+//! A decision is its own transaction: the outcome is set only if the dataset
+//! has none (so exactly one agent wins), together with its event in the
+//! shared outbox and the removal of the dataset from the open list.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
+};
+use tracing::debug;
+
+use super::item::{
+    self, DATASET_SK, Item, OPEN_PARTITION, VERSION, dataset_from_item, entry_from_item,
+    entry_item, key, n, s,
+};
+use super::table::{TRANSACTION_MAX, Table, TransactFailure};
+use crate::store::{
+    Counts, DatasetRecord, EntryRecord, OutboxEvent, StoreError, StoreResult, StoreTx,
+};
+
+/// An entry as read (with its version) and as this batch left it.
+struct Slot {
+    base: Option<(EntryRecord, i64)>,
+    current: Option<EntryRecord>,
+}
+
+impl Slot {
+    fn view(&self) -> Option<EntryRecord> {
+        self.current
+            .clone()
+            .or_else(|| self.base.as_ref().map(|(e, _)| e.clone()))
+    }
+}
+
+pub struct DynamoTx<'a> {
+    table: &'a Table,
+    sinks: &'a [String],
+    next_seq: &'a mut i64,
+    /// Datasets as read (`None`: absent).
+    datasets: HashMap<String, Option<DatasetRecord>>,
+    dataset_puts: BTreeMap<String, DatasetRecord>,
+    /// Keyed by (set-id, entry key): written in key order.
+    entries: BTreeMap<(String, String), Slot>,
+    events: Vec<OutboxEvent>,
+    counters: Vec<(String, i64)>,
+}
+
+impl<'a> DynamoTx<'a> {
+    pub fn new(table: &'a Table, sinks: &'a [String], next_seq: &'a mut i64) -> Self {
+        DynamoTx {
+            table,
+            sinks,
+            next_seq,
+            datasets: HashMap::new(),
+            dataset_puts: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            events: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+
+    fn remember_entry(&mut self, item: &Item) -> StoreResult<EntryRecord> {
+        let (e, ver) = entry_from_item(item)?;
+        let slot = self
+            .entries
+            .entry((e.set_id.clone(), e.key.clone()))
+            .or_insert(Slot {
+                base: Some((e, ver)),
+                current: None,
+            });
+        Ok(slot.view().expect("a slot read from an item has a base"))
+    }
+
+    /// Entries of a partition matching `filter`, as this batch sees them.
+    fn query_entries(
+        &mut self,
+        set_id: &str,
+        filter: &str,
+        values: Item,
+        limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let items = self
+            .table
+            .block(self.table.query(set_id, Some((filter, values)), limit))?;
+        items
+            .iter()
+            .filter(|i| item::get_s(i, item::SK) != Some(DATASET_SK))
+            .map(|i| self.remember_entry(i))
+            .collect()
+    }
+}
+
+impl StoreTx for DynamoTx<'_> {
+    fn prefetch(&mut self, datasets: &[&str], entries: &[(&str, &str)]) -> StoreResult<()> {
+        let mut keys = Vec::new();
+        let mut wanted_ds = Vec::new();
+        for set_id in datasets {
+            if !self.datasets.contains_key(*set_id) && !wanted_ds.contains(set_id) {
+                wanted_ds.push(*set_id);
+                keys.push(key(set_id, DATASET_SK));
+            }
+        }
+        let mut wanted = Vec::new();
+        for (set_id, k) in entries {
+            let id = ((*set_id).to_owned(), (*k).to_owned());
+            if !self.entries.contains_key(&id) {
+                keys.push(key(set_id, k));
+                wanted.push(id);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = self.table.block(self.table.batch_get(keys))?;
+        for i in &found {
+            if item::get_s(i, item::SK) == Some(DATASET_SK) {
+                let ds = dataset_from_item(i)?;
+                self.datasets.insert(ds.set_id.clone(), Some(ds));
+            } else {
+                self.remember_entry(i)?;
+            }
+        }
+        // What was asked and not found is known to be absent.
+        for set_id in wanted_ds {
+            self.datasets.entry(set_id.to_owned()).or_insert(None);
+        }
+        for id in wanted {
+            self.entries.entry(id).or_insert(Slot {
+                base: None,
+                current: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>> {
+        if let Some(ds) = self.dataset_puts.get(set_id) {
+            return Ok(Some(ds.clone()));
+        }
+        if !self.datasets.contains_key(set_id) {
+            let found = self.table.block(self.table.get(set_id, DATASET_SK))?;
+            let ds = found.as_ref().map(dataset_from_item).transpose()?;
+            self.datasets.insert(set_id.to_owned(), ds);
+        }
+        Ok(self.datasets[set_id].clone())
+    }
+
+    fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()> {
+        if !self.datasets.contains_key(&dataset.set_id) {
+            self.dataset(&dataset.set_id)?;
+        }
+        self.dataset_puts
+            .insert(dataset.set_id.clone(), dataset.clone());
+        Ok(())
+    }
+
+    fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>> {
+        let id = (set_id.to_owned(), key.to_owned());
+        if let Some(slot) = self.entries.get(&id) {
+            return Ok(slot.view());
+        }
+        let found = self.table.block(self.table.get(set_id, key))?;
+        let base = found.as_ref().map(entry_from_item).transpose()?;
+        let view = base.as_ref().map(|(e, _)| e.clone());
+        self.entries.insert(
+            id,
+            Slot {
+                base,
+                current: None,
+            },
+        );
+        Ok(view)
+    }
+
+    fn put_entry(&mut self, entry: &EntryRecord, _is_new: bool) -> StoreResult<()> {
+        let id = (entry.set_id.clone(), entry.key.clone());
+        if !self.entries.contains_key(&id) {
+            self.entry(&entry.set_id, &entry.key)?;
+        }
+        if let Some(slot) = self.entries.get_mut(&id) {
+            slot.current = Some(entry.clone());
+        }
+        Ok(())
+    }
+
+    fn unjudged_entries(
+        &mut self,
+        set_id: &str,
+        _dataset_dir: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let values = HashMap::from([(
+            ":unjudged".to_owned(),
+            n(crate::store::Verdict::Unjudged.code()),
+        )]);
+        self.query_entries(set_id, "verdict = :unjudged", values, limit)
+    }
+
+    fn stale_local_entries(
+        &mut self,
+        set_id: &str,
+        _dataset_dir: &str,
+        seen_before_ms: i64,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let values = HashMap::from([(":before".to_owned(), n(seen_before_ms))]);
+        self.query_entries(set_id, "localSeenMs < :before", values, usize::MAX)
+    }
+
+    fn push_event(&mut self, event: &OutboxEvent) -> StoreResult<i64> {
+        // Sequence numbers are this agent's own: they only wake its
+        // dispatchers. Shared delivery goes by the outbox partition.
+        *self.next_seq += 1;
+        let mut event = event.clone();
+        event.seq = *self.next_seq;
+        self.events.push(event);
+        Ok(*self.next_seq)
+    }
+
+    fn set_cursor(&mut self, _sink: &str, _seq: i64) -> StoreResult<()> {
+        // Shared delivery is tracked per event in the outbox partition.
+        Ok(())
+    }
+
+    fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()> {
+        self.counters.push((name.to_owned(), delta));
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> StoreResult<()> {
+        let this = *self;
+        let table = this.table;
+        let plan = Plan::build(&this)?;
+        for tx in plan.transactions {
+            match table.block(table.transact(tx)) {
+                Ok(()) => {}
+                Err(TransactFailure::Condition(_)) => {
+                    return Err(StoreError::Conflict(
+                        "another agent changed the same entries at the same time".into(),
+                    ));
+                }
+                Err(TransactFailure::Other(e)) => return Err(e),
+            }
+        }
+        // Upload events: after the entries that produced them. If the agent
+        // dies in between, the notification was not acknowledged and its
+        // re-delivery produces them again.
+        let uploads: Vec<&OutboxEvent> = this
+            .events
+            .iter()
+            .filter(|e| !plan.decision_events.contains(&e.id))
+            .collect();
+        if !this.sinks.is_empty() {
+            table.block(put_events(table, &uploads, this.sinks))?;
+        }
+        for (set_id, tx) in plan.decisions {
+            match table.block(table.transact(tx)) {
+                Ok(()) => {}
+                Err(TransactFailure::Condition(_)) => {
+                    debug!(set_id, "another agent decided this dataset first");
+                }
+                Err(TransactFailure::Other(e)) => return Err(e),
+            }
+        }
+        let mut counters = table.counters.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, delta) in this.counters {
+            *counters.entry(name).or_default() += delta;
+        }
+        Ok(())
+    }
+}
+
+/// The requests one commit sends.
+struct Plan {
+    transactions: Vec<Vec<TransactWriteItem>>,
+    /// Per decided dataset: outcome, event and open-list removal.
+    decisions: Vec<(String, Vec<TransactWriteItem>)>,
+    decision_events: Vec<String>,
+}
+
+/// Entries of one dataset that go into one transaction, with the counter
+/// change they make together.
+struct Unit<'t> {
+    set_id: &'t str,
+    entries: Vec<Item>,
+    conditions: Vec<Option<i64>>,
+    delta: [i64; 10],
+    /// The last unit of a dataset also carries its other fields, so a
+    /// dataset never looks loaded before all its entries are in.
+    last: bool,
+}
+
+impl Plan {
+    fn build(tx: &DynamoTx<'_>) -> StoreResult<Plan> {
+        let table = &*tx.table.name;
+        // Changed entries by dataset, with their old version.
+        let mut by_dataset: BTreeMap<&str, Vec<(&EntryRecord, Option<(&EntryRecord, i64)>)>> =
+            BTreeMap::new();
+        for ((set_id, _), slot) in &tx.entries {
+            let Some(current) = &slot.current else {
+                continue;
+            };
+            let base = slot.base.as_ref().map(|(e, v)| (e, *v));
+            if base.is_some_and(|(b, _)| b == current) {
+                continue;
+            }
+            by_dataset.entry(set_id).or_default().push((current, base));
+        }
+        for set_id in tx.dataset_puts.keys() {
+            by_dataset.entry(set_id).or_default();
+        }
+        let mut units = Vec::new();
+        for (set_id, rows) in &by_dataset {
+            // Room for the dataset's update and its open-list entry.
+            let chunks: Vec<_> = if rows.is_empty() {
+                vec![&rows[..]]
+            } else {
+                rows.chunks(TRANSACTION_MAX - 2).collect()
+            };
+            let count = chunks.len();
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let mut delta = [0i64; 10];
+                let mut entries = Vec::new();
+                let mut conditions = Vec::new();
+                for (current, base) in chunk {
+                    let after = EntryRecord::contribution(Some(current)).values();
+                    let before = EntryRecord::contribution(base.map(|(b, _)| b)).values();
+                    for k in 0..10 {
+                        delta[k] += after[k] as i64 - before[k] as i64;
+                    }
+                    let ver = base.map(|(_, v)| v);
+                    entries.push(entry_item(current, ver.unwrap_or(0) + 1));
+                    conditions.push(ver);
+                }
+                units.push(Unit {
+                    set_id,
+                    entries,
+                    conditions,
+                    delta,
+                    last: i + 1 == count,
+                });
+            }
+        }
+
+        let mut transactions = Vec::new();
+        let mut current: Vec<TransactWriteItem> = Vec::new();
+        let mut in_current: Vec<&str> = Vec::new();
+        for unit in units {
+            let base = tx.datasets.get(unit.set_id).cloned().flatten();
+            let put = tx.dataset_puts.get(unit.set_id);
+            let update = dataset_update(table, &unit, base.as_ref(), put)?;
+            let register = base.is_none();
+            let size = unit.entries.len() + usize::from(update.is_some()) + usize::from(register);
+            if size == 0 {
+                continue;
+            }
+            if current.len() + size > TRANSACTION_MAX || in_current.contains(&unit.set_id) {
+                transactions.push(std::mem::take(&mut current));
+                in_current.clear();
+            }
+            in_current.push(unit.set_id);
+            for (item, ver) in unit.entries.into_iter().zip(unit.conditions) {
+                let put = Put::builder().table_name(table).set_item(Some(item));
+                let put = match ver {
+                    None => put.condition_expression("attribute_not_exists(#sk)"),
+                    Some(v) => put
+                        .condition_expression("#ver = :ver")
+                        .expression_attribute_names("#ver", VERSION)
+                        .expression_attribute_values(":ver", n(v)),
+                };
+                let put = put
+                    .expression_attribute_names("#sk", item::SK)
+                    .build()
+                    .map_err(|e| build_error(table, e))?;
+                current.push(TransactWriteItem::builder().put(put).build());
+            }
+            if let Some(update) = update {
+                current.push(TransactWriteItem::builder().update(update).build());
+            }
+            if register {
+                // Unconditional: two agents seeing a new dataset at once
+                // both write the same item.
+                let put = Put::builder()
+                    .table_name(table)
+                    .set_item(Some(key(OPEN_PARTITION, unit.set_id)))
+                    .build()
+                    .map_err(|e| build_error(table, e))?;
+                current.push(TransactWriteItem::builder().put(put).build());
+            }
+        }
+        if !current.is_empty() {
+            transactions.push(current);
+        }
+
+        let mut decisions = Vec::new();
+        let mut decision_events = Vec::new();
+        for (set_id, ds) in &tx.dataset_puts {
+            let was_decided = tx
+                .datasets
+                .get(set_id)
+                .and_then(|d| d.as_ref())
+                .is_some_and(|d| d.state.is_decided());
+            if !ds.state.is_decided() || was_decided {
+                continue;
+            }
+            let event = tx
+                .events
+                .iter()
+                .find(|e| &e.set_id == set_id && is_decision(e));
+            let mut items = Vec::new();
+            let mut u = UpdateBuilder::default();
+            u.set("outcome", s(ds.state.as_str()));
+            u.set("decidedMs", n(ds.decided_ms.unwrap_or_default()));
+            match &ds.note {
+                Some(note) => u.set("note", s(note)),
+                None => u.remove("note"),
+            }
+            let outcome = u.name("outcome");
+            let update = u
+                .finish(table, key(set_id, DATASET_SK))
+                .condition_expression(format!("attribute_not_exists({outcome})"))
+                .build()
+                .map_err(|e| build_error(table, e))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+            if let Some(event) = event
+                && !tx.sinks.is_empty()
+            {
+                decision_events.push(event.id.clone());
+                let put = Put::builder()
+                    .table_name(table)
+                    .set_item(Some(item::outbox_item(event, tx.sinks)))
+                    .build()
+                    .map_err(|e| build_error(table, e))?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+            let delete = Delete::builder()
+                .table_name(table)
+                .set_key(Some(key(OPEN_PARTITION, set_id)))
+                .build()
+                .map_err(|e| build_error(table, e))?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+            decisions.push((set_id.clone(), items));
+        }
+        Ok(Plan {
+            transactions,
+            decisions,
+            decision_events,
+        })
+    }
+}
+
+fn is_decision(e: &OutboxEvent) -> bool {
+    e.detail_type == crate::sinks::envelope::SUCCESSFUL
+        || e.detail_type == crate::sinks::envelope::TIMEOUT
+}
+
+/// The dataset item's update for one unit: the counter change, and for the
+/// last unit the fields the engine changed (compared with what was read).
+fn dataset_update(
+    table: &str,
+    unit: &Unit<'_>,
+    base: Option<&DatasetRecord>,
+    put: Option<&DatasetRecord>,
+) -> StoreResult<Option<Update>> {
+    let mut u = UpdateBuilder::default();
+    for (name, delta) in Counts::NAMES.iter().zip(unit.delta) {
+        if delta != 0 {
+            u.add(name, delta);
+        }
+    }
+    if unit.last
+        && let Some(ds) = put
+    {
+        let old = base
+            .cloned()
+            .unwrap_or_else(|| DatasetRecord::new(&ds.set_id, i64::MIN));
+        if base.is_none() {
+            u.set_if_absent("firstSeenMs", n(ds.first_seen_ms));
+        }
+        if ds.last_seen_ms != old.last_seen_ms {
+            u.set("lastSeenMs", n(ds.last_seen_ms));
+        }
+        if ds.manifest != old.manifest
+            && let Some(m) = &ds.manifest
+        {
+            u.set("manifestKey", s(&m.key));
+            u.set("manifestBucket", s(&m.bucket));
+            u.set("manifestSize", n(m.size));
+            u.set("manifestEventTime", n(m.event_time));
+        }
+        // The first manifest notification starts the clock; later ones
+        // (from this or another agent) must not move it.
+        if old.manifest_seen_ms.is_none()
+            && let (Some(seen), Some(deadline)) = (ds.manifest_seen_ms, ds.deadline_ms)
+        {
+            u.set_if_absent("manifestSeenMs", n(seen));
+            u.set_if_absent("deadlineMs", n(deadline));
+        }
+        if ds.manifest_loaded && !old.manifest_loaded {
+            u.set("manifestLoaded", AttributeValue::Bool(true));
+            u.set("manifestEntries", n(ds.manifest_entries));
+        }
+        if ds.note != old.note {
+            match &ds.note {
+                Some(note) => u.set("note", s(note)),
+                None => u.remove("note"),
+            }
+        }
+        if ds.last_local_ms != old.last_local_ms
+            && let Some(t) = ds.last_local_ms
+        {
+            u.set("lastLocalMs", n(t));
+        }
+    } else if base.is_none() && unit.last {
+        u.set_if_absent("firstSeenMs", n(crate::notification::time::now_ms()));
+    }
+    if u.is_empty() {
+        return Ok(None);
+    }
+    u.finish(table, key(unit.set_id, DATASET_SK))
+        .build()
+        .map(Some)
+        .map_err(|e| build_error(table, e))
+}
+
+/// Puts upload events in the outbox partition, 25 per request, retrying
+/// what DynamoDB leaves unprocessed.
+async fn put_events(table: &Table, events: &[&OutboxEvent], sinks: &[String]) -> StoreResult<()> {
+    for chunk in events.chunks(25) {
+        let mut requests: Vec<WriteRequest> = Vec::new();
+        for e in chunk {
+            let put = PutRequest::builder()
+                .set_item(Some(item::outbox_item(e, sinks)))
+                .build()
+                .map_err(|err| build_error(&table.name, err))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        let mut attempt = 0;
+        while !requests.is_empty() {
+            table.count(1);
+            let out = table
+                .client()
+                .batch_write_item()
+                .request_items(&*table.name, requests)
+                .send()
+                .await
+                .map_err(|e| table.error("writing upload events", e))?;
+            requests = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(&*table.name))
+                .unwrap_or_default();
+            if !requests.is_empty() {
+                attempt += 1;
+                table
+                    .backoff("BatchWriteItem left items unprocessed", attempt)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_error(table: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Dynamodb {
+        table: table.to_owned(),
+        message: format!("cannot build a request: {e}"),
+    }
+}
+
+/// An `UpdateExpression` with placeholders for every name and value (some
+/// of our attribute names are DynamoDB reserved words).
+#[derive(Default)]
+pub struct UpdateBuilder {
+    sets: Vec<String>,
+    adds: Vec<String>,
+    removes: Vec<String>,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+impl UpdateBuilder {
+    pub fn name(&mut self, attr: &str) -> String {
+        let next = format!("#n{}", self.names.len());
+        self.names.entry(attr.to_owned()).or_insert(next).clone()
+    }
+
+    pub fn value(&mut self, v: AttributeValue) -> String {
+        let placeholder = format!(":v{}", self.values.len());
+        self.values.insert(placeholder.clone(), v);
+        placeholder
+    }
+
+    pub fn set(&mut self, attr: &str, v: AttributeValue) {
+        let (name, value) = (self.name(attr), self.value(v));
+        self.sets.push(format!("{name} = {value}"));
+    }
+
+    pub fn set_if_absent(&mut self, attr: &str, v: AttributeValue) {
+        let (name, value) = (self.name(attr), self.value(v));
+        self.sets
+            .push(format!("{name} = if_not_exists({name}, {value})"));
+    }
+
+    pub fn add(&mut self, attr: &str, delta: i64) {
+        let (name, value) = (self.name(attr), self.value(n(delta)));
+        self.adds.push(format!("{name} {value}"));
+    }
+
+    pub fn remove(&mut self, attr: &str) {
+        let name = self.name(attr);
+        self.removes.push(name);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty() && self.adds.is_empty() && self.removes.is_empty()
+    }
+
+    pub fn expression(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.sets.is_empty() {
+            parts.push(format!("SET {}", self.sets.join(", ")));
+        }
+        if !self.adds.is_empty() {
+            parts.push(format!("ADD {}", self.adds.join(", ")));
+        }
+        if !self.removes.is_empty() {
+            parts.push(format!("REMOVE {}", self.removes.join(", ")));
+        }
+        parts.join(" ")
+    }
+
+    /// The update of the item at `key`; the caller may add a condition
+    /// using names from [`UpdateBuilder::name`] before `build()`.
+    fn finish(self, table: &str, key: Item) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        let expression = self.expression();
+        let names = self
+            .names
+            .into_iter()
+            .map(|(attr, ph)| (ph, attr))
+            .collect();
+        let builder = Update::builder()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression(expression)
+            .set_expression_attribute_names(Some(names));
+        if self.values.is_empty() {
+            builder
+        } else {
+            builder.set_expression_attribute_values(Some(self.values))
+        }
+    }
+}
