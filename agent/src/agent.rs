@@ -123,6 +123,7 @@ impl Agent {
             SourceConfig::Sqs {
                 queue_url,
                 visibility_timeout,
+                receivers,
             },
             Some(aws),
         ) = (&config.source, &aws)
@@ -137,14 +138,16 @@ impl Agent {
                     )
                     .build(),
             );
-            info!(queue = %queue_url, "consuming notifications from SQS");
-            tasks.push(tokio::spawn(crate::sources::sqs::run(
-                client,
-                queue_url.clone(),
-                visibility_timeout.0,
-                handle.clone(),
-                shutdown_rx.clone(),
-            )));
+            info!(queue = %queue_url, receivers, "consuming notifications from SQS");
+            for _ in 0..receivers.get() {
+                tasks.push(tokio::spawn(crate::sources::sqs::run(
+                    client.clone(),
+                    queue_url.clone(),
+                    visibility_timeout.0,
+                    handle.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
         }
         tasks.push(tokio::spawn(recheck(
             handle.clone(),

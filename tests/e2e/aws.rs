@@ -80,7 +80,7 @@ impl Drop for Moto {
     }
 }
 
-async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+pub async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
     let url = sqs
         .create_queue()
         .queue_name(name)
@@ -101,7 +101,7 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
 }
 
 /// One receive from a queue: the message bodies as JSON.
-async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
+pub async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
     let out = sqs
         .receive_message()
         .queue_url(url)
@@ -117,7 +117,7 @@ async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn route(
+pub async fn route(
     eb: &aws_sdk_eventbridge::Client,
     bus: &str,
     rule: &str,

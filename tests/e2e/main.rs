@@ -8,6 +8,7 @@ mod crash;
 mod http;
 mod plugins;
 mod reconcile;
+mod shared;
 mod sinks;
 mod support;
 mod watcher;

@@ -58,9 +58,15 @@ impl Env {
 
     /// Starts the agent on a free loopback port and waits until it is healthy.
     pub fn start(&self) -> AgentProcess {
+        self.start_with_state("state")
+    }
+
+    /// Starts an agent with its own state directory: several agents on one
+    /// share, as on several hosts.
+    pub fn start_with_state(&self, state_dir: &str) -> AgentProcess {
         let port = free_port();
         let text = format!(
-            "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
+            "[agent]\nstate_dir = \"{state_dir}\"\n[share]\npath = \"share\"\n{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
              [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n{}\n",
             self.share_extra, self.http_extra, self.extra_config
         );

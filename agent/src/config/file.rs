@@ -194,7 +194,15 @@ pub enum SourceConfig {
         /// still being committed.
         #[serde(default = "default_visibility")]
         visibility_timeout: HumanDuration,
+        /// Receive loops polling at once: their batches are committed
+        /// together, so more loops mean fewer, larger transactions.
+        #[serde(default = "default_receivers")]
+        receivers: NonZeroU32,
     },
+}
+
+fn default_receivers() -> NonZeroU32 {
+    NonZeroU32::new(4).expect("4 is not zero")
 }
 
 fn default_visibility() -> HumanDuration {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::manifest::{self, ExpectedLine};
 use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, UploadView};
@@ -258,6 +258,9 @@ struct Work {
     events: Vec<OutboxEvent>,
     counters: HashMap<&'static str, i64>,
     manifest_reads: Vec<(String, String)>,
+    /// Manifests loaded: (set id, lines, lines taking part). Logged only
+    /// once committed, since a shared store may run a batch again.
+    manifests_loaded: Vec<(String, usize, usize)>,
 }
 
 pub struct Engine {
@@ -368,7 +371,15 @@ impl Engine {
             match self.apply(run, &mut work, now_ms()) {
                 Err(StoreError::Conflict(reason)) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
-                    warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
+                    if attempt > 3 {
+                        warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
+                    } else {
+                        debug!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
+                    }
+                    // Random backoff: agents contending for the same
+                    // entries fall out of step instead of colliding again.
+                    let cap = 10u64 << attempt.min(7);
+                    std::thread::sleep(Duration::from_millis(rand::random_range(cap / 4..=cap)));
                 }
                 result => break (result, work),
             }
@@ -456,7 +467,8 @@ impl Engine {
         for (name, delta) in &work.counters {
             tx.add_counter(name, *delta)?;
         }
-        tx.commit()
+        // Decisions here are local-store ones, which nobody else can take.
+        tx.commit().map(drop)
     }
 
     /// With a shared store: decides the touched datasets on a fresh read,
@@ -491,7 +503,12 @@ impl Engine {
         for event in &mut fresh.events {
             event.seq = tx.push_event(event)?;
         }
-        tx.commit()?;
+        let committed = tx.commit()?;
+        // A dataset another agent decided first stays decided (and leaves
+        // the open list), but the event and its log line are the other's.
+        fresh
+            .events
+            .retain(|e| !committed.lost_decisions.contains(&e.set_id));
         work.touched.extend(fresh.touched);
         work.events.extend(fresh.events);
         Ok(())
@@ -825,12 +842,8 @@ impl Core {
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
         ds.note = note;
-        info!(
-            set_id,
-            lines = total,
-            expected = lines.len(),
-            "manifest loaded"
-        );
+        work.manifests_loaded
+            .push((set_id.to_owned(), total, lines.len()));
         Ok(())
     }
 
@@ -1018,6 +1031,16 @@ impl Core {
 
     /// After a commit: update the cache and start the manifest reads.
     fn committed(&mut self, work: &mut Work) {
+        for (set_id, lines, expected) in work.manifests_loaded.drain(..) {
+            info!(set_id, lines, expected, "manifest loaded");
+        }
+        // Decisions are logged once they are the store's, not when taken:
+        // with a shared store another agent may have taken one first.
+        for event in &work.events {
+            if let Some(ds) = work.touched.get(&event.set_id) {
+                log_decision(ds, &event.detail_type);
+            }
+        }
         for (set_id, ds) in work.touched.drain() {
             if ds.state.is_decided() {
                 self.open.remove(&set_id);
@@ -1102,8 +1125,18 @@ fn close(
     };
     ds.state = state;
     ds.decided_ms = Some(now);
-    let since_last = now - ds.last_seen_ms;
-    match state {
+    events.push(envelope::reconcile_event(
+        detail_type,
+        &ds.set_id,
+        manifest,
+        origin,
+        now,
+    ));
+}
+
+fn log_decision(ds: &DatasetRecord, detail_type: &str) {
+    let since_last = ds.decided_ms.unwrap_or_default() - ds.last_seen_ms;
+    match ds.state {
         DatasetState::Succeeded => info!(
             set_id = %ds.set_id, entries = ds.manifest_entries, ms_after_last_upload = since_last,
             "{detail_type}"
@@ -1114,13 +1147,6 @@ fn close(
             "{detail_type}"
         ),
     }
-    events.push(envelope::reconcile_event(
-        detail_type,
-        &ds.set_id,
-        manifest,
-        origin,
-        now,
-    ));
 }
 
 #[cfg(test)]

@@ -92,7 +92,15 @@ pub trait StoreTx {
     /// Records that `sink` delivered every event up to `seq`.
     fn set_cursor(&mut self, sink: &str, seq: i64) -> StoreResult<()>;
     fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()>;
-    fn commit(self: Box<Self>) -> StoreResult<()>;
+    fn commit(self: Box<Self>) -> StoreResult<Committed>;
+}
+
+/// What a commit could not do without failing as a whole.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Datasets this transaction decided but another agent decided first
+    /// (a shared store only): their outcome and event are the other's.
+    pub lost_decisions: Vec<String>,
 }
 
 /// The read side: safe to use from any thread while the engine writes.

@@ -141,18 +141,17 @@ impl AddAssign for Counts {
     }
 }
 
+/// Saturating: with a shared store a dataset and its entries are read as
+/// separate items, so the dataset may not yet show an entry's contribution
+/// (the store then applies exact deltas itself; see `store::dynamodb`).
 impl SubAssign for Counts {
     fn sub_assign(&mut self, o: Counts) {
-        self.received -= o.received;
-        self.matched -= o.matched;
-        self.mismatched -= o.mismatched;
-        self.ignored -= o.ignored;
-        self.rejected -= o.rejected;
-        self.unjudged -= o.unjudged;
-        self.local_files -= o.local_files;
-        self.local_bytes -= o.local_bytes;
-        self.pending -= o.pending;
-        self.pending_bytes -= o.pending_bytes;
+        let (a, b) = (self.values(), o.values());
+        let mut out = [0u64; 10];
+        for i in 0..10 {
+            out[i] = a[i].saturating_sub(b[i]);
+        }
+        *self = Counts::from_values(out);
     }
 }
 

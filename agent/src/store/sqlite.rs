@@ -15,7 +15,7 @@ use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
     OutboxEvent, UploadRecord, Verdict,
 };
-use super::{LocalOutbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
+use super::{Committed, LocalOutbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
@@ -403,9 +403,10 @@ impl StoreTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn commit(self: Box<Self>) -> StoreResult<()> {
+    fn commit(self: Box<Self>) -> StoreResult<Committed> {
         let path = self.path;
-        self.tx.commit().map_err(sqlite_error(path))
+        self.tx.commit().map_err(sqlite_error(path))?;
+        Ok(Committed::default())
     }
 }
 

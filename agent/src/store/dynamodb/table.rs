@@ -90,12 +90,22 @@ impl Table {
 
     pub fn error<E, R>(&self, what: &str, e: SdkError<E, R>) -> StoreError
     where
-        E: std::error::Error + 'static,
+        E: std::error::Error + ProvideErrorMetadata + 'static,
         R: std::fmt::Debug,
     {
+        // The service's own code and message say it best; the full context
+        // (with the raw response) only for transport errors.
+        let detail = match e.as_service_error() {
+            Some(service) => format!(
+                "{}: {}",
+                service.code().unwrap_or("error"),
+                service.message().unwrap_or("(no message)")
+            ),
+            None => DisplayErrorContext(&e).to_string(),
+        };
         StoreError::Dynamodb {
             table: self.name.to_string(),
-            message: format!("{what}: {}", DisplayErrorContext(&e)),
+            message: format!("{what}: {detail}"),
         }
     }
 

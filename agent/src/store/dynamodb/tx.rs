@@ -28,7 +28,7 @@ use super::item::{
 };
 use super::table::{TRANSACTION_MAX, Table, TransactFailure};
 use crate::store::{
-    Counts, DatasetRecord, EntryRecord, OutboxEvent, StoreError, StoreResult, StoreTx,
+    Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, StoreError, StoreResult, StoreTx,
 };
 
 /// An entry as read (with its version) and as this batch left it.
@@ -113,12 +113,13 @@ impl StoreTx for DynamoTx<'_> {
                 keys.push(key(set_id, DATASET_SK));
             }
         }
-        let mut wanted = Vec::new();
+        // BatchGetItem refuses a request that names a key twice.
+        let mut wanted = std::collections::BTreeSet::new();
         for (set_id, k) in entries {
             let id = ((*set_id).to_owned(), (*k).to_owned());
-            if !self.entries.contains_key(&id) {
+            if !self.entries.contains_key(&id) && !wanted.contains(&id) {
                 keys.push(key(set_id, k));
-                wanted.push(id);
+                wanted.insert(id);
             }
         }
         if keys.is_empty() {
@@ -239,7 +240,7 @@ impl StoreTx for DynamoTx<'_> {
         Ok(())
     }
 
-    fn commit(self: Box<Self>) -> StoreResult<()> {
+    fn commit(self: Box<Self>) -> StoreResult<Committed> {
         let this = *self;
         let table = this.table;
         let plan = Plan::build(&this)?;
@@ -265,11 +266,13 @@ impl StoreTx for DynamoTx<'_> {
         if !this.sinks.is_empty() {
             table.block(put_events(table, &uploads, this.sinks))?;
         }
+        let mut committed = Committed::default();
         for (set_id, tx) in plan.decisions {
             match table.block(table.transact(tx)) {
                 Ok(()) => {}
                 Err(TransactFailure::Condition(_)) => {
                     debug!(set_id, "another agent decided this dataset first");
+                    committed.lost_decisions.push(set_id);
                 }
                 Err(TransactFailure::Other(e)) => return Err(e),
             }
@@ -278,7 +281,7 @@ impl StoreTx for DynamoTx<'_> {
         for (name, delta) in this.counters {
             *counters.entry(name).or_default() += delta;
         }
-        Ok(())
+        Ok(committed)
     }
 }
 
@@ -289,6 +292,10 @@ struct Plan {
     decisions: Vec<(String, Vec<TransactWriteItem>)>,
     decision_events: Vec<String>,
 }
+
+/// An entry as it will be written, and as it was read with its version
+/// (none when the entry is new).
+type Change<'t> = (&'t EntryRecord, Option<(&'t EntryRecord, i64)>);
 
 /// Entries of one dataset that go into one transaction, with the counter
 /// change they make together.
@@ -306,8 +313,7 @@ impl Plan {
     fn build(tx: &DynamoTx<'_>) -> StoreResult<Plan> {
         let table = &*tx.table.name;
         // Changed entries by dataset, with their old version.
-        let mut by_dataset: BTreeMap<&str, Vec<(&EntryRecord, Option<(&EntryRecord, i64)>)>> =
-            BTreeMap::new();
+        let mut by_dataset: BTreeMap<&str, Vec<Change<'_>>> = BTreeMap::new();
         for ((set_id, _), slot) in &tx.entries {
             let Some(current) = &slot.current else {
                 continue;
@@ -374,16 +380,15 @@ impl Plan {
             for (item, ver) in unit.entries.into_iter().zip(unit.conditions) {
                 let put = Put::builder().table_name(table).set_item(Some(item));
                 let put = match ver {
-                    None => put.condition_expression("attribute_not_exists(#sk)"),
+                    None => put
+                        .condition_expression("attribute_not_exists(#sk)")
+                        .expression_attribute_names("#sk", item::SK),
                     Some(v) => put
                         .condition_expression("#ver = :ver")
                         .expression_attribute_names("#ver", VERSION)
                         .expression_attribute_values(":ver", n(v)),
                 };
-                let put = put
-                    .expression_attribute_names("#sk", item::SK)
-                    .build()
-                    .map_err(|e| build_error(table, e))?;
+                let put = put.build().map_err(|e| build_error(table, e))?;
                 current.push(TransactWriteItem::builder().put(put).build());
             }
             if let Some(update) = update {

@@ -1,0 +1,267 @@
+//! Notifications per second end to end through AWS services emulated by
+//! moto on loopback (SQS -> agents -> DynamoDB -> outbox -> file sink), with
+//! 1 and then 3 agents sharing one queue and one table, and the DynamoDB
+//! requests each notification costs.
+//!
+//!     cargo bench -p vault-agent --bench shared_store -- [--agents 1,3]
+//!         [--datasets D] [--files F]
+//!
+//! All notifications are queued before the agents start; the clock runs
+//! from their start to the last dataset's Successful event. moto is far
+//! slower than DynamoDB (it copies the table for every transaction), so the
+//! rate measures the agent against moto; requests per notification carry
+//! over to the real service.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use vault_agent::Agent;
+use vault_agent::config;
+
+struct Moto(Child, String);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (pip install 'moto[server]')");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "moto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto(child, endpoint)
+}
+
+fn event(key: &str, size: u64) -> String {
+    serde_json::json!({
+        "version": "0", "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Storage Gateway Object Upload Event", "source": "aws.storagegateway",
+        "account": "123456789012", "time": "2021-05-01T10:00:00Z", "region": "us-east-1",
+        "resources": [],
+        "detail": {"bucket-name": "vault-bucket", "object-key": key, "object-size": size,
+                   "modification-time": "2021-05-01T09:59:58Z", "event-type": "object-upload-complete",
+                   "prefix": key.split('/').next().unwrap_or_default()}
+    })
+    .to_string()
+}
+
+struct Round {
+    agents: usize,
+    notifications: usize,
+    seconds: f64,
+    requests: i64,
+}
+
+fn round(agents: usize, datasets: usize, files: usize) -> Round {
+    let moto = start_moto();
+    // SAFETY: set before any client is built, on this thread only.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sdk = rt.block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&moto.1)
+            .load(),
+    );
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let share = tmp.path().join("share");
+
+    // The datasets on the share, and their notifications in random order.
+    let mut messages = Vec::new();
+    for d in 0..datasets {
+        let set_id = format!("Bench{d:06}");
+        let root = format!("{set_id}-vaultjob");
+        std::fs::create_dir_all(share.join(&root)).expect("share");
+        let mut lines = vec![root.clone()];
+        messages.push(event(&format!("{root}/"), 0));
+        for f in 0..files {
+            let line = format!("{root}/file-{f:05}.dat");
+            messages.push(event(&line, 100));
+            lines.push(line);
+        }
+        let manifest = format!("{root}/{set_id}.manifest");
+        lines.push(manifest.clone());
+        let text = lines.join("\n") + "\n";
+        std::fs::write(share.join(&manifest), &text).expect("manifest");
+        messages.push(event(&manifest, text.len() as u64));
+    }
+    messages.shuffle(&mut rand::rngs::StdRng::seed_from_u64(1));
+    let notifications = messages.len();
+
+    let queue_url = rt.block_on(async {
+        let key = |a: &str, k| {
+            KeySchemaElement::builder()
+                .attribute_name(a)
+                .key_type(k)
+                .build()
+        };
+        let attr = |a: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(a)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        ddb.create_table()
+            .table_name("vault-agent")
+            .key_schema(key("setId", KeyType::Hash).expect("key"))
+            .key_schema(key("objectKey", KeyType::Range).expect("key"))
+            .attribute_definitions(attr("setId").expect("attr"))
+            .attribute_definitions(attr("objectKey").expect("attr"))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("create table");
+        let url = sqs
+            .create_queue()
+            .queue_name("uploads")
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url
+            .expect("queue url");
+        for (n, chunk) in messages.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("{n}-{i}"))
+                        .message_body(body)
+                        .build()
+                        .expect("entry")
+                })
+                .collect();
+            sqs.send_message_batch()
+                .queue_url(&url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("send");
+        }
+        url
+    });
+
+    let events = tmp.path().join("events.jsonl");
+    let start = Instant::now();
+    let mut running = Vec::new();
+    for a in 0..agents {
+        let text = format!(
+            "[agent]\nstate_dir = \"state-{a}\"\n[share]\npath = \"share\"\nwatch = \"off\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nwait = \"1s\"\n\
+             [source]\nkind = \"sqs\"\nqueue_url = \"{queue_url}\"\n\
+             [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
+             [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n\
+             [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+            moto.1
+        );
+        let config = config::parse(&text, Path::new("bench.toml"), tmp.path()).expect("config");
+        running.push(rt.block_on(Agent::start(&config)).expect("agent starts"));
+    }
+    let count_events = || {
+        std::fs::File::open(&events)
+            .map(|f| std::io::BufReader::new(f).lines().count())
+            .unwrap_or(0)
+    };
+    while count_events() < datasets {
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "only {} of {datasets} events after 30 minutes",
+            count_events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut requests = 0;
+    for agent in &running {
+        let url = format!("http://{}/status", agent.local_addr());
+        let text = rt.block_on(async {
+            reqwest::get(&url)
+                .await
+                .expect("status")
+                .text()
+                .await
+                .expect("status body")
+        });
+        let body: serde_json::Value = serde_json::from_str(&text).expect("status json");
+        requests += body["counters"]["dynamodb_requests"].as_i64().unwrap_or(0);
+    }
+    for agent in running {
+        rt.block_on(agent.shutdown());
+    }
+    let events_written = count_events();
+    assert_eq!(events_written, datasets, "exactly one event per dataset");
+    Round {
+        agents,
+        notifications,
+        seconds,
+        requests,
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let agents: Vec<usize> = value("--agents")
+        .unwrap_or_else(|| "1,3".into())
+        .split(',')
+        .map(|n| n.parse().expect("--agents 1,3"))
+        .collect();
+    let datasets: usize = value("--datasets").map_or(20, |v| v.parse().expect("--datasets D"));
+    let files: usize = value("--files").map_or(100, |v| v.parse().expect("--files F"));
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The agents' own logs, to see where a slow round spends its time.
+        vault_agent::logging::init(vault_agent::logging::LogFormat::Human);
+    }
+    println!("{datasets} datasets x {files} files, all queued first; moto on loopback; file sink");
+    for n in agents {
+        let r = round(n, datasets, files);
+        println!(
+            "agents={} notifications={} time={:.1}s rate={:.0}/s dynamodb_requests={} per_notification={:.3}",
+            r.agents,
+            r.notifications,
+            r.seconds,
+            r.notifications as f64 / r.seconds,
+            r.requests,
+            r.requests as f64 / r.notifications as f64
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Several agents sharing one SQS queue and one DynamoDB table, as on
+//! several NFS client hosts, against moto on loopback: every dataset gets
+//! exactly one reconcile event, also when an agent is killed mid-run.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+use crate::aws::{Moto, queue, receive_json, route};
+use crate::support::{Env, file_names};
+
+/// The table as `config/cloudformation.yaml` creates it.
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
+    let key = |attr: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(attr)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    let attr = |attr: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(attr)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    ddb.create_table()
+        .table_name(name)
+        .key_schema(key("setId", KeyType::Hash))
+        .key_schema(key("objectKey", KeyType::Range))
+        .attribute_definitions(attr("setId"))
+        .attribute_definitions(attr("objectKey"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+}
+
+pub async fn send_all(sqs: &aws_sdk_sqs::Client, url: &str, events: &[Value]) {
+    for (n, chunk) in events.chunks(10).enumerate() {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{n}-{i}"))
+                    .message_body(e.to_string())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+    }
+}
+
+#[test]
+fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
+    let moto = Moto::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = rt.block_on(moto.sdk());
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let eb = aws_sdk_eventbridge::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let (uploads_url, reconciled_url) = rt.block_on(async {
+        create_table(&ddb, "vault-agent").await;
+        let (uploads_url, _) = queue(&sqs, "vault-uploads").await;
+        let (reconciled_url, reconciled_arn) = queue(&sqs, "reconciled").await;
+        eb.create_event_bus()
+            .name("vault-application")
+            .send()
+            .await
+            .unwrap();
+        route(
+            &eb,
+            "vault-application",
+            "reconcile-events",
+            json!({"source": ["vault.application"]}),
+            &reconciled_arn,
+        )
+        .await;
+        (uploads_url, reconciled_url)
+    });
+
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"250ms\"\niterations = 80\n\
+         [source]\nkind = \"sqs\"\nqueue_url = \"{uploads_url}\"\nvisibility_timeout = \"5s\"\n\
+         [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
+         [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    ));
+    env.envs = moto.envs();
+
+    // 20 datasets in shuffled order; the last two miss one upload each, so
+    // they time out (every agent's re-check then races to decide them).
+    let set_ids: Vec<String> = (0..20).map(|i| format!("Shared{i:09}")).collect();
+    let mut messages = Vec::new();
+    let mut first_lines = Vec::new();
+    for (i, set_id) in set_ids.iter().enumerate() {
+        let lines = env.write_dataset(set_id, &file_names(6));
+        if i == 0 {
+            first_lines = lines.clone();
+        }
+        let skip = lines.iter().position(|l| l.ends_with(".txt"));
+        for (j, line) in lines.iter().enumerate() {
+            if i >= 18 && Some(j) == skip {
+                continue;
+            }
+            messages.push(env.upload_for(line));
+        }
+    }
+    messages.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let half = messages.len() / 2;
+
+    let mut agents = [
+        env.start_with_state("state-a"),
+        env.start_with_state("state-b"),
+        env.start_with_state("state-c"),
+    ];
+    rt.block_on(send_all(&sqs, &uploads_url, &messages[..half]));
+    // Kill one agent mid-run: whatever it had received and not yet
+    // acknowledged comes back to the queue after the visibility timeout.
+    std::thread::sleep(Duration::from_millis(700));
+    agents[1].kill();
+    rt.block_on(send_all(&sqs, &uploads_url, &messages[half..]));
+    std::thread::sleep(Duration::from_secs(2));
+    agents[1] = env.start_with_state("state-b");
+
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    rt.block_on(async {
+        let start = Instant::now();
+        while seen.len() < set_ids.len() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "reconcile events missing; got {seen:?}\n{}",
+                agents
+                    .iter()
+                    .map(|a| a.logs())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            for body in receive_json(&sqs, &reconciled_url).await {
+                seen.entry(body["detail"]["set-id"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(body["detail-type"].as_str().unwrap().to_owned());
+            }
+        }
+        // Anything sent twice would arrive now.
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(4) {
+            for body in receive_json(&sqs, &reconciled_url).await {
+                seen.entry(body["detail"]["set-id"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(body["detail-type"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), set_ids);
+    for (i, set_id) in set_ids.iter().enumerate() {
+        let expected = if i >= 18 {
+            "File Upload Reconciliation Timeout"
+        } else {
+            "File Upload Reconciliation Successful"
+        };
+        assert_eq!(seen[set_id], vec![expected], "{set_id}");
+    }
+
+    // The items of a dataset carry the reference's attributes.
+    let set_id = &set_ids[0];
+    let items = rt.block_on(async {
+        ddb.query()
+            .table_name("vault-agent")
+            .key_condition_expression("setId = :s")
+            .expression_attribute_values(":s", AttributeValue::S(set_id.clone()))
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap()
+    });
+    let lines = first_lines;
+    for line in &lines {
+        let item = items
+            .iter()
+            .find(|i| i["objectKey"].as_s().unwrap() == line)
+            .unwrap_or_else(|| panic!("no item for {line}: {items:?}"));
+        let meta = std::fs::metadata(env.share().join(line)).unwrap();
+        let size = if meta.is_dir() { 0 } else { meta.len() };
+        assert_eq!(item["setId"].as_s().unwrap(), set_id);
+        assert_eq!(item["bucketName"].as_s().unwrap(), "e2e-bucket");
+        assert_eq!(item["objectSize"].as_n().unwrap(), &size.to_string());
+        assert_eq!(item["eventTime"].as_n().unwrap(), "1619863200");
+    }
+    let state = items
+        .iter()
+        .find(|i| i["objectKey"].as_s().unwrap() == "#dataset/")
+        .expect("the dataset's state item");
+    assert_eq!(state["outcome"].as_s().unwrap(), "succeeded");
+    assert_eq!(
+        state["manifestEntries"].as_n().unwrap(),
+        &lines.len().to_string()
+    );
+    assert_eq!(state["received"].as_n().unwrap(), &lines.len().to_string());
+    assert_eq!(
+        items.len(),
+        lines.len() + 1,
+        "one item per key, plus the state"
+    );
+}
