@@ -40,12 +40,15 @@ fn start_moto() -> Moto {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    // moto, with DynamoDB requests applied one at a time as the service
+    // does (see the script).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/moto_server.py");
+    let child = Command::new("python3")
+        .args([script, "127.0.0.1", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("moto_server (pip install 'moto[server]')");
+        .expect("moto starts (pip install 'moto[server]')");
     let endpoint = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -11,6 +11,10 @@ use serde_json::{Value, json};
 
 use crate::support::{Env, free_port, http_get};
 
+/// moto, wrapped so DynamoDB requests are applied one at a time as the
+/// service does (see the script).
+pub const MOTO_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/moto_server.py");
+
 /// A moto server on 127.0.0.1, killed on drop.
 pub struct Moto {
     child: Child,
@@ -19,30 +23,31 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        if Command::new("moto_server").arg("--help").output().is_err() {
+        let installed = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
             // The README's test command installs what it needs.
             let ok = Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", "moto[server]"])
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "moto_server is missing and `pip install moto[server]` failed"
-            );
+            assert!(ok, "moto is missing and `pip install moto[server]` failed");
         }
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new("python3")
+            .args([MOTO_SERVER, "127.0.0.1", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server starts");
+            .expect("moto starts");
         let endpoint = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         while http_get(&format!("{endpoint}/moto-api/")).is_none() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
+                "moto did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
