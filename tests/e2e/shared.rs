@@ -107,8 +107,7 @@ fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
          [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\
          [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
         moto.endpoint
-    ))
-    .with_share("watch = \"off\"");
+    ));
     env.envs = moto.envs();
 
     // 20 datasets in shuffled order; the last two miss one upload each, so

@@ -338,7 +338,8 @@ impl Engine {
         self.core.policy.refresh();
         let shared = self.core.shared;
         let mut replies = Vec::new();
-        let mut steps = Vec::with_capacity(batch.len());
+        let batch_len = batch.len();
+        let mut steps = Vec::with_capacity(batch_len);
         for cmd in batch {
             steps.push(match cmd {
                 Command::Ingest { items, reply } => {
@@ -360,6 +361,7 @@ impl Engine {
             });
         }
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         let (result, mut work) = loop {
             let mut work = Work::default();
             // Only a shared store can conflict, so only then keep a copy.
@@ -384,6 +386,12 @@ impl Engine {
                 result => break (result, work),
             }
         };
+        debug!(
+            commands = batch_len,
+            attempts = attempt + 1,
+            ms = started.elapsed().as_millis() as u64,
+            "batch applied"
+        );
 
         match result {
             Ok(()) => {
@@ -429,6 +437,22 @@ impl Engine {
         // neighbouring keys share B-tree pages, so each page is visited once.
         let mut uploads = Vec::new();
         let mut tx = self.store.begin()?;
+        if shared {
+            // What the watcher saw, read in one round trip per 100 entries
+            // rather than one per entry.
+            let (mut datasets, mut entries) = (Vec::new(), Vec::new());
+            for step in &steps {
+                if let Step::Local(changes) = step {
+                    for c in changes {
+                        if !datasets.contains(&c.set_id.as_str()) {
+                            datasets.push(c.set_id.as_str());
+                        }
+                        entries.push((c.set_id.as_str(), c.entry.as_str()));
+                    }
+                }
+            }
+            tx.prefetch(&datasets, &entries)?;
+        }
         for step in steps {
             match step {
                 Step::Ingest(items) => uploads.extend(items),
