@@ -261,6 +261,8 @@ struct Work {
     /// Manifests loaded: (set id, lines, lines taking part). Logged only
     /// once committed, since a shared store may run a batch again.
     manifests_loaded: Vec<(String, usize, usize)>,
+    /// Uploads applied, with a shared store (logged once committed).
+    uploads_seen: Vec<(UploadKind, String, String, u64)>,
 }
 
 pub struct Engine {
@@ -723,10 +725,13 @@ impl Core {
         kind: UploadKind,
         now: i64,
     ) -> StoreResult<()> {
-        info!(
-            kind = if kind == UploadKind::Manifest { "manifest" } else { "data" },
-            set_id, key = %upload.key, size = upload.size, "upload"
-        );
+        if self.shared {
+            // The batch may run again on a conflict: log once it commits.
+            work.uploads_seen
+                .push((kind, set_id.to_owned(), upload.key.clone(), upload.size));
+        } else {
+            log_upload(kind, set_id, &upload.key, upload.size);
+        }
         work.count("uploads");
         let prev = tx.entry(set_id, &entry)?;
         if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
@@ -1055,6 +1060,9 @@ impl Core {
 
     /// After a commit: update the cache and start the manifest reads.
     fn committed(&mut self, work: &mut Work) {
+        for (kind, set_id, key, size) in work.uploads_seen.drain(..) {
+            log_upload(kind, &set_id, &key, size);
+        }
         for (set_id, lines, expected) in work.manifests_loaded.drain(..) {
             info!(set_id, lines, expected, "manifest loaded");
         }
@@ -1156,6 +1164,18 @@ fn close(
         origin,
         now,
     ));
+}
+
+/// One line per classified upload, like the reference's log group.
+fn log_upload(kind: UploadKind, set_id: &str, key: &str, size: u64) {
+    info!(
+        kind = if kind == UploadKind::Manifest {
+            "manifest"
+        } else {
+            "data"
+        },
+        set_id, key, size, "upload"
+    );
 }
 
 fn log_decision(ds: &DatasetRecord, detail_type: &str) {
