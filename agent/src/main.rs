@@ -198,17 +198,26 @@ async fn main() -> anyhow::Result<()> {
                 c.reconcile.iterations,
                 humantime::format_duration(c.reconcile.deadline())
             );
-            println!(
-                "  store      {}, sync {}",
-                format!("{:?}", c.store.backend).to_lowercase(),
-                format!("{:?}", c.store.sync).to_lowercase()
-            );
+            match (c.store.backend, &c.store.table) {
+                (config::StoreBackend::Dynamodb, Some(table)) => {
+                    println!("  store      dynamodb table {table} (shared with other agents)")
+                }
+                _ => println!(
+                    "  store      sqlite in {}, sync {}",
+                    c.agent.state_dir.display(),
+                    format!("{:?}", c.store.sync).to_lowercase()
+                ),
+            }
             println!(
                 "  http       {} (source {}, api key {})",
                 c.http.listen,
                 match &c.source {
                     config::SourceConfig::Http => "http: POST /events".to_owned(),
-                    config::SourceConfig::Sqs { queue_url, .. } => format!("sqs: {queue_url}"),
+                    config::SourceConfig::Sqs {
+                        queue_url,
+                        receivers,
+                        ..
+                    } => format!("sqs: {queue_url}, {receivers} receivers"),
                 },
                 if c.http.api_key.is_some() {
                     "required"

@@ -161,3 +161,26 @@ fn the_demo_runs_end_to_end() {
     );
     assert!(summary.contains("ignored: 2 keys outside"), "{summary}");
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    for name in ["vault-agent.toml", "vault-agent-aws.toml"] {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/").to_owned() + name;
+        let out = Command::new(BIN)
+            .args(["check-config", "--config", &path])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if name.contains("aws") {
+            assert!(
+                stdout.contains("store      dynamodb table vault-upload-records"),
+                "{stdout}"
+            );
+        }
+    }
+}
