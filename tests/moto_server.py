@@ -1,6 +1,7 @@
 """moto_server, with DynamoDB requests applied one at a time.
 
 Usage: python3 tests/moto_server.py HOST PORT
+(MOTO_TRACE=FILE appends each DynamoDB request's operation and time to FILE.)
 
 moto applies a DynamoDB request in steps and undoes a failed transaction by
 restoring a copy of the whole table taken when it began. Two requests at once
@@ -20,6 +21,7 @@ import copy
 import os
 import sys
 import threading
+import time
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -94,12 +96,20 @@ def main() -> None:
     _undo_by_item()
     app = DomainDispatcherApplication(create_backend_app)
     dynamodb = threading.Lock()
+    trace = os.environ.get("MOTO_TRACE")
 
     def serialized(environ, start_response):
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
             with dynamodb:
+                started = time.monotonic()
                 # The whole response is built inside the lock.
-                return list(app(environ, start_response))
+                body = list(app(environ, start_response))
+                ms = (time.monotonic() - started) * 1000
+            if trace:
+                with open(trace, "a") as f:
+                    f.write(f"{target.split('.')[-1]} {ms:.1f}\n")
+            return body
         return app(environ, start_response)
 
     run_simple(host, port, serialized, threaded=True)

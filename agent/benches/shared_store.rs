@@ -184,7 +184,7 @@ fn round(agents: usize, datasets: usize, files: usize) -> Round {
     for a in 0..agents {
         let text = format!(
             "[agent]\nstate_dir = \"state-{a}\"\n[share]\npath = \"share\"\nwatch = \"off\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nwait = \"1s\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[reconcile]\nwait = \"30s\"\n\
              [source]\nkind = \"sqs\"\nqueue_url = \"{queue_url}\"\n\
              [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
              [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n\

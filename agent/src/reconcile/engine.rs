@@ -821,6 +821,13 @@ impl Core {
         now: i64,
     ) -> StoreResult<()> {
         self.reading.remove(set_id);
+        if self.shared
+            && let Ok(lines) = &result
+        {
+            // The dataset and every line's entry in one round trip.
+            let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
+            tx.prefetch(&[set_id], &keys)?;
+        }
         let ds = work.dataset(tx, self.cache(), set_id, now)?;
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
@@ -850,10 +857,6 @@ impl Core {
         }
         let mut counts = ds.counts;
         let mut note = None;
-        if self.shared {
-            let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
-            tx.prefetch(&[], &keys)?;
-        }
         for (key, size) in &lines {
             let prev = tx.entry(set_id, key)?;
             counts -= EntryRecord::contribution(prev.as_ref());
