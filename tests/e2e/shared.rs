@@ -230,3 +230,72 @@ fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
         "one item per key, plus the state"
     );
 }
+
+/// A table that is missing or keyed differently stops the agent at start-up
+/// with an error naming the table, before it takes anything off the queue.
+#[test]
+fn a_missing_or_misshapen_table_is_named_at_start_up() {
+    let moto = Moto::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sdk = rt.block_on(moto.sdk());
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = rt.block_on(async {
+        // Keyed by `id` alone: not the reference's schema.
+        ddb.create_table()
+            .table_name("other-shape")
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .unwrap();
+        queue(&sqs, "uploads").await.0
+    });
+    for (table, expected) in [
+        ("no-such-table", "ResourceNotFoundException"),
+        (
+            "other-shape",
+            "partition key setId (S) and sort key objectKey (S)",
+        ),
+    ] {
+        let env = Env::new(&format!(
+            "[source]\nkind = \"sqs\"\nqueue_url = \"{queue_url}\"\n\
+             [store]\nbackend = \"dynamodb\"\ntable = \"{table}\"\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+            moto.endpoint
+        ));
+        std::fs::write(
+            env.config_path(),
+            format!("[share]\npath = \"share\"\n{}", env.extra_config),
+        )
+        .unwrap();
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["run", "--config"])
+            .arg(env.config_path())
+            .envs(moto.envs())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{table}: {stderr}");
+        assert!(
+            stderr.contains(&format!("DynamoDB table {table}")) && stderr.contains(expected),
+            "{table}: {stderr}"
+        );
+    }
+}
