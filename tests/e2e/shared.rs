@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
 use crate::aws::{Moto, queue, receive_json, route};
-use crate::support::{Env, file_names};
+use crate::support::{Env, file_names, http_get};
 
 /// The table as `config/cloudformation.yaml` creates it.
 pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
@@ -186,6 +186,16 @@ fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
             "File Upload Reconciliation Successful"
         };
         assert_eq!(seen[set_id], vec![expected], "{set_id}");
+    }
+
+    // Every agent's status shows the shared state: nothing left open (all
+    // decided, by whichever agent), and the DynamoDB requests it made.
+    for agent in &agents {
+        let (code, body) = http_get(&format!("{}/status", agent.base)).unwrap();
+        assert_eq!(code, 200);
+        let status: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["datasets"], json!([]), "{body}");
+        assert!(status["counters"]["dynamodb_requests"].as_i64().unwrap() > 0);
     }
 
     // The items of a dataset carry the reference's attributes.
