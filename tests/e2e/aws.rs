@@ -78,6 +78,30 @@ impl Moto {
     }
 }
 
+/// What a test needs to drive moto itself: a runtime and SDK clients.
+pub struct Clients {
+    pub rt: tokio::runtime::Runtime,
+    pub sqs: aws_sdk_sqs::Client,
+    pub eb: aws_sdk_eventbridge::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
+}
+
+impl Moto {
+    pub fn clients(&self) -> Clients {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sdk = rt.block_on(self.sdk());
+        Clients {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            eb: aws_sdk_eventbridge::Client::new(&sdk),
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            rt,
+        }
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -145,19 +169,37 @@ pub async fn route(
         .unwrap();
 }
 
+/// The custom bus `vault-application`, with a rule sending the agent's
+/// reconcile events to a new queue; returns that queue's URL.
+pub async fn reconcile_bus_to_queue(
+    eb: &aws_sdk_eventbridge::Client,
+    sqs: &aws_sdk_sqs::Client,
+    queue_name: &str,
+) -> String {
+    let (url, arn) = queue(sqs, queue_name).await;
+    eb.create_event_bus()
+        .name("vault-application")
+        .send()
+        .await
+        .unwrap();
+    route(
+        eb,
+        "vault-application",
+        "reconcile-events",
+        json!({"source": ["vault.application"]}),
+        &arn,
+    )
+    .await;
+    url
+}
+
 #[test]
 fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
     let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sdk = rt.block_on(moto.sdk());
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let eb = aws_sdk_eventbridge::Client::new(&sdk);
+    let Clients { rt, sqs, eb, .. } = moto.clients();
     let (uploads_url, uploads_arn, reconciled_url) = rt.block_on(async {
         let (uploads_url, uploads_arn) = queue(&sqs, "vault-uploads").await;
-        let (reconciled_url, reconciled_arn) = queue(&sqs, "reconciled").await;
+        let reconciled_url = reconcile_bus_to_queue(&eb, &sqs, "reconciled").await;
         route(
             &eb,
             "default",
@@ -166,8 +208,6 @@ fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
             &uploads_arn,
         )
         .await;
-        eb.create_event_bus().name("vault-application").send().await.unwrap();
-        route(&eb, "vault-application", "reconcile-events", json!({"source": ["vault.application"]}), &reconciled_arn).await;
         (uploads_url, uploads_arn, reconciled_url)
     });
     let _ = uploads_arn;
@@ -383,30 +423,8 @@ impl FaultProxy {
 fn put_events_partial_failures_and_throttling_lose_nothing() {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.endpoint.clone(), 2);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sdk = rt.block_on(moto.sdk());
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let eb = aws_sdk_eventbridge::Client::new(&sdk);
-    let reconciled_url = rt.block_on(async {
-        let (url, arn) = queue(&sqs, "reconciled").await;
-        eb.create_event_bus()
-            .name("vault-application")
-            .send()
-            .await
-            .unwrap();
-        route(
-            &eb,
-            "vault-application",
-            "all",
-            json!({"source": ["vault.application"]}),
-            &arn,
-        )
-        .await;
-        url
-    });
+    let Clients { rt, sqs, eb, .. } = moto.clients();
+    let reconciled_url = rt.block_on(reconcile_bus_to_queue(&eb, &sqs, "reconciled"));
     let mut env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\n\
          [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\

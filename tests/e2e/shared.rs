@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
-use crate::aws::{Moto, queue, receive_json, route};
+use crate::aws::{Clients, Moto, queue, receive_json, reconcile_bus_to_queue};
 use crate::support::{Env, file_names, http_get};
 
 /// The table as `config/cloudformation.yaml` creates it.
@@ -72,31 +72,11 @@ pub async fn send_all(sqs: &aws_sdk_sqs::Client, url: &str, events: &[Value]) {
 #[test]
 fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
     let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sdk = rt.block_on(moto.sdk());
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let eb = aws_sdk_eventbridge::Client::new(&sdk);
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let Clients { rt, sqs, eb, ddb } = moto.clients();
     let (uploads_url, reconciled_url) = rt.block_on(async {
         create_table(&ddb, "vault-agent").await;
         let (uploads_url, _) = queue(&sqs, "vault-uploads").await;
-        let (reconciled_url, reconciled_arn) = queue(&sqs, "reconciled").await;
-        eb.create_event_bus()
-            .name("vault-application")
-            .send()
-            .await
-            .unwrap();
-        route(
-            &eb,
-            "vault-application",
-            "reconcile-events",
-            json!({"source": ["vault.application"]}),
-            &reconciled_arn,
-        )
-        .await;
+        let reconciled_url = reconcile_bus_to_queue(&eb, &sqs, "reconciled").await;
         (uploads_url, reconciled_url)
     });
 
@@ -246,13 +226,7 @@ fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
 #[test]
 fn a_missing_or_misshapen_table_is_named_at_start_up() {
     let moto = Moto::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sdk = rt.block_on(moto.sdk());
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let Clients { rt, sqs, ddb, .. } = moto.clients();
     let queue_url = rt.block_on(async {
         // Keyed by `id` alone: not the reference's schema.
         ddb.create_table()
