@@ -321,23 +321,31 @@ fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
     );
 }
 
-/// A proxy in front of moto that injects EventBridge failures: the first
-/// PutEvents request is throttled outright; the next `partial` requests have
-/// their odd entries fail (retryably) while the even ones go through.
-struct FaultProxy {
+/// What a [`FaultProxy`] does with one request instead of forwarding it.
+pub enum Fault {
+    /// Answer with this status and JSON body, forwarding nothing.
+    Reply(u16, Value),
+    /// Forward this JSON body instead, then answer with the upstream's JSON
+    /// answer passed through the function.
+    Rewrite(Value, Box<dyn FnOnce(Value) -> Value + Send>),
+}
+
+/// A proxy in front of moto that injects the faults `faults` picks by the
+/// request's `x-amz-target` and body; other requests pass through.
+pub struct FaultProxy {
     pub endpoint: String,
     _server: crate::support::TestServer,
 }
 
 impl FaultProxy {
-    fn start(upstream: String, partial: usize) -> FaultProxy {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        let calls = Arc::new(AtomicUsize::new(0));
+    pub fn start(
+        upstream: String,
+        faults: impl Fn(&str, &Value) -> Option<Fault> + Send + Sync + 'static,
+    ) -> FaultProxy {
+        let faults = std::sync::Arc::new(faults);
         let client = reqwest::Client::new();
         let handler = move |req: axum::extract::Request| {
-            let (upstream, calls, client) = (upstream.clone(), calls.clone(), client.clone());
+            let (upstream, faults, client) = (upstream.clone(), faults.clone(), client.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -346,61 +354,42 @@ impl FaultProxy {
                     .get("x-amz-target")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                let forward = |body: Vec<u8>| {
-                    let mut request =
-                        client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
-                    for (k, v) in &parts.headers {
-                        if k != "host" && k != "content-length" {
-                            request = request.header(k, v);
-                        }
-                    }
-                    request.body(body).send()
+                let json_type = if target.starts_with("DynamoDB_") {
+                    "application/x-amz-json-1.0"
+                } else {
+                    "application/x-amz-json-1.1"
                 };
-                let reply = |status: u16, body: String| {
+                let reply = |status: u16, body: Value| {
                     axum::response::Response::builder()
                         .status(status)
-                        .header("content-type", "application/x-amz-json-1.1")
-                        .body(axum::body::Body::from(body))
+                        .header("content-type", json_type)
+                        .body(axum::body::Body::from(body.to_string()))
                         .unwrap()
                 };
-                if target == "AWSEvents.PutEvents" {
-                    let n = calls.fetch_add(1, Ordering::SeqCst);
-                    if n == 0 {
-                        return reply(400, json!({"__type": "ThrottlingException", "message": "Rate exceeded (injected)"}).to_string());
-                    }
-                    if n <= partial {
-                        let request: Value = serde_json::from_slice(&body).unwrap();
-                        let entries = request["Entries"].as_array().unwrap().clone();
-                        let kept: Vec<Value> = entries.iter().step_by(2).cloned().collect();
-                        let mut forwarded = request.clone();
-                        forwarded["Entries"] = json!(kept);
-                        let upstream_bytes = forward(forwarded.to_string().into_bytes())
-                            .await
-                            .unwrap()
-                            .bytes()
-                            .await
-                            .unwrap();
-                        let upstream_reply: Value =
-                            serde_json::from_slice(&upstream_bytes).unwrap();
-                        let mut ok = upstream_reply["Entries"].as_array().unwrap().iter();
-                        let merged: Vec<Value> = (0..entries.len())
-                            .map(|i| match i % 4 {
-                                0 | 2 => ok.next().cloned().unwrap(),
-                                1 => json!({"ErrorCode": "ThrottlingException", "ErrorMessage": "injected"}),
-                                _ => json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}),
-                            })
-                            .collect();
-                        let failed = entries.len() / 2;
-                        return reply(
-                            200,
-                            json!({"FailedEntryCount": failed, "Entries": merged}).to_string(),
-                        );
+                let fault = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|request| faults(target, &request));
+                let forwarded = match &fault {
+                    Some(Fault::Reply(status, answer)) => return reply(*status, answer.clone()),
+                    Some(Fault::Rewrite(request, _)) => request.to_string().into_bytes(),
+                    None => body.to_vec(),
+                };
+                let mut request =
+                    client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
+                for (k, v) in &parts.headers {
+                    if k != "host" && k != "content-length" {
+                        request = request.header(k, v);
                     }
                 }
-                let upstream_reply = forward(body.to_vec()).await.unwrap();
+                let upstream_reply = request.body(forwarded).send().await.unwrap();
                 let status = upstream_reply.status().as_u16();
                 let headers = upstream_reply.headers().clone();
                 let bytes = upstream_reply.bytes().await.unwrap();
+                if let Some(Fault::Rewrite(_, rewrite)) = fault
+                    && status == 200
+                {
+                    return reply(200, rewrite(serde_json::from_slice(&bytes).unwrap()));
+                }
                 let mut response = axum::response::Response::builder().status(status);
                 for (k, v) in &headers {
                     if k != "content-length" && k != "transfer-encoding" {
@@ -410,8 +399,7 @@ impl FaultProxy {
                 response.body(axum::body::Body::from(bytes)).unwrap()
             }
         };
-        let app = axum::Router::new().fallback(handler);
-        let server = crate::support::serve(app);
+        let server = crate::support::serve(axum::Router::new().fallback(handler));
         FaultProxy {
             endpoint: server.base.clone(),
             _server: server,
@@ -419,10 +407,55 @@ impl FaultProxy {
     }
 }
 
+/// EventBridge failures: the first PutEvents request is throttled outright;
+/// the next `partial` requests have their odd entries fail (retryably)
+/// while the even ones go through.
+fn put_events_faults(partial: usize) -> impl Fn(&str, &Value) -> Option<Fault> + Send + Sync {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    move |target, request| {
+        if target != "AWSEvents.PutEvents" {
+            return None;
+        }
+        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == 0 {
+            return Some(Fault::Reply(
+                400,
+                json!({"__type": "ThrottlingException", "message": "Rate exceeded (injected)"}),
+            ));
+        }
+        if n > partial {
+            return None;
+        }
+        let entries = request["Entries"].as_array().unwrap().clone();
+        let mut forwarded = request.clone();
+        forwarded["Entries"] = json!(entries.iter().step_by(2).cloned().collect::<Vec<_>>());
+        Some(Fault::Rewrite(
+            forwarded,
+            Box::new(move |upstream_reply| {
+                let mut ok = upstream_reply["Entries"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+                    .into_iter();
+                let merged: Vec<Value> = (0..entries.len())
+                    .map(|i| match i % 4 {
+                        0 | 2 => ok.next().unwrap(),
+                        1 => {
+                            json!({"ErrorCode": "ThrottlingException", "ErrorMessage": "injected"})
+                        }
+                        _ => json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}),
+                    })
+                    .collect();
+                json!({"FailedEntryCount": entries.len() / 2, "Entries": merged})
+            }),
+        ))
+    }
+}
+
 #[test]
 fn put_events_partial_failures_and_throttling_lose_nothing() {
     let moto = Moto::start();
-    let proxy = FaultProxy::start(moto.endpoint.clone(), 2);
+    let proxy = FaultProxy::start(moto.endpoint.clone(), put_events_faults(2));
     let Clients { rt, sqs, eb, .. } = moto.clients();
     let reconciled_url = rt.block_on(reconcile_bus_to_queue(&eb, &sqs, "reconciled"));
     let mut env = Env::new(&format!(
