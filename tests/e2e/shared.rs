@@ -3,6 +3,7 @@
 //! exactly one reconcile event, also when an agent is killed mid-run.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
@@ -14,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
-use crate::aws::{Clients, Moto, queue, receive_json, reconcile_bus_to_queue};
+use crate::aws::{Clients, Fault, FaultProxy, Moto, queue, receive_json, reconcile_bus_to_queue};
 use crate::support::{Env, file_names, http_get};
 
 /// The table as `config/cloudformation.yaml` creates it.
@@ -280,6 +281,203 @@ fn a_missing_or_misshapen_table_is_named_at_start_up() {
         assert!(
             stderr.contains(&format!("DynamoDB table {table}")) && stderr.contains(expected),
             "{table}: {stderr}"
+        );
+    }
+}
+
+/// DynamoDB faults, injected by a proxy between the agent and moto: every
+/// Query is cut into pages of 2 items, every other BatchGetItem leaves half
+/// its keys unprocessed, every BatchWriteItem leaves half its items
+/// unprocessed, and every third transaction is cancelled for a conflict.
+fn dynamodb_faults(
+    injected: std::sync::Arc<std::sync::Mutex<BTreeMap<&'static str, usize>>>,
+) -> impl Fn(&str, &Value) -> Option<Fault> + Send + Sync {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    move |target, request| {
+        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let count = |what: &'static str| *injected.lock().unwrap().entry(what).or_default() += 1;
+        match target.strip_prefix("DynamoDB_20120810.")? {
+            "Query" => {
+                count("query pages");
+                let mut paged = request.clone();
+                paged["Limit"] = json!(2);
+                Some(Fault::Rewrite(paged, Box::new(|reply| reply)))
+            }
+            "BatchGetItem" if n % 2 == 0 => {
+                let injected = injected.clone();
+                Some(Fault::Rewrite(
+                    request.clone(),
+                    Box::new(move |mut reply| {
+                        let responses = reply["Responses"]["vault-agent"].take();
+                        let items = responses.as_array().cloned().unwrap_or_default();
+                        let (kept, left) = items.split_at(items.len() / 2);
+                        if !left.is_empty() {
+                            *injected
+                                .lock()
+                                .unwrap()
+                                .entry("unprocessed keys")
+                                .or_default() += 1;
+                        }
+                        let keys: Vec<Value> = left
+                            .iter()
+                            .map(|i| json!({"setId": i["setId"], "objectKey": i["objectKey"]}))
+                            .collect();
+                        reply["Responses"]["vault-agent"] = json!(kept);
+                        if !keys.is_empty() {
+                            reply["UnprocessedKeys"] =
+                                json!({"vault-agent": {"Keys": keys, "ConsistentRead": true}});
+                        }
+                        reply
+                    }),
+                ))
+            }
+            "BatchWriteItem" => {
+                let writes = request["RequestItems"]["vault-agent"].as_array()?.clone();
+                if writes.len() < 2 {
+                    return None;
+                }
+                count("unprocessed items");
+                let (sent, left) = writes.split_at(writes.len() / 2);
+                let mut forwarded = request.clone();
+                forwarded["RequestItems"]["vault-agent"] = json!(sent);
+                let left = left.to_vec();
+                Some(Fault::Rewrite(
+                    forwarded,
+                    Box::new(move |mut reply| {
+                        reply["UnprocessedItems"] = json!({"vault-agent": left});
+                        reply
+                    }),
+                ))
+            }
+            "TransactWriteItems" if n % 3 == 0 => {
+                count("cancelled transactions");
+                let items = request["TransactItems"].as_array()?.len();
+                let mut reasons = vec![json!({"Code": "None"}); items];
+                reasons[0] = json!({"Code": "TransactionConflict", "Message": "injected"});
+                Some(Fault::Reply(
+                    400,
+                    json!({
+                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                        "message": "Transaction cancelled (injected)",
+                        "CancellationReasons": reasons,
+                    }),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn dynamodb_pages_unprocessed_keys_and_items_and_cancellations_lose_nothing() {
+    let moto = Moto::start();
+    let injected = std::sync::Arc::default();
+    let proxy = FaultProxy::start(
+        moto.endpoint.clone(),
+        dynamodb_faults(Arc::clone(&injected)),
+    );
+    let Clients { rt, sqs, eb, ddb } = moto.clients();
+    let reconciled_url = rt.block_on(async {
+        create_table(&ddb, "vault-agent").await;
+        reconcile_bus_to_queue(&eb, &sqs, "reconciled").await
+    });
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\n\
+         [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
+         [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\npublish_upload_events = true\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        proxy.endpoint
+    ));
+    env.envs = moto.envs();
+    let agent = env.start();
+
+    let set_ids: Vec<String> = (0..4).map(|i| format!("Faulty{i:09}")).collect();
+    let mut all = Vec::new();
+    for set_id in &set_ids {
+        for line in env.write_dataset(set_id, &file_names(6)) {
+            all.push(env.upload_for(&line));
+        }
+    }
+    let uploads = all.len();
+    // Data first: every dataset is open, and the open list (read in pages
+    // of 2) shows all of them.
+    let data: Vec<&Value> = all
+        .iter()
+        .filter(|e| {
+            !e["detail"]["object-key"]
+                .as_str()
+                .unwrap()
+                .ends_with(".manifest")
+        })
+        .collect();
+    assert_eq!(agent.post(&json!(data).to_string()).0, 202);
+    let (_, body) = http_get(&format!("{}/status", agent.base)).unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["datasets"].as_array().unwrap().len(),
+        set_ids.len(),
+        "{body}"
+    );
+    // Then everything, twice: the repeats must not count again.
+    assert_eq!(agent.post(&json!(all).to_string()).0, 202);
+    assert_eq!(agent.post(&json!(all).to_string()).0, 202);
+
+    // Each dataset's one Successful event, and every upload event (the
+    // repeats may be published again: delivery is at-least-once).
+    let mut reconciled: BTreeMap<String, usize> = BTreeMap::new();
+    let mut upload_keys = std::collections::BTreeSet::new();
+    rt.block_on(async {
+        let start = Instant::now();
+        while reconciled.len() < set_ids.len() || upload_keys.len() < uploads {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "events lost: {reconciled:?}, {} of {uploads} uploads\n{}",
+                upload_keys.len(),
+                agent.logs()
+            );
+            for body in receive_json(&sqs, &reconciled_url).await {
+                match body["detail-type"].as_str().unwrap() {
+                    "File Upload Reconciliation Successful" => {
+                        *reconciled
+                            .entry(body["detail"]["set-id"].as_str().unwrap().to_owned())
+                            .or_default() += 1
+                    }
+                    _ => {
+                        upload_keys.insert(body["detail"]["object-key"].to_string());
+                    }
+                }
+            }
+        }
+    });
+    assert_eq!(reconciled.keys().cloned().collect::<Vec<_>>(), set_ids);
+    assert!(reconciled.values().all(|n| *n == 1), "{reconciled:?}");
+
+    // The counters are exact: every entry counted once.
+    for set_id in &set_ids {
+        let state = rt.block_on(async {
+            ddb.get_item()
+                .table_name("vault-agent")
+                .key("setId", AttributeValue::S(set_id.clone()))
+                .key("objectKey", AttributeValue::S("#dataset/".into()))
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+        });
+        assert_eq!(state["received"].as_n().unwrap(), "17", "{state:?}");
+        assert_eq!(state["matched"].as_n().unwrap(), "17", "{state:?}");
+    }
+    let injected = injected.lock().unwrap().clone();
+    for what in [
+        "query pages",
+        "unprocessed keys",
+        "unprocessed items",
+        "cancelled transactions",
+    ] {
+        assert!(
+            injected.get(what).is_some_and(|n| *n > 0),
+            "no {what} injected: {injected:?}"
         );
     }
 }
