@@ -365,3 +365,19 @@ pub struct DatasetDetail {
     pub unexpected: Vec<String>,
     pub pending: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_round_trip_by_name_and_subtract_down_to_zero() {
+        let mut c = Counts::from_values([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(c.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(Counts::NAMES.len(), c.values().len());
+        c -= Counts::from_values([2, 1, 3, 0, 0, 0, 0, 0, 0, 11]);
+        assert_eq!(c.values(), [0, 1, 0, 4, 5, 6, 7, 8, 9, 0]);
+        c += Counts::from_values([1; 10]);
+        assert_eq!(c.values(), [1, 2, 1, 5, 6, 7, 8, 9, 10, 1]);
+    }
+}
