@@ -245,7 +245,6 @@ struct Core {
     /// are always read afresh, since other agents change them.
     open: HashMap<String, DatasetRecord>,
     shared: bool,
-    no_cache: HashMap<String, DatasetRecord>,
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
     manifest_jobs: std::sync::mpsc::Sender<ManifestJob>,
@@ -292,7 +291,6 @@ impl Engine {
             settings,
             open: HashMap::new(),
             shared: store.is_shared(),
-            no_cache: HashMap::new(),
             reading: HashSet::new(),
             manifest_jobs: spawn_manifest_reader(share, tx),
         };
@@ -440,20 +438,17 @@ impl Engine {
         let mut uploads = Vec::new();
         let mut tx = self.store.begin()?;
         if shared {
-            // What the watcher saw, read in one round trip per 100 entries
-            // rather than one per entry.
-            let (mut datasets, mut entries) = (Vec::new(), Vec::new());
-            for step in &steps {
-                if let Step::Local(changes) = step {
-                    for c in changes {
-                        if !datasets.contains(&c.set_id.as_str()) {
-                            datasets.push(c.set_id.as_str());
-                        }
-                        entries.push((c.set_id.as_str(), c.entry.as_str()));
-                    }
-                }
-            }
-            tx.prefetch(&datasets, &entries)?;
+            // What the watcher saw.
+            let entries: Vec<(&str, &str)> = steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Local(changes) => Some(changes),
+                    _ => None,
+                })
+                .flatten()
+                .map(|c| (c.set_id.as_str(), c.entry.as_str()))
+                .collect();
+            prefetch_entries(&mut *tx, &entries)?;
         }
         for step in steps {
             match step {
@@ -541,6 +536,19 @@ impl Engine {
     }
 }
 
+/// With a shared store: reads ahead `entries` and their datasets in one
+/// round trip per 100 keys, instead of one per entry.
+fn prefetch_entries(tx: &mut dyn StoreTx, entries: &[(&str, &str)]) -> StoreResult<()> {
+    let mut datasets: Vec<&str> = Vec::new();
+    for (set_id, _) in entries {
+        // Entries usually come grouped by dataset: check the last first.
+        if datasets.last() != Some(set_id) && !datasets.contains(set_id) {
+            datasets.push(set_id);
+        }
+    }
+    tx.prefetch(&datasets, entries)
+}
+
 fn view<'a>(
     set_id: &'a str,
     entry: &'a str,
@@ -562,12 +570,12 @@ impl Work {
     fn dataset<'w>(
         &'w mut self,
         tx: &mut dyn StoreTx,
-        open: &HashMap<String, DatasetRecord>,
+        cache: Option<&HashMap<String, DatasetRecord>>,
         set_id: &str,
         now: i64,
     ) -> StoreResult<&'w mut DatasetRecord> {
         if !self.touched.contains_key(set_id) {
-            let ds = match open.get(set_id) {
+            let ds = match cache.and_then(|c| c.get(set_id)) {
                 Some(ds) => ds.clone(),
                 None => tx
                     .dataset(set_id)?
@@ -606,13 +614,10 @@ fn receipt_of(items: &[Ingested]) -> IngestReceipt {
 }
 
 impl Core {
-    /// Dataset records this engine may trust without reading them.
-    fn cache(&self) -> &HashMap<String, DatasetRecord> {
-        if self.shared {
-            &self.no_cache
-        } else {
-            &self.open
-        }
+    /// Dataset records this engine may trust without reading them: none
+    /// when other agents write too.
+    fn cache(&self) -> Option<&HashMap<String, DatasetRecord>> {
+        (!self.shared).then_some(&self.open)
     }
 
     fn ingest(
@@ -631,20 +636,16 @@ impl Core {
         }
         items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
         if self.shared {
-            // One round trip for the batch instead of one per upload.
-            let mut datasets: Vec<&str> = Vec::new();
-            let mut entries = Vec::new();
-            for item in &items {
-                if let Ingested::Upload { set_id, entry, .. } = item {
-                    if datasets.last() != Some(&set_id.as_str())
-                        && !datasets.contains(&set_id.as_str())
-                    {
-                        datasets.push(set_id);
+            let entries: Vec<(&str, &str)> = items
+                .iter()
+                .filter_map(|item| match item {
+                    Ingested::Upload { set_id, entry, .. } => {
+                        Some((set_id.as_str(), entry.as_str()))
                     }
-                    entries.push((set_id.as_str(), entry.as_str()));
-                }
-            }
-            tx.prefetch(&datasets, &entries)?;
+                    _ => None,
+                })
+                .collect();
+            prefetch_entries(tx, &entries)?;
         }
         for item in items {
             match item {
@@ -824,9 +825,8 @@ impl Core {
         if self.shared
             && let Ok(lines) = &result
         {
-            // The dataset and every line's entry in one round trip.
             let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
-            tx.prefetch(&[set_id], &keys)?;
+            prefetch_entries(tx, &keys)?;
         }
         let ds = work.dataset(tx, self.cache(), set_id, now)?;
         if ds.manifest_loaded || ds.state.is_decided() {
