@@ -221,8 +221,17 @@ async fn open_store(
     aws: Option<&aws_config::SdkConfig>,
     sinks: &[Box<dyn sinks::Sink>],
 ) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Vec<Outbox>), StartError> {
-    match (config.store.backend, &config.store.table, aws) {
-        (StoreBackend::Dynamodb, Some(table), Some(aws)) => {
+    match config.store.backend {
+        StoreBackend::Dynamodb => {
+            // Config validation requires the table, and `start` loads the
+            // AWS configuration for this backend.
+            let (Some(table), Some(aws)) = (&config.store.table, aws) else {
+                return Err(StoreError::Dynamodb {
+                    table: String::new(),
+                    message: "backend = \"dynamodb\" needs [store] table and AWS settings".into(),
+                }
+                .into());
+            };
             let names = sinks.iter().map(|s| s.name().to_owned()).collect();
             let store = DynamoStore::open(aws_sdk_dynamodb::Client::new(aws), table, names).await?;
             let reader = Arc::new(store.reader());
@@ -233,7 +242,7 @@ async fn open_store(
                 .collect();
             Ok((Box::new(store), reader, outboxes))
         }
-        _ => {
+        StoreBackend::Sqlite => {
             let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
             let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
             let mut outboxes = Vec::new();
