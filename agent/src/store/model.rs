@@ -147,11 +147,7 @@ impl AddAssign for Counts {
 impl SubAssign for Counts {
     fn sub_assign(&mut self, o: Counts) {
         let (a, b) = (self.values(), o.values());
-        let mut out = [0u64; 10];
-        for i in 0..10 {
-            out[i] = a[i].saturating_sub(b[i]);
-        }
-        *self = Counts::from_values(out);
+        *self = Counts::from_values(std::array::from_fn(|i| a[i].saturating_sub(b[i])));
     }
 }
 
