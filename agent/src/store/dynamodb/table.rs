@@ -11,7 +11,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeyType, KeysAndAttributes, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeyType, KeysAndAttributes, PutRequest, TransactWriteItem, WriteRequest,
+};
 use tracing::{debug, warn};
 
 use super::item::{Item, PK, SK, key};
@@ -19,6 +21,7 @@ use crate::store::{StoreError, StoreResult};
 
 /// DynamoDB's limits per request.
 const BATCH_GET_MAX: usize = 100;
+const BATCH_WRITE_MAX: usize = 25;
 pub const TRANSACTION_MAX: usize = 100;
 const RETRIES: u32 = 8;
 
@@ -154,10 +157,7 @@ impl Table {
                     .set_keys(Some(todo))
                     .consistent_read(true)
                     .build()
-                    .map_err(|e| StoreError::Dynamodb {
-                        table: self.name.to_string(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| build_error(&self.name, e))?;
                 let out = self
                     .client
                     .batch_get_item()
@@ -181,6 +181,44 @@ impl Table {
             }
         }
         Ok(found)
+    }
+
+    /// Puts `items`, 25 per request, retrying what DynamoDB leaves
+    /// unprocessed.
+    pub async fn batch_put(&self, items: Vec<Item>) -> StoreResult<()> {
+        for chunk in items.chunks(BATCH_WRITE_MAX) {
+            let mut requests = chunk
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| build_error(&self.name, e))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            let mut attempt = 0;
+            while !requests.is_empty() {
+                self.count(1);
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&*self.name, requests)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("writing items", e))?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&*self.name))
+                    .unwrap_or_default();
+                if !requests.is_empty() {
+                    attempt += 1;
+                    self.backoff("BatchWriteItem left items unprocessed", attempt)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every item of a partition matching `filter` (if any), following
@@ -293,6 +331,14 @@ impl Table {
         }
         tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
         Ok(())
+    }
+}
+
+/// A request the SDK's builder refused (a required field missing).
+pub fn build_error(table: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Dynamodb {
+        table: table.to_owned(),
+        message: format!("cannot build a request: {e}"),
     }
 }
 

@@ -17,16 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, PutRequest, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use tracing::debug;
 
 use super::item::{
     self, DATASET_SK, Item, OPEN_PARTITION, VERSION, dataset_from_item, entry_from_item,
     entry_item, key, n, s,
 };
-use super::table::{TRANSACTION_MAX, Table, TransactFailure};
+use super::table::{TRANSACTION_MAX, Table, TransactFailure, build_error};
 use crate::store::{
     Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, StoreError, StoreResult, StoreTx,
 };
@@ -264,7 +262,11 @@ impl StoreTx for DynamoTx<'_> {
             .filter(|e| !plan.decision_events.contains(&e.id))
             .collect();
         if !this.sinks.is_empty() {
-            table.block(put_events(table, &uploads, this.sinks))?;
+            let items = uploads
+                .iter()
+                .map(|e| item::outbox_item(e, this.sinks))
+                .collect();
+            table.block(table.batch_put(items))?;
         }
         let mut committed = Committed::default();
         for (set_id, tx) in plan.decisions {
@@ -538,50 +540,6 @@ fn dataset_update(
         .build()
         .map(Some)
         .map_err(|e| build_error(table, e))
-}
-
-/// Puts upload events in the outbox partition, 25 per request, retrying
-/// what DynamoDB leaves unprocessed.
-async fn put_events(table: &Table, events: &[&OutboxEvent], sinks: &[String]) -> StoreResult<()> {
-    for chunk in events.chunks(25) {
-        let mut requests: Vec<WriteRequest> = Vec::new();
-        for e in chunk {
-            let put = PutRequest::builder()
-                .set_item(Some(item::outbox_item(e, sinks)))
-                .build()
-                .map_err(|err| build_error(&table.name, err))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
-        }
-        let mut attempt = 0;
-        while !requests.is_empty() {
-            table.count(1);
-            let out = table
-                .client()
-                .batch_write_item()
-                .request_items(&*table.name, requests)
-                .send()
-                .await
-                .map_err(|e| table.error("writing upload events", e))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut u| u.remove(&*table.name))
-                .unwrap_or_default();
-            if !requests.is_empty() {
-                attempt += 1;
-                table
-                    .backoff("BatchWriteItem left items unprocessed", attempt)
-                    .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn build_error(table: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamodb {
-        table: table.to_owned(),
-        message: format!("cannot build a request: {e}"),
-    }
 }
 
 /// An `UpdateExpression` with placeholders for every name and value (some
