@@ -128,10 +128,8 @@ impl SharedOutbox for DynamoReader {
         match result {
             Ok(_) => Ok(true),
             Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
+                if e.as_service_error()
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
             {
                 Ok(false)
             }
@@ -176,10 +174,8 @@ impl SharedOutbox for DynamoReader {
                 Ok(out) => out.attributes.unwrap_or_default(),
                 // Already gone: another agent finished it.
                 Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(UpdateItemError::ConditionalCheckFailedException(_))
-                    ) =>
+                    if e.as_service_error()
+                        .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
                 {
                     continue;
                 }
