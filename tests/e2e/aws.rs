@@ -129,7 +129,9 @@ pub async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
     (url, arn)
 }
 
-/// One receive from a queue: the message bodies as JSON.
+/// One receive from a queue, as a consumer does it: the message bodies as
+/// JSON, each deleted once read (left alone, a message comes back after the
+/// visibility timeout and would look like a second delivery).
 pub async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
     let out = sqs
         .receive_message()
@@ -139,8 +141,16 @@ pub async fn receive_json(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Value> {
         .send()
         .await
         .unwrap();
-    out.messages
-        .unwrap_or_default()
+    let messages = out.messages.unwrap_or_default();
+    for m in &messages {
+        sqs.delete_message()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    messages
         .iter()
         .map(|m| serde_json::from_str(m.body.as_deref().unwrap()).unwrap())
         .collect()

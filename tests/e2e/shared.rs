@@ -81,8 +81,11 @@ fn three_agents_one_queue_one_table_give_exactly_one_event_per_dataset() {
         (uploads_url, reconciled_url)
     });
 
+    // Deadline 40 s: the two incomplete datasets wait it out, and the rest
+    // must complete well within it even on a loaded machine (at 20 s they
+    // sometimes did not while a build ran beside the test).
     let mut env = Env::new(&format!(
-        "[reconcile]\nwait = \"250ms\"\niterations = 80\n\
+        "[reconcile]\nwait = \"250ms\"\niterations = 160\n\
          [source]\nkind = \"sqs\"\nqueue_url = \"{uploads_url}\"\nvisibility_timeout = \"5s\"\n\
          [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
          [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\
