@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
+use crate::health::Health;
 use crate::notification::Classifier;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
@@ -19,6 +20,7 @@ use crate::sinks::{self, envelope::Origin};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
+use crate::store::state_lock::{self, StateLock};
 use crate::store::{Store, StoreError, StoreReader};
 use crate::watcher::{self, WatchMode, WatcherSettings};
 
@@ -38,6 +40,8 @@ pub enum StartError {
     },
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
 }
 
 pub struct Agent {
@@ -46,11 +50,22 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     engine_thread: std::thread::JoinHandle<()>,
+    /// Released when the agent is dropped (or the process ends).
+    _state_lock: StateLock,
 }
 
 impl Agent {
     pub async fn start(config: &Config) -> Result<Agent, StartError> {
+        // Nothing is created before every check passed; then the state
+        // directory is this agent's alone.
+        crate::preflight::check(config)?;
+        if let Some((before, now)) = server::listener::raise_fd_limit()
+            && before != now
+        {
+            info!(before, now, "raised the open-file limit");
+        }
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
+        let state_lock = state_lock::lock(&config.agent.state_dir)?;
         let needs_aws = matches!(config.source, SourceConfig::Sqs { .. })
             || config.store.backend == StoreBackend::Dynamodb
             || config
@@ -69,14 +84,16 @@ impl Agent {
         let (store, status_reader, outboxes) = open_store(config, aws.as_ref(), &sinks).await?;
         let sink_outboxes: Vec<_> = sinks.into_iter().zip(outboxes).collect();
         let policy_name = config.reconcile.policy.get_ref();
-        let health = PolicyHealth::default();
+        let policy_health = PolicyHealth::default();
+        let health = Health::default();
+        health.expect_rechecks(config.reconcile.wait.0);
         // Plugins are built off the async runtime: a plugin's WASI calls
         // (its panic message, say) block, which is not allowed on a worker.
         let policy = {
             let reconcile = config.reconcile.clone();
             let cache = config.agent.state_dir.join("plugin-cache");
-            let health = health.clone();
-            tokio::task::spawn_blocking(move || plugin::build(&reconcile, &cache, &health))
+            let policy_health = policy_health.clone();
+            tokio::task::spawn_blocking(move || plugin::build(&reconcile, &cache, &policy_health))
                 .await
                 .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))??
         };
@@ -93,6 +110,9 @@ impl Agent {
                 region: config.aws.region.clone(),
             },
             upload_events: config.sinks.iter().any(SinkConfig::wants_upload_events),
+            max_manifest_bytes: config.share.max_manifest_bytes.0,
+            manifest_read_timeout: config.share.manifest_read_timeout.0,
+            health: health.clone(),
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(store, policy, settings, outbox_tx);
@@ -169,19 +189,21 @@ impl Agent {
             engine: handle.clone(),
             reader: status_reader,
             classifier: Arc::new(classifier),
-            api_key: config.http.api_key.clone(),
-            policies: health,
+            api_key: config.http.api_key.as_ref().map(|k| k.0.clone()),
+            policies: policy_health,
         };
         let app = server::router(state, &config.source);
-        let mut stop = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                error!(error = %e, "HTTP server failed");
-            }
-        }));
+        let limits = server::listener::Limits {
+            header_read_timeout: config.http.header_read_timeout.0,
+            idle_timeout: config.http.idle_timeout.0,
+            max_connections: config.http.max_connections.get() as usize,
+        };
+        tasks.push(tokio::spawn(server::listener::serve(
+            listener,
+            app,
+            limits,
+            shutdown_rx.clone(),
+        )));
         info!(%addr, policy = %policy_name, sinks = config.sinks.len(), "vault-agent listening");
         Ok(Agent {
             addr,
@@ -189,6 +211,7 @@ impl Agent {
             shutdown,
             tasks,
             engine_thread,
+            _state_lock: state_lock,
         })
     }
 

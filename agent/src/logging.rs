@@ -4,6 +4,8 @@
 //! comes from `RUST_LOG` (default `info`).
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -25,4 +27,59 @@ pub fn init(format: LogFormat) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Lets through at most `burst` log lines per `window` and counts the
+/// rest, so a flood of bad requests cannot flood the log.
+pub struct RateLimit {
+    burst: u32,
+    window: Duration,
+    /// (window start, lines let through in it, lines held back).
+    state: Mutex<Option<(Instant, u32, u64)>>,
+}
+
+impl RateLimit {
+    pub const fn new(burst: u32, window: Duration) -> RateLimit {
+        RateLimit {
+            burst,
+            window,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// `Some(n)` if this line may be logged, `n` being how many were held
+    /// back since the last one logged; `None` if it is held back.
+    pub fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (start, passed, held) = state.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *passed = 0;
+        }
+        if *passed < self.burst {
+            *passed += 1;
+            Some(std::mem::take(held))
+        } else {
+            *held += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_holds_back_and_counts() {
+        let limit = RateLimit::new(2, Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+        let limit = RateLimit::new(1, Duration::ZERO);
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), Some(0));
+    }
 }

@@ -6,6 +6,7 @@ mod aws;
 mod cli;
 mod crash;
 mod http;
+mod manifests;
 mod plugins;
 mod reconcile;
 mod shared;

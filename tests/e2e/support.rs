@@ -350,3 +350,27 @@ pub fn file_names(n: usize) -> Vec<String> {
         .map(|i| format!("d{}/sub{}/file-{i:04}.dat", i % 3, i % 2))
         .collect()
 }
+
+/// Waits until `done` holds, polling; panics naming `what` after `limit`.
+/// Limits are generous on purpose: CI shares the machine with builds.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A gateway event for every manifest line of a dataset written with
+/// [`Env::write_dataset`], at `time`.
+pub fn uploads_at(env: &Env, lines: &[String], time: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| {
+            let mut e = env.upload_for(l);
+            e["time"] = json!(time);
+            e["detail"]["modification-time"] = json!(time);
+            e
+        })
+        .collect()
+}

@@ -139,6 +139,9 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
             region: "test".into(),
         },
         upload_events: false,
+        max_manifest_bytes: u64::MAX,
+        manifest_read_timeout: Duration::from_secs(60),
+        health: Default::default(),
     };
     let (engine, handle) = Engine::new(Box::new(store), policy, settings, watch::channel(0).0);
     let thread = std::thread::spawn(move || engine.run());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{HumanDuration, PolicySettings, Suffix};
+use super::values::{ApiKey, ByteCount, HumanDuration, PolicySettings, Suffix};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +54,12 @@ pub struct ShareSection {
     /// Seal (write the manifest of) a dataset after this long without
     /// local changes; off when absent.
     pub seal_after: Option<HumanDuration>,
+    /// Largest manifest the agent reads; a larger one leaves its dataset
+    /// unreadable (the default fits 10 million lines of ~100 bytes).
+    pub max_manifest_bytes: ByteCount,
+    /// Longest one manifest read may take (a hung NFS server) before its
+    /// dataset is noted as unreadable and the read retried later.
+    pub manifest_read_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -77,6 +83,8 @@ impl Default for ShareSection {
             watch: WatchKind::Inotify,
             poll_interval: HumanDuration(Duration::from_secs(10)),
             seal_after: None,
+            max_manifest_bytes: ByteCount(1 << 30),
+            manifest_read_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -169,7 +177,14 @@ pub enum SyncMode {
 pub struct HttpSection {
     pub listen: SocketAddr,
     /// If set, `POST /events` requires `x-api-key` or `Authorization: Bearer`.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: HumanDuration,
+    /// Most connections open at once; at the cap the longest-idle one is
+    /// closed for a new one.
+    pub max_connections: NonZeroU32,
 }
 
 impl Default for HttpSection {
@@ -177,6 +192,9 @@ impl Default for HttpSection {
         HttpSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_key: None,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: NonZeroU32::new(1024).expect("1024 is not zero"),
         }
     }
 }

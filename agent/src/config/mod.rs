@@ -11,4 +11,4 @@ pub use file::{
     SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, WatchKind,
 };
 pub use load::{ConfigError, load, parse};
-pub use values::{HumanDuration, PolicySettings, Suffix};
+pub use values::{ApiKey, ByteCount, HumanDuration, PolicySettings, Suffix};

@@ -31,6 +31,70 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// A size written as a number of bytes or like `"1GiB"`, `"512 MB"`; never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteCount(pub u64);
+
+impl<'de> Deserialize<'de> for ByteCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let bytes = match Raw::deserialize(d)? {
+            Raw::Number(n) => n,
+            Raw::Text(text) => text
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| {
+                    de::Error::custom(format!(
+                        "invalid size {text:?} ({e}); write it like \"1GiB\" or a number of bytes"
+                    ))
+                })?
+                .as_u64(),
+        };
+        if bytes == 0 {
+            return Err(de::Error::custom("size must be greater than zero"));
+        }
+        Ok(ByteCount(bytes))
+    }
+}
+
+impl fmt::Display for ByteCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+/// The API key `POST /events` requires: not empty, no surrounding spaces.
+/// Debug output does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Err(de::Error::custom(
+                "api_key must not be empty (an empty key would let any request in); remove the line to require no key",
+            ));
+        }
+        if text.trim() != text || text.contains(char::is_control) {
+            return Err(de::Error::custom(
+                "api_key must not have surrounding spaces or control characters",
+            ));
+        }
+        Ok(ApiKey(text))
+    }
+}
+
 /// A name suffix such as `-vaultjob` or `.manifest`: non-empty, no `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suffix(pub String);

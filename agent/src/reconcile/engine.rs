@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use super::manifest::{self, ExpectedLine};
+use super::manifest::ExpectedLine;
+use super::manifest_reader::{self, ManifestJob, ManifestReader, ReaderSettings};
 use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, UploadView};
+use crate::health::Health;
 use crate::notification::time::now_ms;
 use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
 use crate::sinks::envelope::{self, Origin};
@@ -72,6 +74,8 @@ pub enum Command {
     },
     ManifestRead {
         set_id: String,
+        /// The event time of the manifest notification the read was for.
+        manifest_time: i64,
         result: Result<Vec<ExpectedLine>, String>,
     },
     /// What the share watcher saw: files present (with their size) or gone.
@@ -106,6 +110,7 @@ enum Step {
     Ingest(Vec<Ingested>),
     ManifestRead {
         set_id: String,
+        manifest_time: i64,
         result: Result<Vec<ExpectedLine>, String>,
     },
     Local(Vec<LocalChange>),
@@ -234,6 +239,13 @@ pub struct EngineSettings {
     /// Also put the reference's per-upload events in the outbox (for sinks
     /// with `publish_upload_events`).
     pub upload_events: bool,
+    /// Largest manifest read from the share.
+    pub max_manifest_bytes: u64,
+    /// Longest a manifest read may take before its dataset notes it as
+    /// unreadable (the read is retried at a later re-check).
+    pub manifest_read_timeout: Duration,
+    /// Where the engine reports its progress and store failures.
+    pub health: Health,
 }
 
 /// Everything the engine owns besides the store.
@@ -247,7 +259,7 @@ struct Core {
     shared: bool,
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
-    manifest_jobs: std::sync::mpsc::Sender<ManifestJob>,
+    manifest_reader: ManifestReader,
 }
 
 /// One transaction's worth of changes, applied to the cache only on commit.
@@ -256,7 +268,8 @@ struct Work {
     touched: HashMap<String, DatasetRecord>,
     events: Vec<OutboxEvent>,
     counters: HashMap<&'static str, i64>,
-    manifest_reads: Vec<(String, String)>,
+    /// (set id, manifest key, manifest event time).
+    manifest_reads: Vec<(String, String, i64)>,
     /// Manifests loaded: (set id, lines, lines taking part). Logged only
     /// once committed, since a shared store may run a batch again.
     manifests_loaded: Vec<(String, usize, usize)>,
@@ -285,14 +298,19 @@ impl Engine {
             tx: tx.clone(),
             classifier: Arc::new(settings.classifier.clone()),
         };
-        let share = settings.share_path.clone();
+        let reader_settings = ReaderSettings {
+            share: settings.share_path.clone(),
+            max_bytes: settings.max_manifest_bytes,
+            timeout: settings.manifest_read_timeout,
+        };
+        let manifest_reader = manifest_reader::spawn(reader_settings, tx, settings.health.clone());
         let core = Core {
             policy,
             settings,
             open: HashMap::new(),
             shared: store.is_shared(),
             reading: HashSet::new(),
-            manifest_jobs: spawn_manifest_reader(share, tx),
+            manifest_reader,
         };
         (
             Engine {
@@ -346,7 +364,15 @@ impl Engine {
                     replies.push((reply, receipt_of(&items)));
                     Step::Ingest(items)
                 }
-                Command::ManifestRead { set_id, result } => Step::ManifestRead { set_id, result },
+                Command::ManifestRead {
+                    set_id,
+                    manifest_time,
+                    result,
+                } => Step::ManifestRead {
+                    set_id,
+                    manifest_time,
+                    result,
+                },
                 Command::Local { changes } => Step::Local(changes),
                 Command::LocalPrune {
                     set_id,
@@ -360,6 +386,9 @@ impl Engine {
                 Command::Shutdown => continue,
             });
         }
+        let health = self.core.settings.health.clone();
+        health.batch_started();
+        let had_recheck = steps.iter().any(|s| matches!(s, Step::Tick));
         let mut attempt = 0;
         let started = std::time::Instant::now();
         let (result, mut work) = loop {
@@ -393,8 +422,10 @@ impl Engine {
             "batch applied"
         );
 
+        health.batch_finished(had_recheck && result.is_ok());
         match result {
             Ok(()) => {
+                health.clear("store");
                 for (reply, receipt) in replies {
                     let _ = reply.send(Ok(receipt));
                 }
@@ -410,6 +441,7 @@ impl Engine {
             Err(e) => {
                 error!(error = %e, "could not commit a batch; its senders get an error and may retry");
                 let message = e.to_string();
+                health.set("store", message.clone());
                 for (reply, _) in replies {
                     let _ = reply.send(Err(EngineError::Store(message.clone())));
                 }
@@ -453,9 +485,19 @@ impl Engine {
         for step in steps {
             match step {
                 Step::Ingest(items) => uploads.extend(items),
-                Step::ManifestRead { set_id, result } => {
-                    self.core
-                        .apply_manifest(&mut *tx, work, &set_id, result, now)?;
+                Step::ManifestRead {
+                    set_id,
+                    manifest_time,
+                    result,
+                } => {
+                    self.core.apply_manifest(
+                        &mut *tx,
+                        work,
+                        &set_id,
+                        manifest_time,
+                        result,
+                        now,
+                    )?;
                 }
                 Step::Tick => self.core.tick(&mut *tx, work, now)?,
                 Step::Local(changes) => {
@@ -791,23 +833,27 @@ impl Core {
             ds.note = note;
         }
         if let Some(m) = manifest {
-            if ds
+            let newer = ds
                 .manifest
                 .as_ref()
-                .is_none_or(|old| old.event_time <= m.event_time)
-            {
+                .is_some_and(|old| old.event_time < m.event_time);
+            if newer || ds.manifest.is_none() {
                 ds.manifest = Some(m);
             }
             if ds.state == DatasetState::Collecting {
                 ds.state = DatasetState::Reconciling;
                 ds.manifest_seen_ms = Some(now);
                 ds.deadline_ms = Some(now.saturating_add(deadline));
-                let key = ds
-                    .manifest
-                    .as_ref()
-                    .map(|m| m.key.clone())
-                    .unwrap_or_default();
-                work.manifest_reads.push((set_id.to_owned(), key));
+                let read = manifest_read(ds);
+                work.manifest_reads.push(read);
+            } else if newer && ds.state == DatasetState::Reconciling {
+                // Re-sealed: decide on the new manifest, never the old one.
+                if ds.manifest_loaded {
+                    ds.manifest_loaded = false;
+                    ds.note = Some("the manifest was rewritten; reading it again".into());
+                }
+                let read = manifest_read(ds);
+                work.manifest_reads.push(read);
             }
         }
         Ok(())
@@ -818,6 +864,7 @@ impl Core {
         tx: &mut dyn StoreTx,
         work: &mut Work,
         set_id: &str,
+        manifest_time: i64,
         result: Result<Vec<ExpectedLine>, String>,
         now: i64,
     ) -> StoreResult<()> {
@@ -832,6 +879,13 @@ impl Core {
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
         }
+        if ds.manifest.as_ref().map(|m| m.event_time) != Some(manifest_time) {
+            // A newer manifest was notified while this one was read.
+            let read = manifest_read(ds);
+            work.manifest_reads.push(read);
+            return Ok(());
+        }
+        let reloading = ds.manifest_entries > 0;
         let mut lines = match result {
             Ok(lines) => lines,
             Err(message) => {
@@ -857,6 +911,19 @@ impl Core {
         }
         let mut counts = ds.counts;
         let mut note = None;
+        if reloading {
+            // The old manifest's expectations go; the new one sets its own.
+            let dir = self.settings.classifier.dataset_dir(set_id);
+            for mut row in tx.manifest_entries(set_id, &dir)? {
+                counts -= EntryRecord::contribution(Some(&row));
+                row.expected = None;
+                if let Some(up) = row.upload.as_mut() {
+                    up.matched = false;
+                }
+                counts += EntryRecord::contribution(Some(&row));
+                tx.put_entry(&row, false)?;
+            }
+        }
         for (key, size) in &lines {
             let prev = tx.entry(set_id, key)?;
             counts -= EntryRecord::contribution(prev.as_ref());
@@ -946,12 +1013,8 @@ impl Core {
             let ds = work.dataset(tx, self.cache(), &set_id, now)?;
             let unjudged = ds.counts.unjudged > 0;
             if !ds.manifest_loaded && !self.reading.contains(&set_id) {
-                let key = ds
-                    .manifest
-                    .as_ref()
-                    .map(|m| m.key.clone())
-                    .unwrap_or_default();
-                work.manifest_reads.push((set_id.clone(), key));
+                let read = manifest_read(ds);
+                work.manifest_reads.push(read);
             }
             if unjudged {
                 self.rejudge(tx, work, &set_id, now)?;
@@ -1083,63 +1146,36 @@ impl Core {
                 self.open.insert(set_id, ds);
             }
         }
-        for (set_id, key) in work.manifest_reads.drain(..) {
+        for (set_id, key, manifest_time) in work.manifest_reads.drain(..) {
             if self.reading.insert(set_id.clone()) {
-                self.read_manifest(set_id, key);
+                self.read_manifest(set_id, key, manifest_time);
             }
         }
     }
 
-    /// Queues a manifest for the reader thread, so a slow share never
-    /// stalls ingest.
-    fn read_manifest(&mut self, set_id: String, key: String) {
+    /// Queues a manifest for the reader, so a slow share never stalls ingest.
+    fn read_manifest(&mut self, set_id: String, key: String, manifest_time: i64) {
         let job = ManifestJob {
             dir: self.settings.classifier.dataset_dir(&set_id),
             with_sizes: self.policy.wants_expected_sizes(&set_id),
             set_id,
             key,
+            manifest_time,
         };
-        if self.manifest_jobs.send(job).is_err() {
+        if !self.manifest_reader.read(job) {
             error!("the manifest reader has stopped; retrying at the next re-check");
         }
     }
 }
 
-struct ManifestJob {
-    set_id: String,
-    key: String,
-    dir: String,
-    with_sizes: bool,
-}
-
-/// One thread reads manifests, one at a time: however many datasets wait,
-/// at most one parsed manifest is held in memory on this side.
-fn spawn_manifest_reader(
-    share: PathBuf,
-    commands: mpsc::Sender<Command>,
-) -> std::sync::mpsc::Sender<ManifestJob> {
-    let (tx, rx) = std::sync::mpsc::channel::<ManifestJob>();
-    let spawned = std::thread::Builder::new()
-        .name("manifest-reader".into())
-        .spawn(move || {
-            for job in rx {
-                let result = manifest::read(&share, &job.key, &job.dir, job.with_sizes)
-                    .map_err(|e| e.to_string());
-                if commands
-                    .blocking_send(Command::ManifestRead {
-                        set_id: job.set_id,
-                        result,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        error!(error = %e, "cannot start the manifest reader thread");
-    }
-    tx
+/// A read of the dataset's current manifest.
+fn manifest_read(ds: &DatasetRecord) -> (String, String, i64) {
+    let (key, time) = ds
+        .manifest
+        .as_ref()
+        .map(|m| (m.key.clone(), m.event_time))
+        .unwrap_or_default();
+    (ds.set_id.clone(), key, time)
 }
 
 /// Decides a dataset once and for all, queueing its one event.
@@ -1330,6 +1366,9 @@ mod tests {
                 region: "eu-west-1".into(),
             },
             upload_events: false,
+            max_manifest_bytes: 1 << 20,
+            manifest_read_timeout: Duration::from_secs(60),
+            health: Health::default(),
         }
     }
 

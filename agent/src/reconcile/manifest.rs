@@ -7,9 +7,16 @@
 //!
 //! Richer manifests may give a file's expected size after a tab
 //! (`path<TAB>bytes`); it takes precedence over the size on the share.
+//!
+//! A manifest is untrusted input: it is opened without following links and
+//! without blocking (a FIFO is refused, not waited on), only as a regular
+//! file below the share reached through real directories, and read up to a
+//! size cap. Error messages quote nothing read from outside the dataset.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -23,6 +30,20 @@ pub enum ManifestError {
         entry: String,
         dataset_dir: String,
     },
+    #[error("manifest line {line}: `..` and `.` path components are not allowed")]
+    DotComponent { line: usize },
+    #[error("manifest {path} is larger than [share] max_manifest_bytes ({max} bytes)")]
+    TooLarge { path: String, max: u64 },
+}
+
+/// Longest piece of a manifest line quoted in an error.
+const QUOTE_CHARS: usize = 200;
+
+fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// A manifest line with the size of the file on the share, where asked for.
@@ -32,6 +53,8 @@ pub type ExpectedLine = (String, Option<u64>);
 pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<ExpectedLine>, ManifestError> {
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
+    // Editors on Windows start UTF-8 files with a byte order mark.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let line = index + 1;
         let text = std::str::from_utf8(raw).map_err(|_| ManifestError::NotUtf8 { line })?;
@@ -51,13 +74,16 @@ pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<ExpectedLine>, Manif
         if text.is_empty() {
             continue;
         }
+        if text.split('/').any(|c| c == ".." || c == ".") {
+            return Err(ManifestError::DotComponent { line });
+        }
         let inside = text == dataset_dir
             || (text.starts_with(dataset_dir)
                 && text.as_bytes().get(dataset_dir.len()) == Some(&b'/'));
         if !inside {
             return Err(ManifestError::Outside {
                 line,
-                entry: text.to_owned(),
+                entry: quote(text),
                 dataset_dir: dataset_dir.to_owned(),
             });
         }
@@ -68,20 +94,19 @@ pub fn parse(bytes: &[u8], dataset_dir: &str) -> Result<Vec<ExpectedLine>, Manif
     Ok(entries)
 }
 
-/// Reads `<share>/<manifest key>` and, if `with_sizes`, the size of every
-/// regular file it lists (directories and vanished files get `None`).
+/// Reads `<share>/<manifest key>` (at most `max_bytes`) and, if
+/// `with_sizes`, the size of every regular file it lists (directories,
+/// links and vanished files get `None`).
 pub fn read(
     share: &Path,
     manifest_key: &str,
     dataset_dir: &str,
     with_sizes: bool,
+    max_bytes: u64,
 ) -> Result<Vec<ExpectedLine>, ManifestError> {
-    let path = share.join(manifest_key);
-    let bytes = std::fs::read(&path).map_err(|e| ManifestError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let bytes = read_untrusted(share, manifest_key, max_bytes)?;
     let entries = parse(&bytes, dataset_dir)?;
+    drop(bytes);
     Ok(entries
         .into_iter()
         .map(|(entry, given)| {
@@ -95,6 +120,89 @@ pub fn read(
             (entry, size)
         })
         .collect())
+}
+
+/// The bytes of `<share>/<key>`, if it is a regular file reached without
+/// any symbolic link and no larger than `max_bytes`.
+fn read_untrusted(share: &Path, key: &str, max_bytes: u64) -> Result<Vec<u8>, ManifestError> {
+    let path = share.join(key);
+    let fail = |message: String| ManifestError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    let rel = Path::new(key);
+    let mut dir = share.to_path_buf();
+    let parts: Vec<Component> = rel.components().collect();
+    let (_, parents) = parts
+        .split_last()
+        .ok_or_else(|| fail("empty manifest key".into()))?;
+    for part in parents {
+        let Component::Normal(name) = part else {
+            return Err(fail("the key has a `..`, `.` or absolute component".into()));
+        };
+        dir.push(name);
+        let meta = std::fs::symlink_metadata(&dir).map_err(|e| fail(e.to_string()))?;
+        if meta.file_type().is_symlink() {
+            return Err(fail(format!(
+                "{} is a symbolic link; manifests are read only through real directories of the share",
+                dir.display()
+            )));
+        }
+    }
+    // O_NOFOLLOW: a link in the last place fails (ELOOP) instead of being
+    // followed; O_NONBLOCK: opening a FIFO returns at once.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                fail("it is a symbolic link; a manifest must be a regular file".into())
+            }
+            _ => fail(e.to_string()),
+        })?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail(format!(
+            "it is not a regular file (a {}); a manifest must be a regular file",
+            kind_of(&meta.file_type())
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(ManifestError::TooLarge {
+            path: path.display().to_string(),
+            max: max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow after the stat: never read past the cap.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ManifestError::TooLarge {
+            path: path.display().to_string(),
+            max: max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 #[cfg(test)]
@@ -166,10 +274,98 @@ mod tests {
             "S-vaultjob\nS-vaultjob/d\nS-vaultjob/d/f\n",
         )
         .unwrap();
-        let lines = read(share.path(), "S-vaultjob/S.manifest", "S-vaultjob", true).unwrap();
+        let lines = read(
+            share.path(),
+            "S-vaultjob/S.manifest",
+            "S-vaultjob",
+            true,
+            MAX,
+        )
+        .unwrap();
         assert_eq!(lines[1], ("S-vaultjob/d".to_string(), None));
         assert_eq!(lines[2], ("S-vaultjob/d/f".to_string(), Some(5)));
-        let err = read(share.path(), "T-vaultjob/T.manifest", "T-vaultjob", false).unwrap_err();
+        let err = read(
+            share.path(),
+            "T-vaultjob/T.manifest",
+            "T-vaultjob",
+            false,
+            MAX,
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("cannot read manifest"), "{err}");
+    }
+
+    const MAX: u64 = 1 << 20;
+
+    #[test]
+    fn tolerates_a_byte_order_mark_and_refuses_dot_components() {
+        let text = "\u{FEFF}S-vaultjob\nS-vaultjob/a\n";
+        assert_eq!(
+            names(parse(text.as_bytes(), "S-vaultjob").unwrap()),
+            ["S-vaultjob", "S-vaultjob/a"]
+        );
+        let err = parse(b"S-vaultjob\nS-vaultjob/../../outside/x\n", "S-vaultjob").unwrap_err();
+        assert_eq!(err, ManifestError::DotComponent { line: 2 });
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn refuses_links_fifos_and_oversize_files_without_blocking() {
+        let share = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dir = share.path().join("S-vaultjob");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(outside.path().join("secret"), "TOPSECRET\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.join("S.manifest")).unwrap();
+        let err = read(
+            share.path(),
+            "S-vaultjob/S.manifest",
+            "S-vaultjob",
+            false,
+            MAX,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+
+        std::fs::remove_file(dir.join("S.manifest")).unwrap();
+        nix::unistd::mkfifo(&dir.join("S.manifest"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read(
+            share.path(),
+            "S-vaultjob/S.manifest",
+            "S-vaultjob",
+            false,
+            MAX,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+
+        std::fs::remove_file(dir.join("S.manifest")).unwrap();
+        std::fs::write(dir.join("S.manifest"), "S-vaultjob\n".repeat(100)).unwrap();
+        let err = read(
+            share.path(),
+            "S-vaultjob/S.manifest",
+            "S-vaultjob",
+            false,
+            64,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ManifestError::TooLarge { max: 64, .. }),
+            "{err}"
+        );
+
+        // A dataset directory that is a link to elsewhere is not read through.
+        std::fs::write(outside.path().join("T.manifest"), "T-vaultjob\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), share.path().join("T-vaultjob")).unwrap();
+        let err = read(
+            share.path(),
+            "T-vaultjob/T.manifest",
+            "T-vaultjob",
+            false,
+            MAX,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod manifest;
+pub mod manifest_reader;
 pub mod plugin;
 pub mod policy;
 

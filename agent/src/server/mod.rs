@@ -1,6 +1,7 @@
 //! The agent's HTTP server (always on at `[http] listen`): health, status,
 //! and the routes of HTTP sources.
 
+pub mod listener;
 mod status;
 
 use std::sync::Arc;

@@ -5,12 +5,21 @@
 //! for bad input (nothing of that body is recorded); 401 without the API key
 //! when one is configured; 503 if the store cannot commit (retry later).
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tracing::warn;
+
+use crate::logging::RateLimit;
+
+/// Refused requests logged per minute (the rest are counted in the next line).
+static REFUSALS_LOGGED: RateLimit = RateLimit::new(20, Duration::from_secs(60));
 
 use crate::notification::parse_body;
 use crate::reconcile::EngineError;
@@ -18,12 +27,16 @@ use crate::server::AppState;
 
 pub async fn post_events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<serde_json::Value>) {
     if let Some(expected) = state.api_key.as_deref()
         && !authorized(&headers, expected)
     {
+        if let Some(held_back) = REFUSALS_LOGGED.allow() {
+            warn!(%peer, held_back, "refused a request without the right API key (401)");
+        }
         return (
             StatusCode::UNAUTHORIZED,
             Json(
@@ -34,7 +47,9 @@ pub async fn post_events(
     let notifications = match parse_body(&body) {
         Ok(n) => n,
         Err(e) => {
-            warn!(error = %e, bytes = body.len(), "refused a malformed request body");
+            if let Some(held_back) = REFUSALS_LOGGED.allow() {
+                warn!(%peer, error = %e, bytes = body.len(), held_back, "refused a malformed request body (400)");
+            }
             return (
                 StatusCode::BAD_REQUEST,
                 Json(json!({"error": e.to_string()})),
@@ -51,21 +66,20 @@ pub async fn post_events(
 }
 
 fn authorized(headers: &HeaderMap, expected: &str) -> bool {
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
-    given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+    presented_key(headers).is_some_and(|given| {
+        !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    })
 }
 
-/// Compares without an early exit, so timing does not leak the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The key from `x-api-key`, or from `Authorization: Bearer` (the scheme
+/// is case-insensitive, RFC 9110).
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key") {
+        return v.to_str().ok();
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -83,5 +97,12 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer k1".parse().unwrap());
         assert!(authorized(&h, "k1"));
         assert!(!authorized(&h, "k"));
+        h.insert(header::AUTHORIZATION, "bearer k1".parse().unwrap());
+        assert!(authorized(&h, "k1"));
+        h.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
+        assert!(!authorized(&h, "k1"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "".parse().unwrap());
+        assert!(!authorized(&h, ""));
     }
 }

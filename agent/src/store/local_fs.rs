@@ -21,17 +21,22 @@ const NETWORK_FILESYSTEMS: &[(i64, &str)] = &[
     (0x4750_4653, "GPFS"),
 ];
 
-/// Creates `dir` if needed and checks it is on a local filesystem and not
-/// below the share.
-pub fn prepare_state_dir(dir: &Path, share: Option<&Path>) -> Result<(), StoreError> {
+/// Checks, without creating anything, that `dir` (or, while it does not
+/// exist yet, the folder it would be made in) is on a local filesystem,
+/// writable, and not below the share.
+pub fn check_state_dir(dir: &Path, share: Option<&Path>) -> Result<(), StoreError> {
     let fail = |message: String| StoreError::StateDir {
         path: dir.display().to_string(),
         message,
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
-    let canonical = dir
+    let (existing, rest) = nearest_existing(dir);
+    if existing == dir && !dir.is_dir() {
+        return Err(fail("it exists and is not a directory".into()));
+    }
+    let canonical = existing
         .canonicalize()
-        .map_err(|e| fail(format!("cannot resolve it: {e}")))?;
+        .map_err(|e| fail(format!("cannot resolve it: {e}")))?
+        .join(rest);
     if let Some(share) = share.and_then(|s| s.canonicalize().ok())
         && canonical.starts_with(&share)
     {
@@ -40,14 +45,50 @@ pub fn prepare_state_dir(dir: &Path, share: Option<&Path>) -> Result<(), StoreEr
             share.display()
         )));
     }
-    let stat = statfs::statfs(&canonical).map_err(|e| fail(format!("cannot statfs it: {e}")))?;
+    let stat = statfs::statfs(existing).map_err(|e| fail(format!("cannot statfs it: {e}")))?;
     if let Some(name) = network_filesystem(stat.filesystem_type()) {
         return Err(fail(format!(
             "it is on a network filesystem ({name}); SQLite locking and WAL do not work there. \
              Point [agent] state_dir at a local disk"
         )));
     }
-    Ok(())
+    check_writable(existing)
+        .map_err(|e| fail(format!("{} is not writable: {e}", existing.display())))
+}
+
+/// Creates `dir` after [`check_state_dir`].
+pub fn prepare_state_dir(dir: &Path, share: Option<&Path>) -> Result<(), StoreError> {
+    check_state_dir(dir, share)?;
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::StateDir {
+        path: dir.display().to_string(),
+        message: format!("cannot create it: {e}"),
+    })
+}
+
+/// The longest existing prefix of `path`, and what follows it.
+pub fn nearest_existing(path: &Path) -> (&Path, std::path::PathBuf) {
+    let mut existing = path;
+    while existing.symlink_metadata().is_err() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => return (Path::new("."), path.to_owned()),
+        }
+    }
+    let rest = path
+        .strip_prefix(existing)
+        .unwrap_or(Path::new(""))
+        .to_owned();
+    (existing, rest)
+}
+
+/// Whether a file can be created in `dir`: tried for real (a temporary file,
+/// removed at once), since permission bits say nothing to root or about
+/// read-only mounts.
+pub fn check_writable(dir: &Path) -> std::io::Result<()> {
+    tempfile::Builder::new()
+        .prefix(".vault-agent-check")
+        .tempfile_in(dir)
+        .map(drop)
 }
 
 fn network_filesystem(fs: FsType) -> Option<&'static str> {

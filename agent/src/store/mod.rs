@@ -11,6 +11,7 @@ pub mod dynamodb;
 pub mod local_fs;
 pub mod model;
 pub mod sqlite;
+pub mod state_lock;
 
 pub use model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
@@ -35,6 +36,12 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error("state database {path} is damaged: {problem}")]
+    Damaged { path: String, problem: String },
+    #[error(
+        "state database {path} {what} while the agent ran; nothing more is accepted: restart the agent"
+    )]
+    Replaced { path: String, what: String },
     #[error("state database holds a value this version cannot read: {0}")]
     Corrupt(String),
     #[error("DynamoDB table {table}: {message}")]
@@ -77,6 +84,13 @@ pub trait StoreTx {
         set_id: &str,
         dataset_dir: &str,
         limit: usize,
+    ) -> StoreResult<Vec<EntryRecord>>;
+    /// The entries of a dataset its loaded manifest lists (to clear them
+    /// when a re-sealed dataset's new manifest replaces the old one).
+    fn manifest_entries(
+        &mut self,
+        set_id: &str,
+        dataset_dir: &str,
     ) -> StoreResult<Vec<EntryRecord>>;
     /// The entries of a dataset last seen locally before `seen_before_ms`
     /// (gone, if a full scan since then did not see them).

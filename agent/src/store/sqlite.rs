@@ -120,6 +120,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The database file as opened: compared with what the path names
+    /// before each batch, so a deleted or replaced file is noticed.
+    opened: std::fs::File,
 }
 
 impl SqliteStore {
@@ -127,6 +130,16 @@ impl SqliteStore {
     pub fn open(state_dir: &Path, sync: SyncMode) -> StoreResult<Self> {
         let path = state_dir.join(DATABASE_FILE);
         let err = sqlite_error(&path);
+        // SQLite takes an empty file for an empty database: state lost to a
+        // truncation would silently start over.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                problem: "the file is empty (truncated?); restore it from a backup, or move it \
+                          away to start with no state"
+                    .into(),
+            });
+        }
         let conn = Connection::open(&path).map_err(&err)?;
         let synchronous = match sync {
             SyncMode::Full => "FULL",
@@ -143,6 +156,7 @@ impl SqliteStore {
              PRAGMA temp_store = MEMORY;"
         ))
         .map_err(&err)?;
+        check_integrity(&conn, &path)?;
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(&err)?;
@@ -164,13 +178,64 @@ impl SqliteStore {
             .map_err(&err)?;
         conn.set_prepared_statement_cache_capacity(64);
         drop(err);
-        Ok(SqliteStore { conn, path })
+        let opened = std::fs::File::open(&path).map_err(|e| StoreError::StateDir {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(SqliteStore { conn, path, opened })
+    }
+
+    /// Whether the path still names the file this store writes to.
+    fn check_file(&self) -> StoreResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        let fail = |what: &str| StoreError::Replaced {
+            path: self.path.display().to_string(),
+            what: what.to_owned(),
+        };
+        let open = self
+            .opened
+            .metadata()
+            .map_err(|_| fail("cannot be checked"))?;
+        if open.nlink() == 0 {
+            return Err(fail("was deleted"));
+        }
+        match std::fs::metadata(&self.path) {
+            Err(_) => Err(fail("was deleted")),
+            Ok(now) if (now.dev(), now.ino()) != (open.dev(), open.ino()) => {
+                Err(fail("was replaced by another file"))
+            }
+            Ok(_) => Ok(()),
+        }
     }
 
     /// A read-only connection to the same database for another thread.
     pub fn reader(&self) -> StoreResult<SqliteReader> {
         SqliteReader::open(&self.path)
     }
+}
+
+/// A damaged database is an error at start-up, never an empty state.
+fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| StoreError::Damaged {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Damaged {
+        path: path.display().to_string(),
+        problem: format!(
+            "the integrity check failed: {}; restore it from a backup, or move it away to start with no state",
+            problems.join("; ")
+        ),
+    })
 }
 
 fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -189,6 +254,7 @@ impl Store for SqliteStore {
     }
 
     fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>> {
+        self.check_file()?;
         let tx = self.conn.transaction().map_err(sqlite_error(&self.path))?;
         Ok(Box::new(SqliteTx {
             tx,
@@ -340,6 +406,21 @@ impl StoreTx for SqliteTx<'_> {
             " AND verdict = 3 LIMIT ?2"
         );
         self.select_entries(sql, params![dataset_dir, limit as i64, set_id])
+    }
+
+    fn manifest_entries(
+        &mut self,
+        set_id: &str,
+        dataset_dir: &str,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            entry_columns!("?2"),
+            " FROM entries WHERE ",
+            in_dataset!(),
+            " AND in_manifest = 1"
+        );
+        self.select_entries(sql, params![dataset_dir, set_id])
     }
 
     fn stale_local_entries(

@@ -208,6 +208,15 @@ impl StoreTx for DynamoTx<'_> {
         self.query_entries(set_id, "verdict = :unjudged", values, limit)
     }
 
+    fn manifest_entries(
+        &mut self,
+        set_id: &str,
+        _dataset_dir: &str,
+    ) -> StoreResult<Vec<EntryRecord>> {
+        let values = HashMap::from([(":yes".to_owned(), AttributeValue::Bool(true))]);
+        self.query_entries(set_id, "inManifest = :yes", values, usize::MAX)
+    }
+
     fn stale_local_entries(
         &mut self,
         set_id: &str,
