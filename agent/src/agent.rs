@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
 use crate::health::Health;
@@ -22,7 +22,7 @@ use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
 use crate::store::state_lock::{self, StateLock};
 use crate::store::{Store, StoreError, StoreReader};
-use crate::watcher::{self, WatchMode, WatcherSettings};
+use crate::watcher::{self, ShareStatus, WatchMode, WatcherSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -126,7 +126,13 @@ impl Agent {
             })
             .map_err(StartError::Thread)?;
 
-        start_watcher(config, classifier_for_watcher, handle.clone());
+        let share_status = ShareStatus::new(&config.share.path, health.clone());
+        start_watcher(
+            config,
+            classifier_for_watcher,
+            handle.clone(),
+            share_status.clone(),
+        );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -191,6 +197,8 @@ impl Agent {
             classifier: Arc::new(classifier),
             api_key: config.http.api_key.as_ref().map(|k| k.0.clone()),
             policies: policy_health,
+            health: health.clone(),
+            share: share_status,
         };
         let app = server::router(state, &config.source);
         let limits = server::listener::Limits {
@@ -277,24 +285,21 @@ async fn open_store(
     }
 }
 
-/// Starts the share watcher unless it is off or the share is not there.
-fn start_watcher(config: &Config, classifier: Classifier, engine: EngineHandle) {
+/// Starts the share watcher unless it is off; it waits for the share to be
+/// mounted if it is not yet.
+fn start_watcher(config: &Config, classifier: Classifier, engine: EngineHandle, status: ShareStatus) {
     let mode = match config.share.watch {
         WatchKind::Off => return,
         WatchKind::Inotify => WatchMode::Inotify,
         WatchKind::Poll => WatchMode::Poll(config.share.poll_interval.0),
     };
-    if !config.share.path.is_dir() {
-        warn!(share = %config.share.path.display(), "the share is not mounted here; pending files are not tracked");
-        return;
-    }
     let settings = WatcherSettings {
         share: config.share.path.clone(),
         classifier,
         mode,
         seal_after: config.share.seal_after.map(|d| d.0),
     };
-    if let Err(e) = watcher::spawn(settings, engine) {
+    if let Err(e) = watcher::spawn(settings, engine, status) {
         error!(error = %e, "cannot start the share watcher");
     }
 }

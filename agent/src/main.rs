@@ -1,14 +1,18 @@
 //! The `vault-agent` command line.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use vault_agent::config::{self, SinkConfig};
+use vault_agent::config;
 use vault_agent::logging::{self, LogFormat};
-use vault_agent::reconcile::plugin::{self, PolicyHealth};
 use vault_agent::{Agent, cli};
+
+/// SIGTERM exits within this, committed or not.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(
@@ -71,15 +75,16 @@ enum Command {
     Vault {
         #[arg(long)]
         source: PathBuf,
-        #[arg(long)]
-        share: PathBuf,
+        /// The share's mount point (default: `[share] path` of --config).
+        #[arg(long, required_unless_present = "config")]
+        share: Option<PathBuf>,
         /// Default: 16 random letters and digits.
         #[arg(long)]
         set_id: Option<String>,
         /// Files copied in parallel.
         #[arg(long, default_value_t = 8)]
         jobs: usize,
-        /// Take the suffixes from this config.
+        /// Take the share and the suffixes from this config.
         #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -167,158 +172,79 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config } => {
-            logging::init(cli.log_format);
-            let config = config::load(&config)?;
-            let agent = Agent::start(&config)
-                .await
-                .context("cannot start vault-agent")?;
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            agent.shutdown().await;
+    let serving = matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
+    if !serving {
+        // Printing commands end quietly on a closed pipe (`| head`), as Unix
+        // tools do, instead of panicking on EPIPE.
+        // SAFETY: resetting a signal to its default action at start-up,
+        // before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
-        Command::CheckConfig { config: path } => {
-            let c = config::load(&path)?;
-            println!("{}: OK", path.display());
-            println!("  state_dir  {}", c.agent.state_dir.display());
-            println!(
-                "  share      {} (datasets *{}, manifests <SET-ID>{})",
-                c.share.path.display(),
-                c.share.job_dir_suffix.0,
-                c.share.manifest_suffix.0
-            );
-            println!(
-                "  reconcile  policy {}, re-check every {} x {} (deadline {})",
-                c.reconcile.policy.get_ref(),
-                c.reconcile.wait,
-                c.reconcile.iterations,
-                humantime::format_duration(c.reconcile.deadline())
-            );
-            match (c.store.backend, &c.store.table) {
-                (config::StoreBackend::Dynamodb, Some(table)) => {
-                    println!("  store      dynamodb table {table} (shared with other agents)")
-                }
-                _ => println!(
-                    "  store      sqlite in {}, sync {}",
-                    c.agent.state_dir.display(),
-                    format!("{:?}", c.store.sync).to_lowercase()
-                ),
-            }
-            println!(
-                "  http       {} (source {}, api key {})",
-                c.http.listen,
-                match &c.source {
-                    config::SourceConfig::Http => "http: POST /events".to_owned(),
-                    config::SourceConfig::Sqs {
-                        queue_url,
-                        receivers,
-                        ..
-                    } => format!("sqs: {queue_url}, {receivers} receivers"),
-                },
-                if c.http.api_key.is_some() {
-                    "required"
-                } else {
-                    "not required"
-                }
-            );
-            for sink in &c.sinks {
-                let what = match sink {
-                    SinkConfig::File { path, .. } => format!("file {}", path.display()),
-                    SinkConfig::Stdout { .. } => "stdout".to_owned(),
-                    SinkConfig::Eventbridge {
-                        event_bus,
-                        publish_upload_events,
-                        ..
-                    } => format!(
-                        "EventBridge bus {event_bus}{}",
-                        if *publish_upload_events {
-                            ", with upload events"
-                        } else {
-                            ""
-                        }
-                    ),
-                    SinkConfig::Webhook { url, .. } => format!("POST {url}"),
-                };
-                println!("  sink       {} ({what})", sink.name());
-            }
-            // Load every configured policy, so a broken plugin shows up now.
-            let reconcile = c.reconcile.clone();
-            let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<_>> {
-                let cache = tempfile::tempdir()?;
-                let health = PolicyHealth::default();
-                plugin::build(&reconcile, cache.path(), &health)?;
-                let health = health
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("plugin health poisoned"))?;
-                Ok(health.values().cloned().collect())
-            })
-            .await??;
-            let mut broken = 0;
-            for p in plugins {
-                match &p.last_error {
-                    Some(e) => {
-                        broken += 1;
-                        eprintln!("  policy     {} ({}): {e}", p.name, p.source);
-                    }
-                    None => println!("  policy     {} ({}): loads", p.name, p.source),
-                }
-            }
-            if broken > 0 {
-                anyhow::bail!("{broken} policy plugin(s) do not load");
-            }
+    }
+    let demo_quiet =
+        matches!(cli.command, Command::Demo { .. }) && std::env::var_os("RUST_LOG").is_none();
+    if !demo_quiet {
+        logging::init(cli.log_format);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // A wedged task must not hold the exit (SIGTERM's limit).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+/// Prints an error for a person: the chain of causes, never a backtrace.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => run(&config).await,
+        Command::CheckConfig { config } => cli::check_config::run(&config).await,
+        Command::Status {
+            config,
+            url,
+            set_id,
+            pending,
+            json,
+        } => {
+            let base = match (url, config) {
+                (Some(url), _) => url.trim_end_matches('/').to_owned(),
+                (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
+                (None, None) => cli::status::url_for(config::Config::default().http.listen),
+            };
+            let mode = match (set_id, pending) {
+                (Some(id), _) => cli::status::Mode::Dataset(id),
+                (None, Some(id)) => cli::status::Mode::Pending(id),
+                (None, None) => cli::status::Mode::All,
+            };
+            cli::status::run(&base, mode, json).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Seal {
             dir,
             wait,
             force,
             config,
-        } => {
-            let c = classifier(config.as_deref())?;
-            let options = vault_agent::share::seal::SealOptions {
-                wait_for_writers: wait,
-                force,
-            };
-            let r = vault_agent::share::seal::seal(&dir, &c, &options)?;
-            println!(
-                "sealed {}: {} lines ({} directories, {} files) in {}",
-                r.set_id,
-                r.lines,
-                r.directories,
-                r.files,
-                r.manifest.display()
-            );
-        }
+        } => seal(dir, wait, force, config.as_deref()),
         Command::Vault {
             source,
             share,
             set_id,
             jobs,
             config,
-        } => {
-            let c = classifier(config.as_deref())?;
-            let r = tokio::task::spawn_blocking(move || {
-                vault_agent::share::vault::vault(&source, &share, set_id.as_deref(), jobs, &c)
-            })
-            .await??;
-            eprintln!(
-                "vaulted {} files ({}) into {} in {:.1}s ({}/s){}",
-                r.files,
-                bytesize::ByteSize(r.bytes),
-                r.dest.display(),
-                r.elapsed.as_secs_f64(),
-                bytesize::ByteSize((r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-3)) as u64),
-                if r.skipped_links > 0 {
-                    format!("; skipped {} symlinks/special files", r.skipped_links)
-                } else {
-                    String::new()
-                }
-            );
-            println!("{}", r.set_id);
-        }
+        } => vault(source, share, set_id, jobs, config).await,
         Command::GenData {
             target,
             total,
@@ -334,84 +260,123 @@ async fn main() -> anyhow::Result<()> {
                 r.directories,
                 target.display()
             );
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Status {
-            config,
-            url,
-            set_id,
-            pending,
+        Command::Plugin { command } => plugin(command).await,
+        Command::Demo { files } => {
+            cli::demo::run(files).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = config::load(path)?;
+    let agent = Agent::start(&config)
+        .await
+        .context("cannot start vault-agent")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    if tokio::time::timeout(SHUTDOWN_LIMIT, agent.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting with what is committed"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seal(
+    dir: PathBuf,
+    wait: Duration,
+    force: bool,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let c = classifier(config)?;
+    let options = vault_agent::share::seal::SealOptions {
+        wait_for_writers: wait,
+        force,
+    };
+    let r = vault_agent::share::seal::seal(&dir, &c, &options)?;
+    println!(
+        "sealed {}: {} lines ({} directories, {} files) in {}",
+        r.set_id,
+        r.lines,
+        r.directories,
+        r.files,
+        r.manifest.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn vault(
+    source: PathBuf,
+    share: Option<PathBuf>,
+    set_id: Option<String>,
+    jobs: usize,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let loaded = config.as_deref().map(config::load).transpose()?;
+    let share = match (share, &loaded) {
+        (Some(s), _) => s,
+        (None, Some(c)) => c.share.path.clone(),
+        (None, None) => anyhow::bail!("give --share, or --config to take the share from it"),
+    };
+    let c = classifier(config.as_deref())?;
+    let r = tokio::task::spawn_blocking(move || {
+        vault_agent::share::vault::vault(&source, &share, set_id.as_deref(), jobs, &c)
+    })
+    .await??;
+    eprintln!(
+        "vaulted {} files ({}) into {} in {:.1}s ({}/s){}",
+        r.files,
+        bytesize::ByteSize(r.bytes),
+        r.dest.display(),
+        r.elapsed.as_secs_f64(),
+        bytesize::ByteSize((r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-3)) as u64),
+        if r.skipped_links > 0 {
+            format!("; skipped {} symlinks/special files", r.skipped_links)
+        } else {
+            String::new()
+        }
+    );
+    println!("{}", r.set_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::List => cli::plugin::list(),
+        PluginCommand::Test {
+            policy,
+            manifest,
+            events,
+            settings,
             json,
         } => {
-            let base = match (url, config) {
-                (Some(url), _) => url.trim_end_matches('/').to_owned(),
-                (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
-                (None, None) => cli::status::url_for(config::Config::default().http.listen),
-            };
-            if let Some(id) = pending {
-                let detail = cli::status::fetch(&base, Some(&id)).await?;
-                let paths = detail["pending-paths"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let count = detail["pending"].as_u64().unwrap_or(0);
-                println!(
-                    "{id}: {count} pending ({} bytes){}",
-                    detail["pending-bytes"],
-                    if paths.len() as u64 == count {
-                        ""
-                    } else {
-                        "; the first 100:"
-                    }
-                );
-                for p in paths {
-                    println!("  {}", p.as_str().unwrap_or_default());
-                }
-                return Ok(());
-            }
-            let status = cli::status::fetch(&base, set_id.as_deref()).await?;
-            if json || set_id.is_some() {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                cli::status::print_table(&status);
-            }
-        }
-        Command::Plugin { command } => match command {
-            PluginCommand::List => cli::plugin::list(),
-            PluginCommand::Test {
+            let args = cli::plugin::TestArgs {
                 policy,
                 manifest,
                 events,
                 settings,
                 json,
-            } => {
-                let args = cli::plugin::TestArgs {
-                    policy,
-                    manifest,
-                    events,
-                    settings,
-                    json,
-                };
-                // Off the async runtime: plugin calls may block.
-                let complete =
-                    tokio::task::spawn_blocking(move || cli::plugin::test(args)).await??;
-                if !complete {
-                    std::process::exit(2);
-                }
+            };
+            // Off the async runtime: plugin calls may block.
+            let complete = tokio::task::spawn_blocking(move || cli::plugin::test(args)).await??;
+            if !complete {
+                return Ok(ExitCode::from(2));
             }
-            PluginCommand::New { name, dir } => {
-                let root = cli::plugin::new(&name, &dir)?;
-                println!("created {}", root.display());
-                println!("build it:  cd {} && cargo build --release", root.display());
-            }
-        },
-        Command::Demo { files } => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                logging::init(cli.log_format);
-            }
-            cli::demo::run(files).await?;
+        }
+        PluginCommand::New { name, dir } => {
+            let root = cli::plugin::new(&name, &dir)?;
+            println!("created {}", root.display());
+            println!("build it:  cd {} && cargo build --release", root.display());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! Commands besides `run`: `status` (asks a running agent), `demo`, and the
 //! plugin author's `plugin list | test | new`.
 
+pub mod check_config;
 pub mod demo;
 pub mod plugin;
 pub mod status;

@@ -1,5 +1,6 @@
-//! `vault-agent status`: asks a running agent's `GET /status` and prints a
-//! table (or the JSON with `--json`).
+//! `vault-agent status`: asks a running agent's `GET /status` (following
+//! its pages) and prints a table, one dataset, or its pending paths; every
+//! mode prints the agent's JSON instead with `--json`.
 
 use std::net::SocketAddr;
 
@@ -16,12 +17,158 @@ pub fn url_for(listen: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// What `status` shows.
+pub enum Mode {
+    All,
+    Dataset(String),
+    Pending(String),
+}
+
+/// Datasets asked for per page.
+const PAGE: usize = 1000;
+
+pub async fn run(base: &str, mode: Mode, json: bool) -> anyhow::Result<()> {
+    match mode {
+        Mode::All => {
+            let mut after: Option<String> = None;
+            let mut all = Vec::new();
+            let mut first = true;
+            loop {
+                let page = fetch_page(base, after.as_deref()).await?;
+                let datasets = page["datasets"].as_array().cloned().unwrap_or_default();
+                if json {
+                    all.extend(datasets);
+                } else {
+                    print_rows(&datasets, first);
+                    first = false;
+                }
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => {
+                        if json {
+                            let mut whole = page.clone();
+                            whole["datasets"] = Value::Array(all);
+                            whole["next"] = Value::Null;
+                            println!("{}", serde_json::to_string_pretty(&whole)?);
+                        } else {
+                            print_footer(&page);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Mode::Dataset(id) => {
+            let detail = fetch(base, Some(&id)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                print_dataset(&detail);
+            }
+            Ok(())
+        }
+        Mode::Pending(id) => {
+            let detail = fetch(base, Some(&id)).await?;
+            if json {
+                let pending = serde_json::json!({
+                    "set-id": id,
+                    "pending": detail["pending"],
+                    "pending-bytes": detail["pending-bytes"],
+                    "pending-paths": detail["pending-paths"],
+                });
+                println!("{}", serde_json::to_string_pretty(&pending)?);
+                return Ok(());
+            }
+            let paths = detail["pending-paths"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let count = detail["pending"].as_u64().unwrap_or(0);
+            println!(
+                "{id}: {count} pending ({} bytes){}",
+                detail["pending-bytes"],
+                if paths.len() as u64 == count {
+                    ""
+                } else {
+                    "; the first 100:"
+                }
+            );
+            for p in paths {
+                println!("  {}", p.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn fetch_page(base: &str, after: Option<&str>) -> anyhow::Result<Value> {
+    let mut url = format!("{base}/status?limit={PAGE}");
+    if let Some(a) = after {
+        url.push_str("&after=");
+        url.push_str(&percent_encode(a));
+    }
+    get(&url).await
+}
+
+/// Set-ids are printable, but a query string still needs `&`, `#`, `%`,
+/// `+` and spaces escaped.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One dataset as text: its figures, then example paths per problem.
+fn print_dataset(d: &Value) {
+    let fields = [
+        "set-id",
+        "state",
+        "manifest-key",
+        "manifest-entries",
+        "received",
+        "missing",
+        "unexpected",
+        "mismatched",
+        "pending",
+        "first-notification",
+        "last-notification",
+        "deadline",
+        "decided",
+        "eta-seconds",
+        "note",
+    ];
+    for f in fields {
+        let v = &d[f];
+        if !v.is_null() {
+            println!("{f:<20} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+        }
+    }
+    for list in ["missing-paths", "mismatched-paths", "unexpected-paths", "pending-paths"] {
+        let paths = d[list].as_array().map(Vec::as_slice).unwrap_or_default();
+        if !paths.is_empty() {
+            println!("{list}:");
+            for p in paths {
+                println!("  {}", p.as_str().unwrap_or_default());
+            }
+        }
+    }
+}
+
 pub async fn fetch(base: &str, set_id: Option<&str>) -> anyhow::Result<Value> {
     let url = match set_id {
-        Some(id) => format!("{base}/status/{id}"),
+        Some(id) => format!("{base}/status/{}", percent_encode(id)),
         None => format!("{base}/status"),
     };
-    let response = reqwest::get(&url).await.with_context(|| {
+    get(&url).await
+}
+
+async fn get(url: &str) -> anyhow::Result<Value> {
+    let response = reqwest::get(url).await.with_context(|| {
         format!("cannot reach the agent at {url}; is `vault-agent run` running?")
     })?;
     let code = response.status();
@@ -35,14 +182,20 @@ pub async fn fetch(base: &str, set_id: Option<&str>) -> anyhow::Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))
 }
 
+/// The whole table from one answer (the demo's use).
 pub fn print_table(status: &Value) {
     let datasets = status["datasets"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    if datasets.is_empty() {
+    print_rows(datasets, true);
+    print_footer(status);
+}
+
+fn print_rows(datasets: &[Value], header: bool) {
+    if header && datasets.is_empty() {
         println!("no datasets seen yet");
-    } else {
+    } else if header {
         println!(
             "{:<24} {:<12} {:>9} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9} {:>10} {:>7}  NOTE",
             "SET-ID",
@@ -84,6 +237,28 @@ pub fn print_table(status: &Value) {
                 .to_string()),
             d["note"].as_str().unwrap_or(""),
         );
+    }
+}
+
+fn print_footer(status: &Value) {
+    if let Some(totals) = status["totals"].as_object()
+        && !totals.is_empty()
+    {
+        let line: Vec<String> = totals.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("datasets: {}", line.join(" "));
+    }
+    if status["share"]["mounted"] == Value::Bool(false) {
+        println!(
+            "share: {} is NOT MOUNTED; local files are not tracked",
+            status["share"]["path"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(reasons) = status["health"].as_array()
+        && !reasons.is_empty()
+    {
+        for r in reasons {
+            println!("unhealthy: {}", r.as_str().unwrap_or_default());
+        }
     }
     if let Some(counters) = status["counters"].as_object()
         && !counters.is_empty()

@@ -16,7 +16,9 @@ use crate::notification::Classifier;
 use crate::reconcile::EngineHandle;
 use crate::reconcile::plugin::PolicyHealth;
 use crate::sources;
+use crate::health::Health;
 use crate::store::StoreReader;
+use crate::watcher::ShareStatus;
 
 /// Largest accepted request body (an API destination batch is far smaller).
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub classifier: Arc<Classifier>,
     pub api_key: Option<String>,
     pub policies: PolicyHealth,
+    pub health: Health,
+    pub share: ShareStatus,
 }
 
 pub fn router(state: AppState, source: &SourceConfig) -> Router {
@@ -46,15 +50,22 @@ pub fn router(state: AppState, source: &SourceConfig) -> Router {
         .with_state(state)
 }
 
+/// 200 when healthy; 503 with `{"reasons": [...]}` naming every problem.
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> (StatusCode, &'static str) {
-    if state.engine.is_running() {
-        (StatusCode::OK, "ok\n")
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut reasons = state.health.reasons();
+    if !state.engine.is_running() {
+        reasons.push("engine: the reconcile engine has stopped".into());
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "reconcile engine stopped\n",
+            axum::Json(serde_json::json!({ "status": "unhealthy", "reasons": reasons })),
         )
+            .into_response()
     }
 }

@@ -2,7 +2,7 @@
 //! example paths of what it is waiting for).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
@@ -15,20 +15,55 @@ const EXAMPLES: usize = 100;
 
 type Reply = (StatusCode, Json<Value>);
 
-pub async fn all(State(state): State<AppState>) -> Reply {
+/// Datasets per page when the client does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most datasets one page may hold, whatever the client asks.
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// One page of datasets in set-id order, with totals by state; `next` is
+/// the `after` of the following page (absent on the last).
+pub async fn all(State(state): State<AppState>, Query(page): Query<Page>) -> Reply {
     let reader = state.reader.clone();
     let policies: Vec<Value> = {
         let health = state.policies.lock().unwrap_or_else(|p| p.into_inner());
         health.values().map(|h| json!(h)).collect()
     };
+    let health = state.health.reasons();
+    let share = state.share.clone();
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let result = tokio::task::spawn_blocking(move || -> crate::store::StoreResult<Value> {
-        let datasets: Vec<Value> = reader.datasets()?.iter().map(dataset_json).collect();
+        // One more than asked tells whether another page follows.
+        let mut records = reader.datasets_page(page.after.as_deref(), limit + 1)?;
+        let next = (records.len() > limit).then(|| {
+            records.truncate(limit);
+            records.last().map(|d| d.set_id.clone())
+        });
+        let datasets: Vec<Value> = records.iter().map(dataset_json).collect();
+        let totals: serde_json::Map<String, Value> = reader
+            .dataset_totals()?
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
         let counters: serde_json::Map<String, Value> = reader
             .counters()?
             .into_iter()
             .map(|(k, v)| (k, json!(v)))
             .collect();
-        Ok(json!({ "datasets": datasets, "counters": counters, "policies": policies }))
+        Ok(json!({
+            "datasets": datasets,
+            "next": next.flatten(),
+            "totals": totals,
+            "counters": counters,
+            "policies": policies,
+            "share": share.describe(),
+            "health": health,
+        }))
     })
     .await;
     reply(result)
@@ -78,9 +113,15 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
     let confirmed = d.counts.local_bytes.saturating_sub(d.counts.pending_bytes);
     let seconds = (crate::notification::time::now_ms() - d.first_seen_ms).max(1) as f64 / 1000.0;
     let rate = (d.counts.local_files > 0).then(|| (confirmed as f64 / seconds).round() as u64);
+    // An ETA only while the dataset uploads, and never one past its deadline.
+    let now_s = crate::notification::time::now_ms() / 1000;
     let eta = rate
-        .filter(|r| *r > 0 && d.counts.pending_bytes > 0)
-        .map(|r| d.counts.pending_bytes / r);
+        .filter(|r| *r > 0 && d.counts.pending_bytes > 0 && !d.state.is_decided())
+        .map(|r| d.counts.pending_bytes / r)
+        .filter(|eta| {
+            d.deadline_ms
+                .is_none_or(|deadline| now_s.saturating_add(*eta as i64) <= deadline / 1000)
+        });
     json!({
         "set-id": d.set_id,
         "state": d.state,

@@ -21,6 +21,8 @@ pub const TEMP_DIR: &str = ".vault-agent";
 pub enum SealError {
     #[error("{path}: not a dataset directory (expected <SET-ID>{suffix} directly in the share)")]
     NotADataset { path: String, suffix: String },
+    #[error("{path} is a symbolic link; only real directories of the share are sealed")]
+    Link { path: String },
     #[error("{path} already exists; the dataset is sealed (use --force to write it again)")]
     AlreadySealed { path: String },
     #[error("{path}: the name contains a newline, which a manifest line cannot carry; rename it")]
@@ -75,9 +77,16 @@ pub fn seal(
     options: &SealOptions,
 ) -> Result<SealReport, SealError> {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    // Never through a link: it would write the manifest somewhere else.
+    let meta = std::fs::symlink_metadata(dir).ok();
+    if meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+        return Err(SealError::Link {
+            path: dir.display().to_string(),
+        });
+    }
     let set_id = name
         .strip_suffix(classifier.job_dir_suffix())
-        .filter(|s| !s.is_empty() && dir.is_dir())
+        .filter(|s| !s.is_empty() && meta.as_ref().is_some_and(|m| m.is_dir()))
         .ok_or_else(|| SealError::NotADataset {
             path: dir.display().to_string(),
             suffix: classifier.job_dir_suffix().to_owned(),
@@ -86,7 +95,7 @@ pub fn seal(
     let share = dir.parent().unwrap_or(Path::new("."));
     let manifest_name = format!("{set_id}{}", classifier.manifest_suffix());
     let manifest = dir.join(&manifest_name);
-    if manifest.exists() && !options.force {
+    if manifest.symlink_metadata().is_ok() && !options.force {
         return Err(SealError::AlreadySealed {
             path: manifest.display().to_string(),
         });
@@ -95,7 +104,10 @@ pub fn seal(
 
     let mut dirs = Vec::new();
     let mut files = Vec::new();
-    for item in walkdir::WalkDir::new(dir).follow_links(false) {
+    for item in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .follow_root_links(false)
+    {
         let item = item.map_err(|e| SealError::Io {
             path: e
                 .path()
@@ -182,6 +194,11 @@ fn write_atomically(
 ) -> Result<(), SealError> {
     let temp_dir = share.join(TEMP_DIR);
     std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
+    if std::fs::symlink_metadata(&temp_dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(SealError::Link {
+            path: temp_dir.display().to_string(),
+        });
+    }
     let temp = temp_dir.join(format!("{set_id}.manifest.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;

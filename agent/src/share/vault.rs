@@ -44,6 +44,10 @@ pub enum VaultError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the source {source_dir} holds {name} at its root, which would stand in for the dataset's manifest; move or rename it, nothing was copied"
+    )]
+    HoldsManifest { source_dir: String, name: String },
     #[error(transparent)]
     Seal(#[from] seal::SealError),
 }
@@ -141,8 +145,15 @@ pub fn vault(
     {
         return Err(VaultError::BadSetId(set_id));
     }
+    let manifest_name = format!("{set_id}{}", classifier.manifest_suffix());
+    if source.join(&manifest_name).symlink_metadata().is_ok() {
+        return Err(VaultError::HoldsManifest {
+            source_dir: source.display().to_string(),
+            name: manifest_name,
+        });
+    }
     let dest = share.join(classifier.dataset_dir(&set_id));
-    if dest.exists() {
+    if dest.symlink_metadata().is_ok() {
         return Err(VaultError::SetIdUsed {
             set_id,
             path: dest.display().to_string(),

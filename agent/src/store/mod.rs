@@ -120,6 +120,23 @@ pub struct Committed {
 /// The read side: safe to use from any thread while the engine writes.
 pub trait StoreReader: Send + Sync {
     fn datasets(&self) -> StoreResult<Vec<DatasetRecord>>;
+    /// Up to `limit` datasets whose set-id sorts after `after`, in set-id
+    /// order: one page of `/status`, so no request holds every dataset.
+    fn datasets_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
+        let mut all = self.datasets()?;
+        all.retain(|d| after.is_none_or(|a| d.set_id.as_str() > a));
+        all.sort_by(|a, b| a.set_id.cmp(&b.set_id));
+        all.truncate(limit);
+        Ok(all)
+    }
+    /// How many datasets are in each state.
+    fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        for d in self.datasets()? {
+            *totals.entry(d.state.as_str().to_owned()).or_default() += 1;
+        }
+        Ok(totals.into_iter().collect())
+    }
     /// One dataset with up to `limit` example paths per problem list.
     fn dataset_detail(
         &self,

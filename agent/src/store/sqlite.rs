@@ -528,6 +528,29 @@ impl StoreReader for SqliteReader {
         query_datasets(&conn, &sql, &self.path)
     }
 
+    fn datasets_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let sql = format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > ?1 ORDER BY set_id LIMIT ?2"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(sqlite_error(&self.path))?;
+        let rows = stmt
+            .query_map(params![after.unwrap_or(""), limit as i64], |r| {
+                Ok(dataset_from_row(r))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sqlite_error(&self.path))?;
+        rows.into_iter().collect()
+    }
+
+    fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT state, count(*) FROM datasets GROUP BY state ORDER BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+    }
+
     fn dataset_detail(
         &self,
         set_id: &str,

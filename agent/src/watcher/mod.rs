@@ -18,7 +18,10 @@
 //! clients), and the watcher falls back to it, loudly, when the inotify watch
 //! limit is hit.
 
+mod mount;
 pub mod scan;
+
+pub use mount::ShareStatus;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,16 +56,25 @@ pub struct WatcherSettings {
     pub seal_after: Option<Duration>,
 }
 
-/// Starts the watcher thread; it stops when the engine does.
-pub fn spawn(settings: WatcherSettings, engine: EngineHandle) -> std::io::Result<()> {
+/// Starts the watcher thread; it stops when the engine does. It waits for
+/// the share to appear, and attaches again when it is remounted.
+pub fn spawn(
+    settings: WatcherSettings,
+    engine: EngineHandle,
+    status: ShareStatus,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("share-watcher".into())
-        .spawn(move || {
-            if let Err(e) = run(settings, engine) {
-                error!(error = %e, "the share watcher stopped; pending files are no longer tracked");
-            }
-        })
+        .spawn(move || mount::supervise(settings, engine, status))
         .map(|_| ())
+}
+
+/// Why [`run`] returned.
+enum Exit {
+    /// The engine stopped.
+    Stopped,
+    /// The share went away or was remounted (another device).
+    ShareChanged,
 }
 
 enum AnyWatcher {
@@ -92,18 +104,22 @@ struct State {
 fn make_watcher(mode: WatchMode) -> notify::Result<(AnyWatcher, Receiver<notify::Result<Event>>)> {
     let (tx, rx) = channel();
     let watcher = match mode {
-        WatchMode::Inotify => {
-            AnyWatcher::Inotify(RecommendedWatcher::new(tx, notify::Config::default())?)
-        }
+        // Links are never followed: a link on the share may point anywhere.
+        WatchMode::Inotify => AnyWatcher::Inotify(RecommendedWatcher::new(
+            tx,
+            notify::Config::default().with_follow_symlinks(false),
+        )?),
         WatchMode::Poll(every) => AnyWatcher::Poll(PollWatcher::new(
             tx,
-            notify::Config::default().with_poll_interval(every),
+            notify::Config::default()
+                .with_poll_interval(every)
+                .with_follow_symlinks(false),
         )?),
     };
     Ok((watcher, rx))
 }
 
-fn run(settings: WatcherSettings, engine: EngineHandle) -> notify::Result<()> {
+fn run(settings: WatcherSettings, engine: EngineHandle, device: u64) -> notify::Result<Exit> {
     let (watcher, events) = make_watcher(settings.mode)?;
     let mut state = State {
         settings,
@@ -123,10 +139,13 @@ fn run(settings: WatcherSettings, engine: EngineHandle) -> notify::Result<()> {
         let first = match state.events.recv_timeout(Duration::from_secs(1)) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Stopped),
         };
         if !state.engine.is_running() {
-            return Ok(());
+            return Ok(Exit::Stopped);
+        }
+        if mount::device_of(&share) != Some(device) {
+            return Ok(Exit::ShareChanged);
         }
         let mut batch: Vec<notify::Result<Event>> = first.into_iter().collect();
         let until = Instant::now() + GATHER;
@@ -187,7 +206,7 @@ impl State {
     /// Starts tracking a dataset directory: watch first, then scan, so no
     /// file falls between the two.
     fn track(&mut self, dir: PathBuf) {
-        if !self.datasets.insert(dir.clone()) {
+        if !is_real_dir(&dir) || !self.datasets.insert(dir.clone()) {
             return;
         }
         if let Err(e) = self.watch(&dir, RecursiveMode::Recursive) {
@@ -252,7 +271,7 @@ impl State {
             for path in &event.paths {
                 if path.parent() == Some(share.as_path()) {
                     // A new dataset directory at the share root.
-                    if path.is_dir()
+                    if is_real_dir(path)
                         && scan::entry_of(&share, &self.settings.classifier, path).is_some()
                     {
                         new_dirs.push(path.clone());
@@ -263,7 +282,7 @@ impl State {
                 match event.kind {
                     EventKind::Remove(RemoveKind::Folder)
                     | EventKind::Modify(ModifyKind::Name(_))
-                        if !path.exists() =>
+                        if path.symlink_metadata().is_err() =>
                     {
                         // A directory (or something renamed away): its
                         // children vanished with it.
@@ -272,7 +291,7 @@ impl State {
                         }
                     }
                     EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
-                        if path.is_dir() =>
+                        if is_real_dir(path) =>
                     {
                         new_dirs.push(path.clone());
                     }
@@ -347,6 +366,11 @@ impl State {
             }
         }
     }
+}
+
+/// A directory, not a link to one.
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// The `*-vaultjob` directory a path is in.

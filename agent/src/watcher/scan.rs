@@ -54,7 +54,10 @@ pub fn change(
 /// Paths that are not UTF-8 cannot be S3 keys or manifest lines: they are
 /// reported and skipped.
 pub fn walk(root: &Path, mut found: impl FnMut(PathBuf)) {
-    for item in walkdir::WalkDir::new(root).follow_links(false) {
+    for item in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .follow_root_links(false)
+    {
         match item {
             Ok(e) if e.path().to_str().is_none() => {
                 tracing::warn!(path = %e.path().display(), "skipping a path that is not UTF-8: it cannot be an S3 key");
