@@ -287,7 +287,12 @@ async fn open_store(
 
 /// Starts the share watcher unless it is off; it waits for the share to be
 /// mounted if it is not yet.
-fn start_watcher(config: &Config, classifier: Classifier, engine: EngineHandle, status: ShareStatus) {
+fn start_watcher(
+    config: &Config,
+    classifier: Classifier,
+    engine: EngineHandle,
+    status: ShareStatus,
+) {
     let mode = match config.share.watch {
         WatchKind::Off => return,
         WatchKind::Inotify => WatchMode::Inotify,

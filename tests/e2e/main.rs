@@ -5,6 +5,7 @@
 mod aws;
 mod cli;
 mod crash;
+mod hardening;
 mod http;
 mod manifests;
 mod plugins;

@@ -64,6 +64,42 @@ impl Env {
     /// Starts an agent with its own state directory: several agents on one
     /// share, as on several hosts.
     pub fn start_with_state(&self, state_dir: &str) -> AgentProcess {
+        let port = self.write_config(state_dir);
+        let mut agent = self.spawn(port, None);
+        agent.wait_healthy();
+        agent
+    }
+
+    /// Writes the config (state in `state`) and returns its port.
+    pub fn start_config(&self) -> u16 {
+        self.write_config("state")
+    }
+
+    /// Starts the agent with the soft open-file limit systemd gives services.
+    pub fn start_with_soft_fd_limit(&self, soft: u64) -> AgentProcess {
+        let port = self.write_config("state");
+        let mut agent = self.spawn(port, Some(soft));
+        agent.wait_healthy();
+        agent
+    }
+
+    /// Starts the agent and waits until it answers /healthz, healthy or not.
+    pub fn start_unhealthy_ok(&self) -> AgentProcess {
+        let port = self.write_config("state");
+        let agent = self.spawn(port, None);
+        let start = Instant::now();
+        while http_get(&format!("{}/healthz", agent.base)).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no answer:\n{}",
+                agent.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn write_config(&self, state_dir: &str) -> u16 {
         let port = free_port();
         let text = format!(
             "[agent]\nstate_dir = \"{state_dir}\"\n[share]\npath = \"share\"\n{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
@@ -71,36 +107,41 @@ impl Env {
             self.share_extra, self.http_extra, self.extra_config
         );
         std::fs::write(self.config_path(), text).unwrap();
+        port
+    }
+
+    fn spawn(&self, port: u16, soft_fd_limit: Option<u64>) -> AgentProcess {
+        use std::os::unix::process::CommandExt;
         let log = self.dir.path().join(format!("agent-{port}.log"));
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["run", "--config"])
             .arg(self.config_path())
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("vault-agent starts");
-        let mut agent = AgentProcess {
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(soft) = soft_fd_limit {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("vault-agent starts");
+        AgentProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        let start = Instant::now();
-        while http_get(&format!("{}/healthz", agent.base)).map(|(c, _)| c) != Some(200) {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!(
-                    "agent exited ({status}) before becoming healthy:\n{}",
-                    agent.logs()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "agent did not become healthy:\n{}",
-                agent.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        agent
     }
 
     /// Writes `<set_id>-vaultjob` with `files` (paths below it) and the
@@ -181,6 +222,25 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Waits until /healthz answers 200 (generously: CI shares the machine).
+    pub fn wait_healthy(&mut self) {
+        let start = Instant::now();
+        while http_get(&format!("{}/healthz", self.base)).map(|(c, _)| c) != Some(200) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent exited ({status}) before becoming healthy:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "agent did not become healthy:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn post(&self, body: &str) -> (u16, Value) {
         self.post_with(body, &[])
     }

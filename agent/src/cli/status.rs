@@ -145,10 +145,18 @@ fn print_dataset(d: &Value) {
     for f in fields {
         let v = &d[f];
         if !v.is_null() {
-            println!("{f:<20} {}", v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            println!(
+                "{f:<20} {}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            );
         }
     }
-    for list in ["missing-paths", "mismatched-paths", "unexpected-paths", "pending-paths"] {
+    for list in [
+        "missing-paths",
+        "mismatched-paths",
+        "unexpected-paths",
+        "pending-paths",
+    ] {
         let paths = d[list].as_array().map(Vec::as_slice).unwrap_or_default();
         if !paths.is_empty() {
             println!("{list}:");

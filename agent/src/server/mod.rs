@@ -12,11 +12,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use crate::config::SourceConfig;
+use crate::health::Health;
 use crate::notification::Classifier;
 use crate::reconcile::EngineHandle;
 use crate::reconcile::plugin::PolicyHealth;
 use crate::sources;
-use crate::health::Health;
 use crate::store::StoreReader;
 use crate::watcher::ShareStatus;
 

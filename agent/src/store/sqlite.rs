@@ -545,7 +545,8 @@ impl StoreReader for SqliteReader {
 
     fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT state, count(*) FROM datasets GROUP BY state ORDER BY state")?;
+            let mut stmt =
+                c.prepare("SELECT state, count(*) FROM datasets GROUP BY state ORDER BY state")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
             rows.collect()
         })

@@ -50,7 +50,10 @@ impl ShareStatus {
         } else {
             self.health.set(
                 "share",
-                format!("{} is not mounted (no such directory); waiting for it", m.path),
+                format!(
+                    "{} is not mounted (no such directory); waiting for it",
+                    m.path
+                ),
             );
         }
     }
