@@ -244,6 +244,8 @@ pub fn raise_fd_limit() -> Option<(u64, u64)> {
                 return None;
             }
         }
+        // rlim_t is u64 on Linux but narrower elsewhere.
+        #[allow(clippy::unnecessary_cast)]
         Some((before as u64, limit.rlim_cur as u64))
     }
 }
