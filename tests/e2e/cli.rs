@@ -139,8 +139,10 @@ fn status_command_and_upload_log_lines() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
+    // 2000 files: with a fixed 4 s deadline the complete dataset once timed
+    // out under a Successful heading.
     let out = Command::new(BIN)
-        .args(["demo", "--files", "60"])
+        .args(["demo", "--files", "2000"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -152,9 +154,22 @@ fn the_demo_runs_end_to_end() {
     assert!(stdout.contains("the share watcher sees"), "{stdout}");
     let summary = stdout.split("summary").nth(1).unwrap_or_default();
     assert!(
-        summary.contains("File Upload Reconciliation Successful  64 entries"),
+        summary.contains("File Upload Reconciliation Successful  2014 entries"),
         "{summary}"
     );
+    // Every heading names the type of the event printed below it.
+    for heading in stdout
+        .lines()
+        .filter(|l| l.ends_with(':') && l.contains(" for "))
+    {
+        let kind = heading.split(" for ").next().unwrap_or_default();
+        let body = stdout.split(heading).nth(1).unwrap_or_default();
+        let detail_type = body
+            .lines()
+            .find(|l| l.contains("\"detail-type\""))
+            .unwrap_or_default();
+        assert!(detail_type.contains(kind), "{heading} above {detail_type}");
+    }
     assert!(
         summary.contains("File Upload Reconciliation Timeout  missing: [\""),
         "{summary}"

@@ -106,6 +106,53 @@ fn bundled_policies_on_reference_datasets_and_routing() {
     );
 }
 
+/// Sleeping is a host call the epoch deadline cannot interrupt: a policy
+/// that slept forever once wedged the engine (no POST answered, no
+/// deadline kept, SIGTERM ignored). Under the plugins' frozen clock a
+/// sleep now ends at once, so a sleep forever is a loop the deadline stops.
+#[test]
+fn sleeping_policies_neither_wedge_the_agent_nor_outlive_their_timeout() {
+    let chaos = fixture("fixture_chaos");
+    let env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\niterations = 300\nplugin_timeout = \"100ms\"\n\
+         [[reconcile.route]]\nset_ids = \"NAP*\"\npolicy = \"{c}\"\n\
+         policy_config = {{ mode = \"sleep\", hook = \"on-upload\" }}\n\
+         [[reconcile.route]]\nset_ids = \"COMA*\"\npolicy = \"{c}\"\n\
+         policy_config = {{ mode = \"sleep-forever\" }}\n",
+        c = chaos.display()
+    ));
+    let mut agent = env.start();
+    // A policy sleeping forever in `decide`, then one sleeping 3 s in every
+    // `on-upload`, then a dataset under the default policy.
+    for set_id in ["COMA0000000001", "NAP0000000001", "GOOD0000000001"] {
+        let lines = env.write_dataset(set_id, &file_names(5));
+        upload_all(&env, &agent, &lines, &[]);
+    }
+    for set_id in ["NAP0000000001", "GOOD0000000001"] {
+        let events = env.wait_for_events(set_id, 1, Duration::from_secs(60));
+        assert_eq!(
+            events[0]["detail-type"], "File Upload Reconciliation Successful",
+            "{set_id}"
+        );
+    }
+    crate::support::wait_until(
+        "the endless sleep to be stopped",
+        Duration::from_secs(60),
+        || {
+            agent.status(Some("COMA0000000001"))["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("did not return within 100ms"))
+        },
+    );
+    assert_eq!(
+        crate::support::http_get(&format!("{}/healthz", agent.base))
+            .unwrap()
+            .0,
+        200
+    );
+    agent.stop();
+}
+
 #[test]
 fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let env = Env::new("");

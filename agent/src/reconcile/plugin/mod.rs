@@ -1,12 +1,14 @@
 //! The policy host: reconcile policies as WebAssembly components.
 //!
 //! [`host`] owns wasmtime (engine, epoch deadlines, memory limits, compile
-//! cache, no capabilities), [`component`] wraps one plugin as a [`Policy`],
+//! cache, no capabilities; [`frozen_time`] is the only clock a plugin
+//! sees), [`component`] wraps one plugin as a [`Policy`],
 //! [`router`] picks a policy per set-id, and [`bundled`] holds the policies
 //! built from `plugins/` into the binary.
 
 pub mod bundled;
 pub mod component;
+mod frozen_time;
 pub mod host;
 pub mod router;
 
