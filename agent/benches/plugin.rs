@@ -39,7 +39,12 @@ fn measure(name: &str, mut call: impl FnMut()) {
 
 fn main() {
     let cache = tempfile::tempdir().expect("temp dir");
-    let host = PluginHost::new(Some(cache.path().to_owned()), Limits::default()).expect("host");
+    // Calls are timed back to back, outside engine batches: no batch budget.
+    let limits = Limits {
+        batch_budget: Duration::MAX,
+        ..Limits::default()
+    };
+    let host = PluginHost::new(Some(cache.path().to_owned()), limits).expect("host");
     println!(
         "plugin load (bundled exact-match, {} KiB):",
         vault_agent::reconcile::plugin::bundled::bytes("exact-match").map_or(0, |b| b.len() / 1024)

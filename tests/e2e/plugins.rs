@@ -153,6 +153,91 @@ fn sleeping_policies_neither_wedge_the_agent_nor_outlive_their_timeout() {
     agent.stop();
 }
 
+/// A policy taking tens of milliseconds per call once held up every
+/// dataset: each POST waited for every policy call of its batch (another
+/// dataset's POST waited 6.5 s). Now a policy's calls past its time in a
+/// batch wait for a later one, so other datasets go first.
+#[test]
+fn a_slow_policy_delays_only_its_own_datasets() {
+    let chaos = fixture("fixture_chaos");
+    let env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\niterations = 3000\nplugin_timeout = \"10s\"\n\
+         [[reconcile.route]]\nset_ids = \"SLOW*\"\npolicy = \"{}\"\n\
+         policy_config = {{ mode = \"slow\", hook = \"on-upload\", spin = \"30000000\" }}\n",
+        chaos.display()
+    ));
+    let agent = env.start();
+    let slow = env.write_dataset("SLOW0000000001", &file_names(150));
+    upload_all(&env, &agent, &slow, &[]);
+    let good = env.write_dataset("GOOD0000000001", &file_names(5));
+    upload_all(&env, &agent, &good, &[]);
+    env.wait_for_events("GOOD0000000001", 1, Duration::from_secs(60));
+    let waiting = agent.status(Some("SLOW0000000001"));
+    assert!(
+        waiting["unjudged"].as_u64().unwrap() > 0,
+        "the slow policy's uploads should still be waiting: {waiting}"
+    );
+    // The slow dataset is judged in the following batches, and completes.
+    let events = env.wait_for_events("SLOW0000000001", 1, Duration::from_secs(300));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    let status = agent.status(None);
+    let slow_policy = status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fixture_chaos")
+        .unwrap();
+    assert!(
+        slow_policy["calls"].as_u64().unwrap() >= slow.len() as u64,
+        "{slow_policy}"
+    );
+}
+
+/// A policy whose `entry-matches` always timed out while its `on-upload`
+/// succeeded was never quarantined: each success reset the count of
+/// failures. Failures are now counted per hook.
+#[test]
+fn a_hook_that_keeps_failing_is_quarantined_though_another_succeeds() {
+    let chaos = fixture("fixture_chaos");
+    let env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\niterations = 3000\nplugin_timeout = \"50ms\"\n\
+         [[reconcile.route]]\nset_ids = \"FLAKY*\"\npolicy = \"{}\"\n\
+         policy_config = {{ mode = \"loop\", hook = \"entry-matches\" }}\n",
+        chaos.display()
+    ));
+    let agent = env.start();
+    let flaky = env.write_dataset("FLAKY000000001", &file_names(8));
+    upload_all(&env, &agent, &flaky, &[]);
+    crate::support::wait_until(
+        "the failing plugin to be quarantined",
+        Duration::from_secs(120),
+        || {
+            agent.status(None)["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fixture_chaos" && p["state"] == "quarantined")
+        },
+    );
+    let note = agent.status(Some("FLAKY000000001"))["note"].clone();
+    assert!(
+        note.as_str().is_some_and(|n| n.contains("entry-matches")),
+        "{note}"
+    );
+    // Other datasets are unaffected.
+    let good = env.write_dataset("GOOD0000000001", &file_names(5));
+    upload_all(&env, &agent, &good, &[]);
+    let events = env.wait_for_events("GOOD0000000001", 1, Duration::from_secs(60));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    assert!(env.events_for("FLAKY000000001").is_empty());
+}
+
 #[test]
 fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let env = Env::new("");

@@ -107,6 +107,9 @@ pub struct ReconcileSection {
     pub plugin_timeout: HumanDuration,
     /// Most linear memory a plugin instance may use, in MiB.
     pub plugin_memory_mb: NonZeroU32,
+    /// A plugin's time per engine batch: calls past it are deferred to the
+    /// next batch, so a slow policy never holds up other datasets' commits.
+    pub plugin_time_per_batch: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +139,7 @@ impl Default for ReconcileSection {
             routes: Vec::new(),
             plugin_timeout: HumanDuration(Duration::from_millis(100)),
             plugin_memory_mb: NonZeroU32::new(64).expect("64 is not zero"),
+            plugin_time_per_batch: HumanDuration(Duration::from_millis(10)),
         }
     }
 }

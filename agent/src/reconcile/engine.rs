@@ -119,6 +119,8 @@ enum Step {
         scan_started_ms: i64,
     },
     Tick,
+    /// Datasets whose policy calls were deferred by the policy's time budget.
+    Deferred(Vec<String>),
     Ack {
         sink: String,
         seq: i64,
@@ -260,6 +262,10 @@ struct Core {
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
     manifest_reader: ManifestReader,
+    /// Datasets whose policy calls waited for a later batch (the policy
+    /// used its time): the next batch continues them, before waiting for
+    /// new commands.
+    deferred: HashSet<String>,
 }
 
 /// One transaction's worth of changes, applied to the cache only on commit.
@@ -311,6 +317,7 @@ impl Engine {
             shared: store.is_shared(),
             reading: HashSet::new(),
             manifest_reader,
+            deferred: HashSet::new(),
         };
         (
             Engine {
@@ -334,12 +341,24 @@ impl Engine {
         );
         // Resume: re-read manifests and re-check deadlines right away.
         self.process(vec![Command::Tick]);
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut batch = vec![first];
+        loop {
+            let mut batch = Vec::new();
+            // Deferred policy work goes on without waiting for a command.
+            if self.core.deferred.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            }
             while batch.len() < MAX_COMMANDS_PER_BATCH {
                 match self.rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => {
+                        info!("reconcile engine stopped");
+                        return Ok(());
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             }
             let stop = batch.iter().any(|c| matches!(c, Command::Shutdown));
@@ -353,7 +372,7 @@ impl Engine {
     }
 
     fn process(&mut self, batch: Vec<Command>) {
-        self.core.policy.refresh();
+        self.core.policy.begin_batch();
         let shared = self.core.shared;
         let mut replies = Vec::new();
         let batch_len = batch.len();
@@ -381,10 +400,15 @@ impl Engine {
                     set_id,
                     scan_started_ms,
                 },
+                // Re-checks queued while a batch ran are one re-check.
+                Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
                 Command::Tick => Step::Tick,
                 Command::Ack { sink, seq } => Step::Ack { sink, seq },
                 Command::Shutdown => continue,
             });
+        }
+        if !self.core.deferred.is_empty() {
+            steps.push(Step::Deferred(self.core.deferred.drain().collect()));
         }
         let health = self.core.settings.health.clone();
         health.batch_started();
@@ -500,6 +524,11 @@ impl Engine {
                     )?;
                 }
                 Step::Tick => self.core.tick(&mut *tx, work, now)?,
+                Step::Deferred(set_ids) => {
+                    for set_id in set_ids {
+                        self.core.continue_deferred(&mut *tx, work, &set_id, now)?;
+                    }
+                }
                 Step::Local(changes) => {
                     for change in changes {
                         self.core.apply_local(&mut *tx, work, change, now)?;
@@ -734,6 +763,10 @@ impl Core {
                 note = Some(format!("upload {} rejected: {reason}", up.object_key));
                 Verdict::Reject
             }
+            Err(e) if e.deferred => {
+                self.deferred.insert(set_id.to_owned());
+                Verdict::Unjudged
+            }
             Err(e) => {
                 note = Some(e.to_string());
                 Verdict::Unjudged
@@ -746,6 +779,10 @@ impl Core {
             let expected = ExpectedEntry { entry: key, size };
             match self.policy.entry_matches(&expected, &v) {
                 Ok(m) => matched = m,
+                Err(e) if e.deferred => {
+                    self.deferred.insert(set_id.to_owned());
+                    verdict = Verdict::Unjudged;
+                }
                 Err(e) => {
                     note = Some(e.to_string());
                     verdict = Verdict::Unjudged;
@@ -1023,7 +1060,26 @@ impl Core {
         Ok(())
     }
 
-    /// Judges again the uploads whose policy call failed.
+    /// Continues a dataset whose policy calls were deferred: judges what is
+    /// left unjudged, and (in `decide_touched`) decides.
+    fn continue_deferred(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        if ds.state.is_decided() {
+            return Ok(());
+        }
+        if ds.counts.unjudged > 0 {
+            self.rejudge(tx, work, set_id, now)?;
+        }
+        Ok(())
+    }
+
+    /// Judges again the uploads whose policy call failed or was deferred.
     fn rejudge(
         &mut self,
         tx: &mut dyn StoreTx,
@@ -1036,11 +1092,18 @@ impl Core {
         let rows = tx.unjudged_entries(set_id, &dir, PER_TICK)?;
         let mut delta_note = None;
         let mut counts_delta = (Counts::default(), Counts::default());
+        self.deferred.remove(set_id);
         for mut row in rows {
-            counts_delta.0 += EntryRecord::contribution(Some(&row));
-            if let Some(n) = self.judge(set_id, &mut row, None) {
+            let before = EntryRecord::contribution(Some(&row));
+            let note = self.judge(set_id, &mut row, None);
+            if self.deferred.contains(set_id) {
+                // The policy's time is used: the rest waits for a later batch.
+                break;
+            }
+            if let Some(n) = note {
                 delta_note = Some(n);
             }
+            counts_delta.0 += before;
             counts_delta.1 += EntryRecord::contribution(Some(&row));
             tx.put_entry(&row, false)?;
         }
@@ -1105,6 +1168,9 @@ impl Core {
                     }
                     Ok(Decision::Wait(reason)) => {
                         ds.note = (!reason.is_empty()).then_some(reason).or(ds.note.take());
+                    }
+                    Err(e) if e.deferred => {
+                        self.deferred.insert(ds.set_id.clone());
                     }
                     Err(e) => {
                         error!(set_id = %ds.set_id, error = %e, "policy decision failed; dataset keeps waiting");

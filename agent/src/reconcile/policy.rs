@@ -83,13 +83,27 @@ pub enum Decision {
 }
 
 /// A policy call that did not return a verdict. The engine fails closed: the
-/// upload is rejected, the entry unmatched or the decision deferred.
+/// upload stays unjudged and the decision waits.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("policy {policy}: {call} failed: {message}")]
+#[error("policy {policy}: {call} {}: {message}", if *.deferred { "deferred" } else { "failed" })]
 pub struct PolicyError {
     pub policy: String,
     pub call: &'static str,
     pub message: String,
+    /// Not a fault: the policy used its time for this batch, and the call
+    /// is made in a later one.
+    pub deferred: bool,
+}
+
+impl PolicyError {
+    pub fn failed(policy: String, call: &'static str, message: String) -> Self {
+        PolicyError {
+            policy,
+            call,
+            message,
+            deferred: false,
+        }
+    }
 }
 
 pub trait Policy: Send {
@@ -103,8 +117,9 @@ pub trait Policy: Send {
     fn expects(&mut self, _set_id: &str, _entry: &str) -> Result<bool, PolicyError> {
         Ok(true)
     }
-    /// Called before each batch: a chance to pick up a replaced plugin file.
-    fn refresh(&mut self) {}
+    /// Called before each batch: a chance to pick up a replaced plugin file,
+    /// and the start of a new time budget.
+    fn begin_batch(&mut self) {}
     fn on_upload(&mut self, upload: &UploadView<'_>) -> Result<UploadVerdict, PolicyError>;
     fn entry_matches(
         &mut self,

@@ -133,6 +133,7 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "mismatched": d.counts.mismatched,
         "ignored": d.counts.ignored,
         "rejected": d.counts.rejected,
+        "unjudged": d.counts.unjudged,
         "first-notification": time(Some(d.first_seen_ms)),
         "last-notification": time(Some(d.last_seen_ms)),
         "deadline": time(d.deadline_ms),

@@ -3,9 +3,17 @@
 //! Every call runs with a deadline and a memory cap. A call that traps, runs
 //! out of time or memory returns an error (the engine fails closed), the
 //! instance is thrown away and the next call gets a fresh one; after
-//! [`QUARANTINE_AFTER`] failures in a row the plugin is quarantined for
-//! [`QUARANTINE_FOR`] and every call fails at once. A plugin file replaced
-//! on disk is reloaded; a broken replacement keeps the previous version.
+//! [`QUARANTINE_AFTER`] failures in a row of any one hook the plugin is
+//! quarantined for [`QUARANTINE_FOR`] and every call fails at once (another
+//! hook succeeding in between does not reset the count).
+//!
+//! Each plugin has a time budget per engine batch: `batch_budget`, plus
+//! [`ALLOWANCE_PER_CALL`] for each call it made. Once its calls used it,
+//! further calls are deferred to a later batch instead of made, so a slow
+//! policy delays its own datasets, never the batch everyone waits on, while
+//! a policy of normal speed is never deferred however large the batch.
+//! A plugin file replaced on disk is reloaded; a broken replacement keeps
+//! the previous version.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +35,9 @@ use crate::reconcile::policy::{
 
 pub const QUARANTINE_AFTER: u32 = 3;
 pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
+/// What each call adds to a plugin's time budget in a batch: far above what
+/// a policy needs per call (microseconds), far below a slow one's.
+pub const ALLOWANCE_PER_CALL: Duration = Duration::from_micros(50);
 /// How often a plugin file is checked for replacement.
 const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -55,7 +66,13 @@ pub struct WasmPolicy {
     settings: Vec<(String, String)>,
     host: Arc<PluginHost>,
     loaded: Result<Loaded, PluginError>,
-    consecutive_failures: u32,
+    /// Failures in a row, per hook.
+    failures_in_a_row: Vec<(&'static str, u32)>,
+    /// Time spent in calls since the batch began, and their number.
+    batch_spent: Duration,
+    batch_calls: u32,
+    /// Calls when health was last published.
+    published_calls: u64,
     quarantined_until: Option<Instant>,
     last_error: Option<String>,
     file_stamp: Option<(SystemTime, u64)>,
@@ -85,7 +102,10 @@ impl WasmPolicy {
             settings,
             host,
             loaded: Err(PluginError::Host("not loaded yet".into())),
-            consecutive_failures: 0,
+            failures_in_a_row: Vec::new(),
+            batch_spent: Duration::ZERO,
+            batch_calls: 0,
+            published_calls: 0,
             quarantined_until: None,
             last_error: None,
             last_check: Instant::now(),
@@ -178,10 +198,13 @@ impl WasmPolicy {
             }
         }
         store.set_epoch_deadline(self.host.deadline_ticks());
-        // A plugin that cannot answer gets no sizes: size checks then fail closed.
-        let wants_sizes = policy
-            .call_wants_expected_sizes(&mut store)
-            .unwrap_or(false);
+        // A trap here poisons the instance: it is not kept.
+        let wants_sizes = policy.call_wants_expected_sizes(&mut store).map_err(|e| {
+            format!(
+                "wants-expected-sizes failed: {}",
+                describe_failure(&self.host.limits, &store, &e)
+            )
+        })?;
         self.drain_captured(&mut store);
         Ok((store, instance, wants_sizes))
     }
@@ -198,11 +221,25 @@ impl WasmPolicy {
         call: &'static str,
         f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyError> {
-        let fail = |policy: &WasmPolicy, message: String| PolicyError {
-            policy: policy.label(),
-            call,
-            message,
+        let fail = |policy: &WasmPolicy, message: String| {
+            PolicyError::failed(policy.label(), call, message)
         };
+        // Only the first hook of a unit of work waits: an upload's
+        // `entry-matches` follows its `on-upload` (or the judgment would
+        // start over forever), and `expects` runs while a manifest loads,
+        // which cannot resume part-way; the call deadline bounds those.
+        let budget = self.host.limits.batch_budget + ALLOWANCE_PER_CALL * self.batch_calls;
+        if matches!(call, "on-upload" | "decide") && self.batch_spent >= budget {
+            return Err(PolicyError {
+                policy: self.label(),
+                call,
+                message: format!(
+                    "its time in this batch ({:?}) is used; the call waits for the next batch",
+                    self.batch_spent
+                ),
+                deferred: true,
+            });
+        }
         if let Some(until) = self.quarantined_until {
             if Instant::now() < until {
                 let last = self.last_error.clone().unwrap_or_default();
@@ -220,9 +257,12 @@ impl WasmPolicy {
                 return Err(fail(self, message));
             }
         };
+        let start = Instant::now();
         if loaded.live.is_none() {
             let pre = loaded.pre.clone();
-            match self.instantiate(&pre) {
+            let instantiated = self.instantiate(&pre);
+            self.batch_spent += start.elapsed();
+            match instantiated {
                 Ok((store, instance, wants_sizes)) => {
                     if let Ok(l) = &mut self.loaded {
                         l.live = Some((store, instance));
@@ -244,6 +284,8 @@ impl WasmPolicy {
         let start = Instant::now();
         let result = f(instance.vault_reconcile_policy(), store);
         let elapsed = start.elapsed();
+        self.batch_spent += elapsed;
+        self.batch_calls = self.batch_calls.saturating_add(1);
         self.stats.calls += 1;
         self.stats.total += elapsed;
         self.stats.slowest = self.stats.slowest.max(elapsed);
@@ -259,8 +301,10 @@ impl WasmPolicy {
                         .unwrap_or_default();
                     self.captured.extend(lines);
                 }
-                if self.consecutive_failures > 0 {
-                    self.consecutive_failures = 0;
+                if let Some((_, n)) = self.failures_in_a_row.iter_mut().find(|(c, _)| *c == call)
+                    && *n > 0
+                {
+                    *n = 0;
                     self.publish();
                 }
                 Ok(value)
@@ -277,21 +321,60 @@ impl WasmPolicy {
     }
 
     fn failed(&mut self, call: &'static str, message: String) -> PolicyError {
-        self.consecutive_failures += 1;
-        let error = PolicyError {
-            policy: self.label(),
-            call,
-            message,
+        let in_a_row = match self.failures_in_a_row.iter_mut().find(|(c, _)| *c == call) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.failures_in_a_row.push((call, 1));
+                1
+            }
         };
-        tracing::error!(error = %error, failures_in_a_row = self.consecutive_failures, "policy call failed; failing closed");
+        let error = PolicyError::failed(self.label(), call, message);
+        tracing::error!(error = %error, failures_in_a_row = in_a_row, "policy call failed; failing closed");
         self.last_error = Some(error.to_string());
-        if self.consecutive_failures >= QUARANTINE_AFTER {
+        if in_a_row >= QUARANTINE_AFTER {
             self.quarantined_until = Some(Instant::now() + QUARANTINE_FOR);
-            self.consecutive_failures = 0;
+            self.failures_in_a_row.clear();
             tracing::error!(plugin = %self.name, for_secs = QUARANTINE_FOR.as_secs(), "policy plugin quarantined");
         }
         self.publish();
         error
+    }
+
+    /// Reloads the plugin if its file was replaced (checked at most once
+    /// every [`RELOAD_CHECK_EVERY`]).
+    fn reload_if_replaced(&mut self) {
+        if self.last_check.elapsed() < RELOAD_CHECK_EVERY {
+            return;
+        }
+        self.last_check = Instant::now();
+        let PluginSource::File(path) = &self.source else {
+            return;
+        };
+        let now = file_stamp(path);
+        if now.is_none() || now == self.file_stamp {
+            return;
+        }
+        self.file_stamp = now;
+        match self.try_load() {
+            Ok(loaded) => {
+                tracing::info!(plugin = %self.name, sha256 = &loaded.sha256[..12], "policy plugin file replaced; reloaded");
+                self.loaded = Ok(loaded);
+                self.failures_in_a_row.clear();
+                self.quarantined_until = None;
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "replaced policy plugin does not load; keeping the previous version");
+                self.last_error = Some(e.to_string());
+                if self.loaded.is_err() {
+                    self.loaded = Err(e);
+                }
+            }
+        }
+        self.publish();
     }
 
     /// "name (source, vault:reconcile@0.1.0, sha256 0123abcd)" for messages.
@@ -334,7 +417,8 @@ impl WasmPolicy {
         std::mem::take(&mut self.captured)
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.published_calls = self.stats.calls;
         let state = match (&self.loaded, self.quarantined_until) {
             (Err(_), _) => "broken",
             (Ok(_), Some(_)) => "quarantined",
@@ -430,36 +514,13 @@ impl Policy for WasmPolicy {
         self.call("expects", |g, s| g.call_expects(s, entry))
     }
 
-    fn refresh(&mut self) {
-        if self.last_check.elapsed() < RELOAD_CHECK_EVERY {
-            return;
+    fn begin_batch(&mut self) {
+        self.batch_spent = Duration::ZERO;
+        self.batch_calls = 0;
+        if self.published_calls != self.stats.calls {
+            self.publish();
         }
-        self.last_check = Instant::now();
-        let PluginSource::File(path) = &self.source else {
-            return;
-        };
-        let now = file_stamp(path);
-        if now.is_none() || now == self.file_stamp {
-            return;
-        }
-        self.file_stamp = now;
-        match self.try_load() {
-            Ok(loaded) => {
-                tracing::info!(plugin = %self.name, sha256 = &loaded.sha256[..12], "policy plugin file replaced; reloaded");
-                self.loaded = Ok(loaded);
-                self.consecutive_failures = 0;
-                self.quarantined_until = None;
-                self.last_error = None;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "replaced policy plugin does not load; keeping the previous version");
-                self.last_error = Some(e.to_string());
-                if self.loaded.is_err() {
-                    self.loaded = Err(e);
-                }
-            }
-        }
-        self.publish();
+        self.reload_if_replaced();
     }
 
     fn on_upload(&mut self, view: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {

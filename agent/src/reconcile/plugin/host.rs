@@ -39,6 +39,8 @@ const LOG_LINES_PER_CALL: u32 = 16;
 pub struct Limits {
     pub call_timeout: Duration,
     pub memory_bytes: usize,
+    /// A plugin's time per engine batch; calls past it wait for a later batch.
+    pub batch_budget: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +48,7 @@ impl Default for Limits {
         Limits {
             call_timeout: Duration::from_millis(100),
             memory_bytes: 64 << 20,
+            batch_budget: Duration::from_millis(10),
         }
     }
 }

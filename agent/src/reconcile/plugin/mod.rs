@@ -151,6 +151,7 @@ pub fn build(
     let limits = Limits {
         call_timeout: config.plugin_timeout.0,
         memory_bytes: (config.plugin_memory_mb.get() as usize) << 20,
+        batch_budget: config.plugin_time_per_batch.0,
     };
     let mut host: Option<Arc<PluginHost>> = None;
     let mut make =

@@ -41,10 +41,10 @@ impl Policy for PolicyRouter {
         self.route(set_id).expects(set_id, entry)
     }
 
-    fn refresh(&mut self) {
-        self.default.refresh();
+    fn begin_batch(&mut self) {
+        self.default.begin_batch();
         for (_, policy) in &mut self.routes {
-            policy.refresh();
+            policy.begin_batch();
         }
     }
 
