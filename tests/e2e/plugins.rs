@@ -238,6 +238,59 @@ fn a_hook_that_keeps_failing_is_quarantined_though_another_succeeds() {
     assert!(env.events_for("FLAKY000000001").is_empty());
 }
 
+/// Printing once trapped (a 4 KiB pipe never drained: a policy printing
+/// 2 KB per call failed every third call), and what a policy returned was
+/// kept whole (1 MB reasons grew memory, `/status` and the log).
+#[test]
+fn printing_and_long_answers_cost_the_agent_a_bounded_amount() {
+    let chaos = fixture("fixture_chaos");
+    let route = |glob: &str, mode: &str, hook: &str| {
+        format!(
+            "[[reconcile.route]]\nset_ids = \"{glob}\"\npolicy = \"{}\"\n\
+             policy_config = {{ mode = \"{mode}\", hook = \"{hook}\" }}\n",
+            chaos.display()
+        )
+    };
+    let env = Env::new(
+        &[
+            "[reconcile]\nwait = \"200ms\"\niterations = 3000\n".to_string(),
+            route("CHATTY*", "print", "on-upload"),
+            route("LOUD*", "verbose", "decide"),
+            route("REJECTY*", "verbose", "on-upload"),
+        ]
+        .concat(),
+    );
+    let agent = env.start();
+    for set_id in ["CHATTY00000001", "LOUD0000000001", "REJECTY0000001"] {
+        let lines = env.write_dataset(set_id, &file_names(12));
+        upload_all(&env, &agent, &lines, &[]);
+    }
+    let events = env.wait_for_events("CHATTY00000001", 1, Duration::from_secs(60));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    assert!(
+        !agent.logs().contains("policy call failed"),
+        "printing must not fail a call"
+    );
+    for set_id in ["LOUD0000000001", "REJECTY0000001"] {
+        crate::support::wait_until("a note", Duration::from_secs(60), || {
+            agent.status(Some(set_id))["note"].is_string()
+        });
+        let note = agent.status(Some(set_id))["note"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(note.contains("because because"), "{note}");
+        assert!(note.len() < 1300, "{set_id}: a {} byte note", note.len());
+    }
+    let (_, body) = crate::support::http_get(&format!("{}/status", agent.base)).unwrap();
+    assert!(body.len() < 64 * 1024, "/status is {} bytes", body.len());
+    let log = std::fs::metadata(&agent.log).unwrap().len();
+    assert!(log < 512 * 1024, "the log is {log} bytes");
+}
+
 #[test]
 fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let env = Env::new("");

@@ -341,24 +341,26 @@ impl Engine {
         );
         // Resume: re-read manifests and re-check deadlines right away.
         self.process(vec![Command::Tick]);
+        // Deferred policy work runs in batches of its own, taking turns with
+        // batches of commands: it always progresses, and a command never
+        // waits for more than one slow policy call besides its own batch.
+        let mut deferred_turn = false;
         loop {
+            if !self.core.deferred.is_empty() && (deferred_turn || self.rx.is_empty()) {
+                self.process(Vec::new());
+                deferred_turn = false;
+                continue;
+            }
+            deferred_turn = true;
             let mut batch = Vec::new();
-            // Deferred policy work goes on without waiting for a command.
-            if self.core.deferred.is_empty() {
-                match self.rx.blocking_recv() {
-                    Some(first) => batch.push(first),
-                    None => break,
-                }
+            match self.rx.blocking_recv() {
+                Some(first) => batch.push(first),
+                None => break,
             }
             while batch.len() < MAX_COMMANDS_PER_BATCH {
                 match self.rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => {
-                        info!("reconcile engine stopped");
-                        return Ok(());
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(_) => break,
                 }
             }
             let stop = batch.iter().any(|c| matches!(c, Command::Shutdown));
@@ -407,7 +409,7 @@ impl Engine {
                 Command::Shutdown => continue,
             });
         }
-        if !self.core.deferred.is_empty() {
+        if steps.is_empty() && !self.core.deferred.is_empty() {
             steps.push(Step::Deferred(self.core.deferred.drain().collect()));
         }
         let health = self.core.settings.health.clone();

@@ -26,7 +26,7 @@ use wasmtime::component::Component;
 use super::host::bindings::exports::vault::reconcile::policy::Guest;
 use super::host::bindings::vault::reconcile::types as wit;
 use super::host::bindings::{ReconcilePolicy, ReconcilePolicyPre};
-use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, hex};
+use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, capped, hex};
 use super::{PluginError, PluginHealth, PluginSource, PolicyHealth};
 use crate::notification::UploadKind;
 use crate::reconcile::policy::{
@@ -189,7 +189,9 @@ impl WasmPolicy {
         let settings = self.settings.clone();
         match policy.call_init(&mut store, &settings) {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(format!("init refused its settings: {message}")),
+            Ok(Err(message)) => {
+                return Err(format!("init refused its settings: {}", capped(message)));
+            }
             Err(e) => {
                 return Err(format!(
                     "init failed: {}",
@@ -228,7 +230,8 @@ impl WasmPolicy {
         // `entry-matches` follows its `on-upload` (or the judgment would
         // start over forever), and `expects` runs while a manifest loads,
         // which cannot resume part-way; the call deadline bounds those.
-        let budget = self.host.limits.batch_budget + ALLOWANCE_PER_CALL * self.batch_calls;
+        let budget = (self.host.limits.batch_budget)
+            .saturating_add(ALLOWANCE_PER_CALL.saturating_mul(self.batch_calls));
         if matches!(call, "on-upload" | "decide") && self.batch_spent >= budget {
             return Err(PolicyError {
                 policy: self.label(),
@@ -451,7 +454,7 @@ fn describe_failure(limits: &Limits, store: &Store<HostState>, e: &wasmtime::Err
             limits.call_timeout
         );
     }
-    let output = state.output();
+    let output = capped(state.output());
     let root = e.root_cause().to_string();
     if output.is_empty() {
         format!("trapped: {root}")
@@ -531,7 +534,7 @@ impl Policy for WasmPolicy {
         Ok(match verdict? {
             wit::UploadVerdict::Count => UploadVerdict::Count,
             wit::UploadVerdict::Ignore => UploadVerdict::Ignore,
-            wit::UploadVerdict::Reject(reason) => UploadVerdict::Reject(reason),
+            wit::UploadVerdict::Reject(reason) => UploadVerdict::Reject(capped(reason)),
         })
     }
 
@@ -568,8 +571,8 @@ impl Policy for WasmPolicy {
         let decision = self.call("decide", |g, st| g.call_decide(st, &summary))?;
         Ok(match decision {
             wit::Decision::Complete => Decision::Complete,
-            wit::Decision::Wait(reason) => Decision::Wait(reason),
-            wit::Decision::Fail(reason) => Decision::Fail(reason),
+            wit::Decision::Wait(reason) => Decision::Wait(capped(reason)),
+            wit::Decision::Fail(reason) => Decision::Fail(capped(reason)),
         })
     }
 }

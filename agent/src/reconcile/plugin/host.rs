@@ -12,11 +12,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PluginError;
 use super::frozen_time::{self, FrozenClock};
+use super::output::PluginOutput;
 
 pub(super) mod bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "reconcile-policy" });
@@ -31,8 +31,9 @@ const POLICY_EXPORT: &str = "vault:reconcile/policy@0.1.0";
 
 /// Granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(1);
-/// Longest log line a plugin may write, and lines per call.
-const LOG_LINE_BYTES: usize = 1024;
+/// Longest text a plugin may hand the agent (a log line, a reason, an
+/// error), and log lines per call.
+pub const TEXT_BYTES: usize = 1024;
 const LOG_LINES_PER_CALL: u32 = 16;
 
 #[derive(Debug, Clone, Copy)]
@@ -201,7 +202,7 @@ impl PluginHost {
     /// A fresh store: no files, network, environment or clock; output
     /// captured (a panic message ends up in the error).
     pub fn new_store(&self, plugin: &str) -> Store<HostState> {
-        let output = MemoryOutputPipe::new(4096);
+        let output = PluginOutput::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(output.clone())
             .stderr(output.clone())
@@ -250,6 +251,21 @@ fn check_magic(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// Text from a plugin, cut to [`TEXT_BYTES`] (at a character boundary) so
+/// what it returns cannot grow memory, `/status` or the log.
+pub fn capped(mut text: String) -> String {
+    if text.len() > TEXT_BYTES {
+        let mut cut = TEXT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" [cut]");
+        text.shrink_to_fit();
+    }
+    text
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -260,23 +276,23 @@ pub struct HostState {
     table: ResourceTable,
     pub(super) limiter: Limiter,
     plugin: String,
-    output: MemoryOutputPipe,
+    output: PluginOutput,
     pub(super) log_budget: u32,
     /// `plugin test` collects log lines here instead of logging them.
     pub(super) captured: Option<Vec<String>>,
 }
 
 impl HostState {
-    /// What the plugin wrote to stdout/stderr (its panic message, say).
+    /// What the plugin wrote to stdout/stderr in this call (its panic
+    /// message, say), capped.
     pub fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.contents())
-            .trim()
-            .to_owned()
+        self.output.text()
     }
 
     pub fn begin_call(&mut self) {
         self.log_budget = LOG_LINES_PER_CALL;
         self.limiter.hit = false;
+        self.output.clear();
     }
 }
 
@@ -297,15 +313,7 @@ impl Host for HostState {
             return;
         }
         self.log_budget -= 1;
-        let mut message = message;
-        if message.len() > LOG_LINE_BYTES {
-            let mut cut = LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [cut]");
-        }
+        let message = capped(message);
         if let Some(lines) = self.captured.as_mut() {
             let name = match level {
                 Level::Debug => "debug",

@@ -10,6 +10,7 @@ pub mod bundled;
 pub mod component;
 mod frozen_time;
 pub mod host;
+mod output;
 pub mod router;
 
 use std::borrow::Cow;
