@@ -296,6 +296,11 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let env = Env::new("");
     let junk = env.dir.path().join("junk.wasm");
     std::fs::write(&junk, b"this is not WebAssembly").unwrap();
+    // Past plugin_max_size: refused before it is read whole or compiled.
+    let big = env.dir.path().join("big.wasm");
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.resize(2 << 20, 0);
+    std::fs::write(&big, bytes).unwrap();
     let route = |glob: &str, path: &PathBuf, settings: &str| {
         format!(
             "[[reconcile.route]]\nset_ids = \"{glob}\"\npolicy = \"{}\"\n{settings}",
@@ -305,7 +310,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let chaos = fixture("fixture_chaos");
     let env = Env {
         extra_config: [
-            "[reconcile]\nwait = \"200ms\"\niterations = 15\nplugin_timeout = \"50ms\"\nplugin_memory_mb = 32\n".to_string(),
+            "[reconcile]\nwait = \"200ms\"\niterations = 15\nplugin_timeout = \"50ms\"\nplugin_memory_mb = 32\nplugin_max_size = \"1MiB\"\n".to_string(),
             route("LOOP*", &chaos, "policy_config = { mode = \"loop\" }\n"),
             route("BOMB*", &chaos, "policy_config = { mode = \"bomb\" }\n"),
             route("TRAP*", &chaos, "policy_config = { mode = \"trap\", hook = \"on-upload\" }\n"),
@@ -313,12 +318,15 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
             route("MISS*", &fixture("fixture_no_policy"), ""),
             route("VERS*", &fixture("fixture_wrong_version"), ""),
             route("JUNK*", &junk, ""),
+            route("BIG*", &big, ""),
         ]
         .concat(),
         ..env
     };
     let agent = env.start();
-    let bad = ["LOOP", "BOMB", "TRAP", "INIT", "MISS", "VERS", "JUNK"];
+    let bad = [
+        "LOOP", "BOMB", "TRAP", "INIT", "MISS", "VERS", "JUNK", "BIG",
+    ];
     for prefix in bad {
         let set_id = format!("{prefix}0000000001");
         let lines = env.write_dataset(&set_id, &file_names(5));
@@ -350,6 +358,10 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
             "built for vault:reconcile@0.9.0, but this agent supports vault:reconcile@0.1.0",
         ),
         ("JUNK", "not a WebAssembly file"),
+        (
+            "BIG",
+            "larger than [reconcile] plugin_max_size (1048576 bytes)",
+        ),
     ];
     let status = agent.status(None);
     for (prefix, message) in expected {

@@ -110,6 +110,8 @@ pub struct ReconcileSection {
     /// A plugin's time per engine batch: calls past it are deferred to the
     /// next batch, so a slow policy never holds up other datasets' commits.
     pub plugin_time_per_batch: HumanDuration,
+    /// Largest component file loaded (compiling costs time and memory).
+    pub plugin_max_size: ByteCount,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +142,7 @@ impl Default for ReconcileSection {
             plugin_timeout: HumanDuration(Duration::from_millis(100)),
             plugin_memory_mb: NonZeroU32::new(64).expect("64 is not zero"),
             plugin_time_per_batch: HumanDuration(Duration::from_millis(10)),
+            plugin_max_size: ByteCount(16 << 20),
         }
     }
 }

@@ -146,7 +146,9 @@ impl WasmPolicy {
 
     fn try_load(&mut self) -> Result<Loaded, PluginError> {
         let start = Instant::now();
-        let bytes = self.source.bytes(&self.name)?;
+        let bytes = self
+            .source
+            .bytes(&self.name, self.host.limits.component_bytes)?;
         let (component, loaded_from): (Component, LoadedFrom) =
             self.host.compile(&self.name, &bytes)?;
         self.host.check_world(&self.name, &component)?;

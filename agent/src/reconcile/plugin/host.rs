@@ -42,6 +42,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// A plugin's time per engine batch; calls past it wait for a later batch.
     pub batch_budget: Duration,
+    /// Largest component file loaded.
+    pub component_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             call_timeout: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             batch_budget: Duration::from_millis(10),
+            component_bytes: 16 << 20,
         }
     }
 }
@@ -215,11 +218,7 @@ impl PluginHost {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_limit: self.limits.memory_bytes,
-                peak: 0,
-                hit: false,
-            },
+            limiter: Limiter::new(self.limits.memory_bytes),
             plugin: plugin.to_owned(),
             output,
             log_budget: LOG_LINES_PER_CALL,
@@ -334,25 +333,43 @@ impl Host for HostState {
     }
 }
 
-/// Caps linear memory and remembers whether the cap was hit.
+/// Caps the linear memory of an instance, all its memories together (a
+/// component may hold several: four of 62.5 MiB once ran under a 64 MiB
+/// cap), and remembers whether the cap was hit.
 pub struct Limiter {
     memory_limit: usize,
+    /// Bytes of every memory of the instance.
+    total: usize,
     pub(super) peak: usize,
     pub(super) hit: bool,
 }
 
+impl Limiter {
+    pub fn new(memory_limit: usize) -> Limiter {
+        Limiter {
+            memory_limit,
+            total: 0,
+            peak: 0,
+            hit: false,
+        }
+    }
+}
+
 impl ResourceLimiter for Limiter {
+    /// Called when a memory is created (from 0) and when it grows.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_limit {
             self.hit = true;
             return Ok(false);
         }
-        self.peak = self.peak.max(desired);
+        self.total = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 
@@ -363,5 +380,25 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_holds_for_all_memories_together() {
+        const MIB: usize = 1 << 20;
+        let mut limiter = Limiter::new(64 * MIB);
+        let quarter = 62 * MIB + MIB / 2;
+        assert!(limiter.memory_growing(0, quarter, None).unwrap());
+        // A second memory of the same instance would pass a per-memory cap.
+        assert!(!limiter.memory_growing(0, quarter, None).unwrap());
+        assert!(limiter.hit);
+        // Growing the first memory within the cap still works.
+        assert!(limiter.memory_growing(quarter, 63 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, MIB, None).unwrap());
+        assert_eq!(limiter.peak, 64 * MIB);
     }
 }

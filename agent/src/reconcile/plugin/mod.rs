@@ -33,6 +33,12 @@ pub enum PluginError {
         path: String,
         message: String,
     },
+    #[error("plugin {plugin}: {path} is larger than [reconcile] plugin_max_size ({limit} bytes)")]
+    TooLarge {
+        plugin: String,
+        path: String,
+        limit: u64,
+    },
     #[error("plugin {plugin}: not a WebAssembly file")]
     NotWasm { plugin: String },
     #[error(
@@ -76,19 +82,32 @@ pub enum PluginSource {
 }
 
 impl PluginSource {
-    pub fn bytes(&self, plugin: &str) -> Result<Cow<'static, [u8]>, PluginError> {
+    /// The component's bytes; a file larger than `limit` is refused
+    /// before it is read whole (compiling is costly in time and memory).
+    pub fn bytes(&self, plugin: &str, limit: u64) -> Result<Cow<'static, [u8]>, PluginError> {
         match self {
             PluginSource::Bundled(name) => bundled::bytes(name)
                 .map(Cow::Borrowed)
                 .ok_or_else(|| PluginError::Unknown((*name).to_owned())),
             PluginSource::File(path) => {
-                std::fs::read(path)
-                    .map(Cow::Owned)
-                    .map_err(|e| PluginError::Read {
+                use std::io::Read;
+                let read_error = |e: std::io::Error| PluginError::Read {
+                    plugin: plugin.to_owned(),
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                };
+                let mut bytes = Vec::new();
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes))
+                    .map_err(read_error)?;
+                if bytes.len() as u64 > limit {
+                    return Err(PluginError::TooLarge {
                         plugin: plugin.to_owned(),
                         path: path.display().to_string(),
-                        message: e.to_string(),
-                    })
+                        limit,
+                    });
+                }
+                Ok(Cow::Owned(bytes))
             }
         }
     }
@@ -153,6 +172,7 @@ pub fn build(
         call_timeout: config.plugin_timeout.0,
         memory_bytes: (config.plugin_memory_mb.get() as usize) << 20,
         batch_budget: config.plugin_time_per_batch.0,
+        component_bytes: config.plugin_max_size.0,
     };
     let mut host: Option<Arc<PluginHost>> = None;
     let mut make =
