@@ -265,8 +265,8 @@ impl Policy for SharedWasm {
     fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
         self.lock().expects(set_id, entry)
     }
-    fn begin_batch(&mut self) {
-        self.lock().begin_batch();
+    fn begin_batch(&mut self) -> bool {
+        self.lock().begin_batch()
     }
     fn on_upload(&mut self, u: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
         self.lock().on_upload(u)

@@ -300,6 +300,12 @@ impl Engine {
         outbox: watch::Sender<i64>,
     ) -> (Engine, EngineHandle) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let mut policy = policy;
+        let waker = tx.clone();
+        // A full queue means a batch is coming anyway.
+        policy.set_waker(Arc::new(move || {
+            let _ = waker.try_send(Command::Tick);
+        }));
         let handle = EngineHandle {
             tx: tx.clone(),
             classifier: Arc::new(settings.classifier.clone()),
@@ -374,7 +380,7 @@ impl Engine {
     }
 
     fn process(&mut self, batch: Vec<Command>) {
-        self.core.policy.begin_batch();
+        let reloaded = self.core.policy.begin_batch();
         let shared = self.core.shared;
         let mut replies = Vec::new();
         let batch_len = batch.len();
@@ -408,6 +414,10 @@ impl Engine {
                 Command::Ack { sink, seq } => Step::Ack { sink, seq },
                 Command::Shutdown => continue,
             });
+        }
+        if reloaded && !steps.iter().any(|s| matches!(s, Step::Tick)) {
+            // A replaced plugin judges what its predecessor could not.
+            steps.push(Step::Tick);
         }
         if steps.is_empty() && !self.core.deferred.is_empty() {
             steps.push(Step::Deferred(self.core.deferred.drain().collect()));

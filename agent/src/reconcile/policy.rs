@@ -12,6 +12,8 @@
 //! benchmark baseline. Both implement this trait, as does the per-set-id
 //! router.
 
+use std::sync::Arc;
+
 use crate::notification::UploadKind;
 
 /// The bundled policies (WebAssembly components built from `plugins/`).
@@ -117,9 +119,15 @@ pub trait Policy: Send {
     fn expects(&mut self, _set_id: &str, _entry: &str) -> Result<bool, PolicyError> {
         Ok(true)
     }
-    /// Called before each batch: a chance to pick up a replaced plugin file,
-    /// and the start of a new time budget.
-    fn begin_batch(&mut self) {}
+    /// Called before each batch: the start of a new time budget, and the
+    /// moment a replaced plugin takes effect (then true: what it left
+    /// unjudged is worth judging again).
+    fn begin_batch(&mut self) -> bool {
+        false
+    }
+    /// Gives the policy a way to wake the engine (when a replaced plugin
+    /// file is ready to take effect).
+    fn set_waker(&mut self, _wake: Arc<dyn Fn() + Send + Sync>) {}
     fn on_upload(&mut self, upload: &UploadView<'_>) -> Result<UploadVerdict, PolicyError>;
     fn entry_matches(
         &mut self,

@@ -12,21 +12,19 @@
 //! further calls are deferred to a later batch instead of made, so a slow
 //! policy delays its own datasets, never the batch everyone waits on, while
 //! a policy of normal speed is never deferred however large the batch.
-//! A plugin file replaced on disk is reloaded; a broken replacement keeps
-//! the previous version.
+//! A plugin file replaced on disk is reloaded (see [`super::reloader`]); a
+//! broken replacement keeps the previous version.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::Component;
 
 use super::host::bindings::exports::vault::reconcile::policy::Guest;
 use super::host::bindings::vault::reconcile::types as wit;
 use super::host::bindings::{ReconcilePolicy, ReconcilePolicyPre};
-use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, capped, hex};
+use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, capped};
+use super::reloader::{self, Prepared, Reloader, Waker};
 use super::{PluginError, PluginHealth, PluginSource, PolicyHealth};
 use crate::notification::UploadKind;
 use crate::reconcile::policy::{
@@ -38,8 +36,6 @@ pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
 /// What each call adds to a plugin's time budget in a batch: far above what
 /// a policy needs per call (microseconds), far below a slow one's.
 pub const ALLOWANCE_PER_CALL: Duration = Duration::from_micros(50);
-/// How often a plugin file is checked for replacement.
-const RELOAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Time and memory used by a plugin's calls.
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,8 +71,8 @@ pub struct WasmPolicy {
     published_calls: u64,
     quarantined_until: Option<Instant>,
     last_error: Option<String>,
-    file_stamp: Option<(SystemTime, u64)>,
-    last_check: Instant,
+    /// Watches a plugin file (once the engine gave a way to wake it).
+    reloader: Option<Reloader>,
     stats: CallStats,
     health: PolicyHealth,
     capture_logs: bool,
@@ -97,7 +93,6 @@ impl WasmPolicy {
     ) -> WasmPolicy {
         let mut policy = WasmPolicy {
             name: name.to_owned(),
-            file_stamp: stamp(&source),
             source,
             settings,
             host,
@@ -108,14 +103,15 @@ impl WasmPolicy {
             published_calls: 0,
             quarantined_until: None,
             last_error: None,
-            last_check: Instant::now(),
+            reloader: None,
             stats: CallStats::default(),
             health,
             capture_logs: false,
             captured: Vec::new(),
             scratch: empty_upload(),
         };
-        policy.loaded = policy.try_load();
+        policy.loaded = reloader::prepare(&policy.host, &policy.name, &policy.source)
+            .and_then(|prepared| policy.activate(prepared));
         match &policy.loaded {
             Ok(l) => tracing::info!(
                 plugin = %policy.name, source = %policy.source, sha256 = &l.sha256[..12],
@@ -144,21 +140,14 @@ impl WasmPolicy {
         }
     }
 
-    fn try_load(&mut self) -> Result<Loaded, PluginError> {
-        let start = Instant::now();
-        let bytes = self
-            .source
-            .bytes(&self.name, self.host.limits.component_bytes)?;
-        let (component, loaded_from): (Component, LoadedFrom) =
-            self.host.compile(&self.name, &bytes)?;
-        self.host.check_world(&self.name, &component)?;
-        let pre = self.host.instantiate_pre(&self.name, &component)?;
+    /// Instantiates a prepared component and runs its `init`.
+    fn activate(&mut self, prepared: Prepared) -> Result<Loaded, PluginError> {
         let mut loaded = Loaded {
-            pre,
+            pre: prepared.pre,
             live: None,
             wants_sizes: false,
-            sha256: hex(&Sha256::digest(&bytes)),
-            loaded_from,
+            sha256: prepared.sha256,
+            loaded_from: prepared.loaded_from,
             load_time: Duration::ZERO,
         };
         let (store, instance, wants_sizes) =
@@ -169,7 +158,7 @@ impl WasmPolicy {
                 })?;
         loaded.live = Some((store, instance));
         loaded.wants_sizes = wants_sizes;
-        loaded.load_time = start.elapsed();
+        loaded.load_time = prepared.started.elapsed();
         Ok(loaded)
     }
 
@@ -348,28 +337,21 @@ impl WasmPolicy {
         error
     }
 
-    /// Reloads the plugin if its file was replaced (checked at most once
-    /// every [`RELOAD_CHECK_EVERY`]).
-    fn reload_if_replaced(&mut self) {
-        if self.last_check.elapsed() < RELOAD_CHECK_EVERY {
-            return;
-        }
-        self.last_check = Instant::now();
-        let PluginSource::File(path) = &self.source else {
-            return;
+    /// Swaps in a replacement the reloader prepared; true if it took
+    /// effect.
+    fn take_replacement(&mut self) -> bool {
+        let Some(prepared) = self.reloader.as_ref().and_then(Reloader::take) else {
+            return false;
         };
-        let now = file_stamp(path);
-        if now.is_none() || now == self.file_stamp {
-            return;
-        }
-        self.file_stamp = now;
-        match self.try_load() {
+        let activated = prepared.and_then(|p| self.activate(p));
+        let reloaded = match activated {
             Ok(loaded) => {
                 tracing::info!(plugin = %self.name, sha256 = &loaded.sha256[..12], "policy plugin file replaced; reloaded");
                 self.loaded = Ok(loaded);
                 self.failures_in_a_row.clear();
                 self.quarantined_until = None;
                 self.last_error = None;
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "replaced policy plugin does not load; keeping the previous version");
@@ -377,9 +359,11 @@ impl WasmPolicy {
                 if self.loaded.is_err() {
                     self.loaded = Err(e);
                 }
+                false
             }
-        }
+        };
         self.publish();
+        reloaded
     }
 
     /// "name (source, vault:reconcile@0.1.0, sha256 0123abcd)" for messages.
@@ -465,18 +449,6 @@ fn describe_failure(limits: &Limits, store: &Store<HostState>, e: &wasmtime::Err
     }
 }
 
-fn stamp(source: &PluginSource) -> Option<(SystemTime, u64)> {
-    match source {
-        PluginSource::File(path) => file_stamp(path),
-        PluginSource::Bundled(_) => None,
-    }
-}
-
-fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 fn empty_upload() -> wit::Upload {
     wit::Upload {
         set_id: String::new(),
@@ -519,13 +491,25 @@ impl Policy for WasmPolicy {
         self.call("expects", |g, s| g.call_expects(s, entry))
     }
 
-    fn begin_batch(&mut self) {
+    fn begin_batch(&mut self) -> bool {
         self.batch_spent = Duration::ZERO;
         self.batch_calls = 0;
         if self.published_calls != self.stats.calls {
             self.publish();
         }
-        self.reload_if_replaced();
+        self.take_replacement()
+    }
+
+    fn set_waker(&mut self, wake: Waker) {
+        let PluginSource::File(path) = &self.source else {
+            return;
+        };
+        match Reloader::spawn(self.host.clone(), self.name.clone(), path.clone(), wake) {
+            Ok(reloader) => self.reloader = Some(reloader),
+            Err(e) => {
+                tracing::warn!(plugin = %self.name, error = %e, "cannot watch the plugin file; a replaced file needs a restart");
+            }
+        }
     }
 
     fn on_upload(&mut self, view: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {

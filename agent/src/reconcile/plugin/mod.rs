@@ -11,6 +11,7 @@ pub mod component;
 mod frozen_time;
 pub mod host;
 mod output;
+mod reloader;
 pub mod router;
 
 use std::borrow::Cow;

@@ -41,10 +41,18 @@ impl Policy for PolicyRouter {
         self.route(set_id).expects(set_id, entry)
     }
 
-    fn begin_batch(&mut self) {
-        self.default.begin_batch();
+    fn begin_batch(&mut self) -> bool {
+        let mut reloaded = self.default.begin_batch();
         for (_, policy) in &mut self.routes {
-            policy.begin_batch();
+            reloaded |= policy.begin_batch();
+        }
+        reloaded
+    }
+
+    fn set_waker(&mut self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        self.default.set_waker(wake.clone());
+        for (_, policy) in &mut self.routes {
+            policy.set_waker(wake.clone());
         }
     }
 
