@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use vault_agent::notification::UploadKind;
-use vault_agent::reconcile::plugin::{Limits, PluginHost, PluginSource, PolicyHealth, WasmPolicy};
+use vault_agent::reconcile::plugin::{HealthSlot, Limits, PluginHost, PluginSource, WasmPolicy};
 use vault_agent::reconcile::policy::{ExpectedEntry, Policy, Summary, UploadView};
 
 const CALLS: usize = 200_000;
@@ -62,7 +62,7 @@ fn main() {
             "exact-match",
             PluginSource::Bundled("exact-match"),
             Vec::new(),
-            PolicyHealth::default(),
+            HealthSlot::default(),
         );
         let total = t.elapsed();
         let (load, from) = p.load_time().expect("loads");
@@ -78,7 +78,7 @@ fn main() {
         "exact-match",
         PluginSource::Bundled("exact-match"),
         Vec::new(),
-        PolicyHealth::default(),
+        HealthSlot::default(),
     );
     let upload = UploadView {
         set_id: "K9x2QpLm7Vb3Ra1Z",
@@ -143,7 +143,7 @@ fn calibrate_spin(
                 ("hook".into(), "on-upload".into()),
                 ("spin".into(), spin.to_string()),
             ],
-            PolicyHealth::default(),
+            HealthSlot::default(),
         );
         let t = Instant::now();
         for _ in 0..5 {

@@ -291,6 +291,67 @@ fn printing_and_long_answers_cost_the_agent_a_bounded_amount() {
     assert!(log < 512 * 1024, "the log is {log} bytes");
 }
 
+/// Two routes loading one `.wasm` with different settings once shared one
+/// health entry (keyed by name), overwriting each other's errors; and a
+/// policy overriding the exact-match rule did so silently.
+#[test]
+fn each_route_reports_its_own_health_and_overrides_are_logged() {
+    let chaos = fixture("fixture_chaos");
+    let env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\niterations = 3000\n\
+         [[reconcile.route]]\nset_ids = \"TRAPA*\"\npolicy = \"{c}\"\n\
+         policy_config = {{ mode = \"trap\", hook = \"on-upload\" }}\n\
+         [[reconcile.route]]\nset_ids = \"LENIENT*\"\npolicy = \"{c}\"\n\
+         policy_config = {{ mode = \"lenient\" }}\n",
+        c = chaos.display()
+    ));
+    let agent = env.start();
+    let trapping = env.write_dataset("TRAPA000000001", &file_names(3));
+    upload_all(&env, &agent, &trapping, &[]);
+    // One data file never arrives; the lenient policy says complete anyway.
+    let lenient = env.write_dataset("LENIENT0000001", &file_names(4));
+    let sent: Vec<String> = lenient
+        .iter()
+        .filter(|l| !l.ends_with("file-0002.dat"))
+        .cloned()
+        .collect();
+    assert_eq!(sent.len() + 1, lenient.len());
+    upload_all(&env, &agent, &sent, &[]);
+    let events = env.wait_for_events("LENIENT0000001", 1, Duration::from_secs(60));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    let logs = agent.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("declared the dataset complete"))
+        .unwrap_or_else(|| panic!("no override line in\n{logs}"));
+    assert!(
+        line.contains("although 1 manifest entries are missing"),
+        "{line}"
+    );
+    assert!(line.contains("fixture_chaos"), "{line}");
+
+    crate::support::wait_until("the trap to be reported", Duration::from_secs(60), || {
+        agent.status(None)["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["route"] == "TRAPA*" && !p["last-error"].is_null())
+    });
+    let status = agent.status(None);
+    let routes: Vec<&Value> = status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "fixture_chaos")
+        .collect();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    let lenient_health = routes.iter().find(|p| p["route"] == "LENIENT*").unwrap();
+    assert!(lenient_health["last-error"].is_null(), "{lenient_health}");
+}
+
 #[test]
 fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let env = Env::new("");

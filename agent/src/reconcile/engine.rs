@@ -1157,6 +1157,18 @@ impl Core {
                 };
                 match decision {
                     Ok(Decision::Complete) => {
+                        if summary.missing > 0 || summary.unexpected > 0 || summary.mismatched > 0 {
+                            // Allowed (a policy defines "complete"), but said.
+                            warn!(
+                                set_id = %ds.set_id,
+                                policy = %self.policy.describe(&ds.set_id),
+                                missing = summary.missing,
+                                unexpected = summary.unexpected,
+                                mismatched = summary.mismatched,
+                                "the policy declared the dataset complete although {} manifest entries are missing",
+                                summary.missing
+                            );
+                        }
                         ds.note = None;
                         close(
                             ds,

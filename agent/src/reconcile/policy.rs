@@ -110,6 +110,11 @@ impl PolicyError {
 
 pub trait Policy: Send {
     fn name(&self) -> &str;
+    /// Which policy decides `set_id`, for the log (a router names the
+    /// routed one; a plugin its source and version).
+    fn describe(&mut self, _set_id: &str) -> String {
+        self.name().to_owned()
+    }
     /// Whether the manifest entries of `set_id` should carry the sizes of
     /// the files on the share.
     fn wants_expected_sizes(&mut self, _set_id: &str) -> bool {

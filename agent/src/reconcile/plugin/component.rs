@@ -25,7 +25,7 @@ use super::host::bindings::vault::reconcile::types as wit;
 use super::host::bindings::{ReconcilePolicy, ReconcilePolicyPre};
 use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, capped};
 use super::reloader::{self, Prepared, Reloader, Waker};
-use super::{PluginError, PluginHealth, PluginSource, PolicyHealth};
+use super::{HealthSlot, PluginError, PluginHealth, PluginSource};
 use crate::notification::UploadKind;
 use crate::reconcile::policy::{
     Decision, ExpectedEntry, Policy, PolicyError, Summary, UploadVerdict, UploadView,
@@ -74,7 +74,7 @@ pub struct WasmPolicy {
     /// Watches a plugin file (once the engine gave a way to wake it).
     reloader: Option<Reloader>,
     stats: CallStats,
-    health: PolicyHealth,
+    health: HealthSlot,
     capture_logs: bool,
     captured: Vec<String>,
     /// Reused for every call, so a hook call allocates no strings here.
@@ -89,7 +89,7 @@ impl WasmPolicy {
         name: &str,
         source: PluginSource,
         settings: Vec<(String, String)>,
-        health: PolicyHealth,
+        health: HealthSlot,
     ) -> WasmPolicy {
         let mut policy = WasmPolicy {
             name: name.to_owned(),
@@ -133,7 +133,7 @@ impl WasmPolicy {
         source: PluginSource,
         settings: Vec<(String, String)>,
     ) -> Result<WasmPolicy, PluginError> {
-        let policy = WasmPolicy::load(host, name, source, settings, PolicyHealth::default());
+        let policy = WasmPolicy::load(host, name, source, settings, HealthSlot::default());
         match &policy.loaded {
             Ok(_) => Ok(policy),
             Err(e) => Err(e.clone()),
@@ -415,13 +415,14 @@ impl WasmPolicy {
         };
         let entry = PluginHealth {
             name: self.name.clone(),
+            route: self.health.route.clone(),
             source: self.source.to_string(),
             state: state.to_owned(),
             calls: self.stats.calls,
             last_error: self.last_error.clone(),
         };
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        health.insert(self.name.clone(), entry);
+        let mut board = self.health.board.lock().unwrap_or_else(|p| p.into_inner());
+        board.insert(self.health.route.clone(), entry);
     }
 }
 
@@ -481,6 +482,10 @@ fn fill(record: &mut wit::Upload, view: &UploadView<'_>) {
 impl Policy for WasmPolicy {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn describe(&mut self, _set_id: &str) -> String {
+        self.label()
     }
 
     fn wants_expected_sizes(&mut self, _set_id: &str) -> bool {

@@ -140,6 +140,8 @@ impl fmt::Display for PluginSource {
 #[serde(rename_all = "kebab-case")]
 pub struct PluginHealth {
     pub name: String,
+    /// The set-ids it decides: a route's glob, or `default`.
+    pub route: String,
     pub source: String,
     /// `ready`, `quarantined` or `broken`.
     pub state: String,
@@ -147,7 +149,25 @@ pub struct PluginHealth {
     pub last_error: Option<String>,
 }
 
-/// Every plugin's health, by name; shared with the HTTP server.
+/// Where one configured policy reports its health: the board shared with
+/// the HTTP server, under the policy's route (two routes may load one
+/// `.wasm` with different settings, and fail differently).
+#[derive(Clone)]
+pub struct HealthSlot {
+    pub board: PolicyHealth,
+    pub route: String,
+}
+
+impl Default for HealthSlot {
+    fn default() -> Self {
+        HealthSlot {
+            board: PolicyHealth::default(),
+            route: "default".into(),
+        }
+    }
+}
+
+/// Every plugin's health, by route; shared with the HTTP server.
 pub type PolicyHealth = Arc<Mutex<BTreeMap<String, PluginHealth>>>;
 
 /// The display name of a configured policy: a bundled name or a file stem.
@@ -176,29 +196,38 @@ pub fn build(
         component_bytes: config.plugin_max_size.0,
     };
     let mut host: Option<Arc<PluginHost>> = None;
-    let mut make =
-        |configured: &str, settings: &[(String, String)]| -> Result<Box<dyn Policy>, PluginError> {
-            if configured == policy::NATIVE_EXACT_MATCH {
-                return Ok(Box::new(ExactMatch));
+    let mut make = |configured: &str,
+                    settings: &[(String, String)],
+                    route: String|
+     -> Result<Box<dyn Policy>, PluginError> {
+        if configured == policy::NATIVE_EXACT_MATCH {
+            return Ok(Box::new(ExactMatch));
+        }
+        let host = match &host {
+            Some(h) => h.clone(),
+            None => {
+                let h = PluginHost::new(Some(cache_dir.to_owned()), limits)?;
+                host = Some(h.clone());
+                h
             }
-            let host = match &host {
-                Some(h) => h.clone(),
-                None => {
-                    let h = PluginHost::new(Some(cache_dir.to_owned()), limits)?;
-                    host = Some(h.clone());
-                    h
-                }
-            };
-            let source = PluginSource::for_name(configured)?;
-            Ok(Box::new(WasmPolicy::load(
-                host,
-                &policy_name(configured),
-                source,
-                settings.to_vec(),
-                health.clone(),
-            )))
         };
-    let default = make(config.policy.get_ref(), &config.policy_config.0)?;
+        let source = PluginSource::for_name(configured)?;
+        Ok(Box::new(WasmPolicy::load(
+            host,
+            &policy_name(configured),
+            source,
+            settings.to_vec(),
+            HealthSlot {
+                board: health.clone(),
+                route,
+            },
+        )))
+    };
+    let default = make(
+        config.policy.get_ref(),
+        &config.policy_config.0,
+        "default".into(),
+    )?;
     if config.routes.is_empty() {
         return Ok(default);
     }
@@ -208,7 +237,11 @@ pub fn build(
             .map_err(|e| PluginError::Host(e.to_string()))?;
         routes.push((
             pattern,
-            make(route.policy.get_ref(), &route.policy_config.0)?,
+            make(
+                route.policy.get_ref(),
+                &route.policy_config.0,
+                route.set_ids.get_ref().clone(),
+            )?,
         ));
     }
     Ok(Box::new(router::PolicyRouter::new(routes, default)))

@@ -33,6 +33,10 @@ impl Policy for PolicyRouter {
         "router"
     }
 
+    fn describe(&mut self, set_id: &str) -> String {
+        self.route(set_id).describe(set_id)
+    }
+
     fn wants_expected_sizes(&mut self, set_id: &str) -> bool {
         self.route(set_id).wants_expected_sizes(set_id)
     }
