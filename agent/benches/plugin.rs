@@ -5,6 +5,9 @@
 //!
 //!     cargo bench -p vault-agent --bench plugin
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use vault_agent::notification::UploadKind;
@@ -162,8 +165,6 @@ fn calibrate_spin(
 /// submitted, then single notifications for other datasets are timed from
 /// submit to durable commit (what a POST's 202 waits for).
 fn slow_policy_isolation(upload: &UploadView<'_>) {
-    use vault_agent::Agent;
-    use vault_agent::config;
     use vault_agent::notification::parse_event;
 
     const SLOW_FILES: usize = 2000;
@@ -194,19 +195,10 @@ fn slow_policy_isolation(upload: &UploadView<'_>) {
          [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
         chaos_fixture().display()
     );
-    let config = config::parse(&config_text, std::path::Path::new("bench.toml"), tmp.path())
-        .expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let agent = runtime.block_on(Agent::start(&config)).expect("agent");
+    let (runtime, agent) = common::start_agent(&config_text, tmp.path());
     let engine = agent.engine().clone();
     let event = |key: &str| {
-        let json = format!(
-            r#"{{"version":"0","id":"6a7e8feb-b491-4cf7-a9f1-bf3703467718","detail-type":"Storage Gateway Object Upload Event","source":"aws.storagegateway","account":"123456789012","time":"2021-05-01T10:00:00Z","region":"eu-west-1","resources":[],"detail":{{"bucket-name":"vault-bucket","object-key":"{key}","object-size":1,"modification-time":"2021-05-01T09:59:58Z","event-type":"object-upload-complete","prefix":"p/"}}}}"#
-        );
-        parse_event(json.as_bytes()).expect("valid notification")
+        parse_event(common::notification_json(key, 1).as_bytes()).expect("valid notification")
     };
     let mut slow: Vec<_> = (0..SLOW_FILES)
         .map(|f| event(&format!("SLOW0000000001-vaultjob/f{f:05}.bin")))

@@ -11,16 +11,17 @@
 //! in the first 10% of the stream (the gateway uploads the small manifest
 //! early as often as not).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use vault_agent::Agent;
-use vault_agent::config::{self, SyncMode};
+use vault_agent::config::SyncMode;
 use vault_agent::notification::parse_event;
 
 struct Args {
@@ -79,13 +80,6 @@ fn dataset_line(set_id: &str, entries: usize, index: usize) -> String {
             format!("{root}/dir-{:03}/file-{f:07}.bin", f % dirs.max(1))
         }
     }
-}
-
-fn notification_json(key: &str, size: u64) -> String {
-    let prefix = key.rsplit_once('/').map_or("", |(p, _)| p);
-    format!(
-        r#"{{"version":"0","id":"6a7e8feb-b491-4cf7-a9f1-bf3703467718","detail-type":"Storage Gateway Object Upload Event","source":"aws.storagegateway","account":"123456789012","time":"2021-05-01T10:00:00Z","region":"eu-west-1","resources":["arn:aws:storagegateway:eu-west-1:123456789012:share/share-1","arn:aws:storagegateway:eu-west-1:123456789012:gateway/sgw-1","arn:aws:s3:::vault-bucket"],"detail":{{"bucket-name":"vault-bucket","object-key":"{key}","object-size":{size},"modification-time":"2021-05-01T09:59:58Z","event-type":"object-upload-complete","prefix":"{prefix}/"}}}}"#
-    )
 }
 
 fn peak_rss_mb() -> f64 {
@@ -159,12 +153,7 @@ fn main() {
         },
         args.policy
     );
-    let config = config::parse(&config_text, Path::new("bench.toml"), tmp.path()).expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let agent = runtime.block_on(Agent::start(&config)).expect("agent");
+    let (runtime, agent) = common::start_agent(&config_text, tmp.path());
     let engine = agent.engine().clone();
 
     // Sink watcher: when did each dataset's event appear in the file?
@@ -223,7 +212,7 @@ fn main() {
         let line = dataset_line(&set_ids[*d as usize], per_dataset, *l as usize);
         let is_dir = !line.ends_with(".bin") && !line.ends_with(".manifest");
         let key = if is_dir { format!("{line}/") } else { line };
-        let json = notification_json(&key, if is_dir { 0 } else { 1_048_576 });
+        let json = common::notification_json(&key, if is_dir { 0 } else { 1_048_576 });
         batch.push(parse_event(json.as_bytes()).expect("valid notification"));
         if batch.len() == args.batch || i + 1 == total {
             let items = engine.classify(std::mem::take(&mut batch));
