@@ -126,7 +126,8 @@ enum PluginCommand {
         /// The dataset's manifest (reference format; `path<TAB>size` lines give sizes).
         #[arg(long)]
         manifest: PathBuf,
-        /// Upload notifications, one EventBridge event per line.
+        /// Upload notifications: one EventBridge event per line, or a JSON
+        /// array of them (what `POST /events` takes).
         #[arg(long)]
         events: PathBuf,
         /// A setting for the policy's init, repeatable.

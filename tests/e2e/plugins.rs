@@ -582,3 +582,98 @@ fn plugin_new_builds_with_one_command_and_plugin_test_judges_it() {
             .contains("unknown setting `colour`; known: ignore_suffixes")
     );
 }
+
+/// Stumbles of a first-time plugin author, each once a dead end: the
+/// scaffold's sample dataset, an events file as a JSON array, a missing
+/// manifest upload, an unknown policy name, a name cargo refuses.
+#[test]
+fn plugin_test_and_new_guide_a_first_time_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::support::BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    let refused = run(&["plugin", "new", "123"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("start with a letter"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!dir.path().join("123").exists());
+
+    // The scaffold's sample: a manifest and its events, complete as is.
+    let made = run(&["plugin", "new", "first-policy", "--dir", "."]);
+    assert!(made.status.success(), "{}", text(&made));
+    let sample = dir.path().join("first-policy/sample");
+    let manifest = sample.join("SAMPLE0000000001.manifest");
+    let events = sample.join("events.jsonl");
+    let test = |policy: &str, events: &std::path::Path| {
+        run(&[
+            "plugin",
+            "test",
+            "--policy",
+            policy,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ])
+    };
+    let out = test("exact-match", &events);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("complete"), "{}", text(&out));
+
+    // The same events as the JSON array `POST /events` takes.
+    let lines: Vec<Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let array = dir.path().join("events.json");
+    std::fs::write(&array, serde_json::to_string_pretty(&lines).unwrap()).unwrap();
+    let out = test("exact-match", &array);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Without the manifest's own upload: said at once, not after a wait.
+    let without: Vec<String> = lines
+        .iter()
+        .filter(|e| {
+            !e["detail"]["object-key"]
+                .as_str()
+                .unwrap()
+                .ends_with(".manifest")
+        })
+        .map(Value::to_string)
+        .collect();
+    let partial = dir.path().join("partial.jsonl");
+    std::fs::write(&partial, without.join("\n")).unwrap();
+    let out = test("exact-match", &partial);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(
+            "holds no upload of the manifest SAMPLE0000000001-vaultjob/SAMPLE0000000001.manifest"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    let out = test("exact-macth", &events);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the bundled ones are exact-match, size-verified, ignore-patterns"),
+        "{}",
+        text(&out)
+    );
+}

@@ -335,35 +335,9 @@ fn stray(key: &str) -> (String, Value) {
     (key.to_owned(), gateway_event(key, 42))
 }
 
-/// A `Storage Gateway Object Upload Event` as EventBridge delivers it.
+/// A gateway notification from the demo's bucket.
 fn gateway_event(key: &str, size: u64) -> Value {
-    let now = crate::notification::time::format_event_time(crate::notification::time::now_ms());
-    let prefix = key
-        .trim_end_matches('/')
-        .rsplit_once('/')
-        .map_or(String::new(), |(p, _)| format!("{p}/"));
-    json!({
-        "version": "0",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "detail-type": "Storage Gateway Object Upload Event",
-        "source": "aws.storagegateway",
-        "account": "123456789012",
-        "time": now,
-        "region": "eu-west-1",
-        "resources": [
-            "arn:aws:storagegateway:eu-west-1:123456789012:share/share-DEMO0001",
-            "arn:aws:storagegateway:eu-west-1:123456789012:gateway/sgw-DEMO0001",
-            "arn:aws:s3:::vault-demo-bucket"
-        ],
-        "detail": {
-            "bucket-name": "vault-demo-bucket",
-            "object-key": key,
-            "object-size": size,
-            "modification-time": now,
-            "event-type": "object-upload-complete",
-            "prefix": prefix
-        }
-    })
+    crate::notification::sample::gateway_event("vault-demo-bucket", key, size)
 }
 
 /// Waits until the watcher has seen every file of the samples; returns how many.

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::SyncMode;
-use crate::notification::{Classifier, Notification, parse_event};
+use crate::notification::{Classifier, Notification, parse_body, parse_event};
 use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::plugin::{
     self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, WasmPolicy, bundled,
@@ -78,17 +78,17 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
         .to_owned();
     let manifest_key = classifier.manifest_key(&set_id);
 
-    let mut notifications = Vec::new();
-    let events = std::fs::read_to_string(&args.events)
-        .with_context(|| format!("reading {}", args.events.display()))?;
-    for (i, line) in events
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let n = parse_event(line.as_bytes())
-            .with_context(|| format!("{}:{}", args.events.display(), i + 1))?;
-        notifications.push(n);
+    let notifications = read_events(&args.events)?;
+    // Without it the engine would wait for the manifest, and say nothing.
+    let has_manifest = notifications
+        .iter()
+        .any(|n| matches!(n, Notification::Upload(u) if u.key == manifest_key));
+    if !has_manifest {
+        bail!(
+            "{} holds no upload of the manifest {manifest_key}: the agent reconciles a dataset \
+             only once its manifest is uploaded, so add that event",
+            args.events.display()
+        );
     }
     let uploads = notifications
         .iter()
@@ -103,7 +103,12 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     if args.policy == NATIVE_EXACT_MATCH {
         policy = Box::new(crate::reconcile::policy::ExactMatch);
     } else {
-        let host = PluginHost::new(Some(tmp.path().join("cache")), Limits::default())?;
+        // Every call is made at once here: no time budget per batch.
+        let limits = Limits {
+            batch_budget: Duration::MAX,
+            ..Limits::default()
+        };
+        let host = PluginHost::new(Some(tmp.path().join("cache")), limits)?;
         let source = PluginSource::for_name(&args.policy)?;
         let mut p = WasmPolicy::load_strict(
             host,
@@ -246,6 +251,41 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     Ok(d.state == DatasetState::Succeeded)
 }
 
+/// Reads an events file: a JSON array of events (what `POST /events`
+/// takes), one event per line, or a single event.
+fn read_events(path: &Path) -> anyhow::Result<Vec<Notification>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        return parse_body(text.as_bytes())
+            .with_context(|| format!("{}: a JSON array of events", path.display()));
+    }
+    let mut notifications = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match parse_event(line.as_bytes()) {
+            Ok(n) => notifications.push(n),
+            Err(e) => {
+                // One event written over several lines.
+                if let Ok(all) = parse_body(text.as_bytes()) {
+                    return Ok(all);
+                }
+                return Err(e).with_context(|| {
+                    format!(
+                        "{}:{}: expected one event per line, or a JSON array of events",
+                        path.display(),
+                        i + 1
+                    )
+                });
+            }
+        }
+    }
+    Ok(notifications)
+}
+
 /// Lets the engine own a plugin the CLI still reads (logs, figures) afterwards.
 struct SharedWasm(Arc<Mutex<WasmPolicy>>);
 
@@ -289,12 +329,16 @@ const WIT: &str = include_str!("../../../wit/reconcile.wit");
 /// Scaffolds a policy crate (with its own copy of the SDK and WIT) that
 /// builds with `cargo build --release`.
 pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
-    if name.is_empty()
+    // What cargo accepts as a package name.
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic())
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        bail!("plugin name {name:?}: use letters, digits, '-' and '_'");
+        bail!(
+            "plugin name {name:?}: start with a letter, then use letters, digits, '-' and '_' \
+             (it names the crate)"
+        );
     }
     let root = parent.join(name);
     if root.exists() {
@@ -321,6 +365,8 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
                 .into(),
         ),
         ("vault-policy-sdk/src/lib.rs".into(), SDK_LIB.into()),
+        ("sample/SAMPLE0000000001.manifest".into(), SAMPLE_LINES.join("\n") + "\n"),
+        ("sample/events.jsonl".into(), sample_events()),
         ("vault-policy-sdk/wit/reconcile.wit".into(), WIT.into()),
         (
             "README.md".into(),
@@ -328,7 +374,9 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
                 "# {name}\n\nA vault-agent reconcile policy ({SUPPORTED_PACKAGE}).\n\n```sh\n\
                  rustup target add wasm32-wasip2      # once\n\
                  cargo build --release                # -> target/wasm32-wasip2/release/{crate_name}.wasm\n\
-                 vault-agent plugin test --policy target/wasm32-wasip2/release/{crate_name}.wasm \\\n    --manifest MANIFEST --events EVENTS.jsonl\n```\n\n\
+                 vault-agent plugin test --policy target/wasm32-wasip2/release/{crate_name}.wasm \\\n    --manifest sample/SAMPLE0000000001.manifest --events sample/events.jsonl\n```\n\n\
+                 `sample/` holds a dataset's manifest and the gateway's upload notifications for it\n\
+                 (one EventBridge event per line; a JSON array works too). Edit both to try cases.\n\n\
                  Deploy: copy the .wasm next to the agent's config and set `policy = \"{crate_name}.wasm\"`\n\
                  under `[reconcile]` (or in a `[[reconcile.route]]`). Replacing the file is picked up\n\
                  without a restart.\n"
@@ -341,6 +389,35 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(root)
+}
+
+/// The scaffold's sample dataset: its manifest lines (the reference format).
+const SAMPLE_LINES: &[&str] = &[
+    "SAMPLE0000000001-vaultjob",
+    "SAMPLE0000000001-vaultjob/run-01",
+    "SAMPLE0000000001-vaultjob/run-01/reads.fastq",
+    "SAMPLE0000000001-vaultjob/run-01/.DS_Store",
+    "SAMPLE0000000001-vaultjob/SAMPLE0000000001.manifest",
+];
+
+/// One notification per manifest line, as the gateway sends them
+/// (directories end with '/').
+fn sample_events() -> String {
+    let mut text = String::new();
+    for line in SAMPLE_LINES {
+        let is_dir = !line.rsplit('/').next().unwrap_or_default().contains('.');
+        let key = if is_dir {
+            format!("{line}/")
+        } else {
+            (*line).to_owned()
+        };
+        let size = if is_dir { 0 } else { 1024 };
+        let event =
+            crate::notification::sample::gateway_event("vault-bucket", &key, size).to_string();
+        text.push_str(&event);
+        text.push('\n');
+    }
+    text
 }
 
 fn template(name: &str) -> String {

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod parse;
+pub mod sample;
 pub mod time;
 
 pub use classify::{Classification, Classifier, UploadKind};

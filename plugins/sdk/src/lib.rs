@@ -20,8 +20,17 @@
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component the agent loads.
+//!
+//! The hooks are the methods of [`Policy`]; each has the exact-match
+//! behaviour by default. The types a hook sees ([`Upload`], [`Summary`], ...)
+//! come from the interface `wit/reconcile.wit`. Read this documentation with
+//! `cargo doc --open -p vault-policy-sdk` (in the agent's `plugins/`
+//! workspace, or in a crate made by `vault-agent plugin new`).
+
+#![warn(missing_docs)]
 
 /// The bindings generated from `wit/reconcile.wit`.
+#[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "reconcile-policy",
@@ -99,14 +108,17 @@ pub fn log(level: Level, message: &str) {
 pub struct Settings(Vec<(String, String)>);
 
 impl Settings {
+    /// Settings from key/value pairs (the agent passes them to `init`).
     pub fn new(pairs: Vec<(String, String)>) -> Self {
         Settings(pairs)
     }
 
+    /// The value of `key` (the last one, if given twice).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// The value of `key`, or an error naming it for `init` to return.
     pub fn require(&self, key: &str) -> Result<&str, String> {
         self.get(key).ok_or_else(|| format!("setting `{key}` is required"))
     }

@@ -61,7 +61,10 @@ pub enum PluginError {
     Link { plugin: String, message: String },
     #[error("plugin {plugin}: {message}")]
     Init { plugin: String, message: String },
-    #[error("unknown bundled policy {0:?}")]
+    #[error(
+        "unknown policy {0:?}: the bundled ones are {bundled}; or give the path of a .wasm component",
+        bundled = policy::BUILTIN.join(", ")
+    )]
     Unknown(String),
     #[error("policy host: {0}")]
     Host(String),
