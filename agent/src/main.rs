@@ -137,6 +137,14 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a policy crate's unit tests (cargo's runner in a crate made by
+    /// `plugin new`): TEST is the wasm32-wasip2 test binary.
+    RunTests {
+        test: PathBuf,
+        /// Passed to the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Scaffold a policy crate that builds with one cargo command.
     New {
         name: String,
@@ -369,6 +377,14 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             let complete = tokio::task::spawn_blocking(move || cli::plugin::test(args)).await??;
             if !complete {
                 return Ok(ExitCode::from(2));
+            }
+        }
+        PluginCommand::RunTests { test, args } => {
+            // WASI's sync shims block: not on an async worker.
+            let passed =
+                tokio::task::spawn_blocking(move || cli::plugin::run_tests(&test, &args)).await??;
+            if !passed {
+                return Ok(ExitCode::from(101));
             }
         }
         PluginCommand::New { name, dir } => {

@@ -522,6 +522,24 @@ fn plugin_new_builds_with_one_command_and_plugin_test_judges_it() {
     assert!(built.success());
     let wasm = root.join("target/wasm32-wasip2/release/skip_nfs.wasm");
     assert!(wasm.exists());
+    // Its unit tests run with plain `cargo test` (in the agent's sandbox:
+    // the scaffold names this binary as cargo's runner). That once failed,
+    // trying to execute a .wasm.
+    let tested =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--quiet"])
+            .current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .unwrap();
+    let said = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success() && said.contains("1 passed"),
+        "{said}{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
 
     let manifest = dir.path().join("m.txt");
     std::fs::write(

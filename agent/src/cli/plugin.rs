@@ -355,7 +355,7 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
                  [profile.release]\nopt-level = \"s\"\nlto = true\nstrip = true\npanic = \"abort\"\n"
             ),
         ),
-        (".cargo/config.toml".into(), "[build]\ntarget = \"wasm32-wasip2\"\n".into()),
+        (".cargo/config.toml".into(), cargo_config()),
         (".gitignore".into(), "/target\n".into()),
         ("src/lib.rs".into(), template(name)),
         (
@@ -374,6 +374,7 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
                 "# {name}\n\nA vault-agent reconcile policy ({SUPPORTED_PACKAGE}).\n\n```sh\n\
                  rustup target add wasm32-wasip2      # once\n\
                  cargo build --release                # -> target/wasm32-wasip2/release/{crate_name}.wasm\n\
+                 cargo test                           # unit tests, run in vault-agent's sandbox\n\
                  vault-agent plugin test --policy target/wasm32-wasip2/release/{crate_name}.wasm \\\n    --manifest sample/SAMPLE0000000001.manifest --events sample/events.jsonl\n```\n\n\
                  `sample/` holds a dataset's manifest and the gateway's upload notifications for it\n\
                  (one EventBridge event per line; a JSON array works too). Edit both to try cases.\n\n\
@@ -389,6 +390,33 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(root)
+}
+
+/// Runs a test binary built for wasm32-wasip2 (see `plugin new`'s runner).
+pub fn run_tests(test: &Path, args: &[String]) -> anyhow::Result<bool> {
+    let limits = Limits {
+        call_timeout: Duration::from_secs(600),
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let host = PluginHost::new(None, limits)?;
+    // The harness sees the test binary's name first, as on a native run.
+    let mut argv = vec![test.display().to_string()];
+    argv.extend(args.iter().cloned());
+    Ok(host.run_command(test, &argv)?)
+}
+
+/// Builds for the component target; `cargo test` runs the tests in this
+/// agent's sandbox (the binary that wrote the scaffold).
+fn cargo_config() -> String {
+    let agent = std::env::current_exe()
+        .ok()
+        .map_or_else(|| "vault-agent".to_owned(), |p| p.display().to_string());
+    format!(
+        "[build]\ntarget = \"wasm32-wasip2\"\n\n\
+         # `cargo test` runs the unit tests as a component, in vault-agent's sandbox.\n\
+         [target.wasm32-wasip2]\nrunner = [{agent:?}, \"plugin\", \"run-tests\"]\n"
+    )
 }
 
 /// The scaffold's sample dataset: its manifest lines (the reference format).
@@ -454,6 +482,20 @@ impl Policy for MyPolicy {{
 }}
 
 vault_policy_sdk::policy!(MyPolicy);
+
+// `cargo test` runs these in vault-agent's sandbox (see .cargo/config.toml).
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn listed_suffixes_are_not_expected() {{
+        let settings = Settings::new(vec![("ignore_suffixes".into(), ".tmp, .DS_Store".into())]);
+        let policy = MyPolicy::init(&settings).unwrap();
+        assert!(!policy.expects("S-vaultjob/run-01/.DS_Store"));
+        assert!(policy.expects("S-vaultjob/run-01/reads.fastq"));
+    }}
+}}
 "#
     )
 }

@@ -4,7 +4,7 @@
 //! capabilities a plugin gets.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -227,6 +227,70 @@ impl PluginHost {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store
+    }
+
+    /// Runs a `wasi:cli/command` component that links against the plugin
+    /// interface: a policy crate's unit tests, with this host as cargo's
+    /// runner. Stdout and stderr are inherited and `args` passed; otherwise
+    /// it gets what a plugin gets (no files, network or clock). Returns
+    /// whether it exited successfully.
+    pub fn run_command(&self, path: &Path, args: &[String]) -> Result<bool, PluginError> {
+        use wasmtime_wasi::p2::bindings::sync::CommandPre;
+        const TEST_RUN_LIMIT: u64 = 10 * 60 * 1000; // epoch ticks of 1 ms
+        let name = path.display().to_string();
+        let failed = |e: wasmtime::Error| PluginError::Init {
+            plugin: name.clone(),
+            message: format!("{e:#}"),
+        };
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            plugin: name.clone(),
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        check_magic(&name, &bytes)?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
+            plugin: name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(CommandPre::new)
+            .map_err(failed)?;
+        let wasi = WasiCtxBuilder::new()
+            .inherit_stdout()
+            .inherit_stderr()
+            .args(args)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: Limiter::new(self.limits.memory_bytes),
+                plugin: name.clone(),
+                output: PluginOutput::default(),
+                log_budget: u32::MAX,
+                captured: None,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(TEST_RUN_LIMIT);
+        let command = pre.instantiate(&mut store).map_err(failed)?;
+        match command.wasi_cli_run().call_run(&mut store) {
+            Ok(result) => Ok(result.is_ok()),
+            // A failed test panics, and panics abort in WebAssembly.
+            Err(e) => {
+                eprintln!(
+                    "\n{name}: {}\n(a test panicked, and a panic aborts a WebAssembly test run; \
+                     `cargo test -- --nocapture` shows its message)",
+                    e.root_cause()
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Epoch ticks of one call's deadline.
