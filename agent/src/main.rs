@@ -137,6 +137,10 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a component into IN's loadable artifact OUT (the agent runs
+    /// this as a bounded child process).
+    #[command(hide = true)]
+    Compile { wasm: PathBuf, out: PathBuf },
     /// Run a policy crate's unit tests (cargo's runner in a crate made by
     /// `plugin new`): TEST is the wasm32-wasip2 test binary.
     RunTests {
@@ -378,6 +382,13 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             if !complete {
                 return Ok(ExitCode::from(2));
             }
+        }
+        PluginCommand::Compile { wasm, out } => {
+            let host = vault_agent::reconcile::plugin::PluginHost::new(
+                None,
+                vault_agent::reconcile::plugin::Limits::default(),
+            )?;
+            host.precompile_file(&wasm, &out)?;
         }
         PluginCommand::RunTests { test, args } => {
             // WASI's sync shims block: not on an async worker.

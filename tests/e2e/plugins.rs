@@ -695,3 +695,41 @@ fn plugin_test_and_new_guide_a_first_time_author() {
         text(&out)
     );
 }
+
+/// Compiling is bounded: a component whose compile runs past
+/// `plugin_compile_timeout` or over `plugin_compile_memory_mb` is refused
+/// with a clear note (the compile runs in a child process, so the agent's
+/// own memory and threads are not at stake), and other datasets go on.
+#[test]
+fn compiling_a_plugin_is_bounded_in_time_and_memory() {
+    let chaos = fixture("fixture_chaos");
+    for (limit, message) in [
+        (
+            "plugin_compile_timeout = \"1ms\"",
+            "compiling took longer than 1ms and was stopped",
+        ),
+        (
+            "plugin_compile_memory_mb = 1",
+            "its memory is limited to 1 MiB",
+        ),
+    ] {
+        let env = Env::new(&format!(
+            "[reconcile]\nwait = \"200ms\"\niterations = 3000\npolicy = \"exact-match-native\"\n{limit}\n\
+             [[reconcile.route]]\nset_ids = \"HEAVY*\"\npolicy = \"{}\"\n\
+             policy_config = {{ mode = \"trap\" }}\n",
+            chaos.display()
+        ));
+        let agent = env.start();
+        let heavy = env.write_dataset("HEAVY000000001", &file_names(3));
+        upload_all(&env, &agent, &heavy, &[]);
+        let good = env.write_dataset("GOOD0000000001", &file_names(3));
+        upload_all(&env, &agent, &good, &[]);
+        env.wait_for_events("GOOD0000000001", 1, Duration::from_secs(60));
+        let note = agent.status(Some("HEAVY000000001"))["note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(note.contains("does not compile"), "{limit}: {note}");
+        assert!(note.contains(message), "{limit}: {note}");
+    }
+}

@@ -112,6 +112,10 @@ pub struct ReconcileSection {
     pub plugin_time_per_batch: HumanDuration,
     /// Largest component file loaded (compiling costs time and memory).
     pub plugin_max_size: ByteCount,
+    /// Longest a component may take to compile (in a child process).
+    pub plugin_compile_timeout: HumanDuration,
+    /// Most memory compiling a component may use, in MiB.
+    pub plugin_compile_memory_mb: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +147,8 @@ impl Default for ReconcileSection {
             plugin_memory_mb: NonZeroU32::new(64).expect("64 is not zero"),
             plugin_time_per_batch: HumanDuration(Duration::from_millis(10)),
             plugin_max_size: ByteCount(16 << 20),
+            plugin_compile_timeout: HumanDuration(Duration::from_secs(30)),
+            plugin_compile_memory_mb: NonZeroU32::new(1024).expect("1024 is not zero"),
         }
     }
 }

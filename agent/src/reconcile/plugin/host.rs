@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PluginError;
+use super::compile_job::CompileJob;
 use super::frozen_time::{self, FrozenClock};
 use super::output::PluginOutput;
 
@@ -68,6 +69,8 @@ pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
+    /// Compile in a bounded child process (needs `cache_dir`); else here.
+    compile_job: Option<CompileJob>,
     pub limits: Limits,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -80,7 +83,18 @@ impl Drop for PluginHost {
 
 impl PluginHost {
     /// `cache_dir`: where compiled components are kept (None: no cache).
+    /// Components are compiled in this process.
     pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> Result<Arc<PluginHost>, PluginError> {
+        PluginHost::with_compile_job(cache_dir, limits, None)
+    }
+
+    /// As [`PluginHost::new`], compiling in a bounded child process when
+    /// `job` is given (and there is a cache to hand the result over).
+    pub fn with_compile_job(
+        cache_dir: Option<PathBuf>,
+        limits: Limits,
+        job: Option<CompileJob>,
+    ) -> Result<Arc<PluginHost>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -109,6 +123,7 @@ impl PluginHost {
         Ok(Arc::new(PluginHost {
             engine,
             linker,
+            compile_job: job.filter(|_| cache_dir.is_some()),
             cache_dir,
             limits,
             stop_ticker,
@@ -149,6 +164,9 @@ impl PluginHost {
                 }
             }
         }
+        if let (Some(job), Some(path)) = (&self.compile_job, &cached) {
+            return self.compile_in_child(job, plugin, bytes, &digest, path);
+        }
         let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
             plugin: plugin.to_owned(),
             message: format!("{e:#}"),
@@ -165,6 +183,59 @@ impl PluginHost {
             }
         }
         Ok((component, LoadedFrom::Compiled))
+    }
+
+    /// Compiles through a child process into the cache entry `cached`,
+    /// then loads that entry.
+    fn compile_in_child(
+        &self,
+        job: &CompileJob,
+        plugin: &str,
+        bytes: &[u8],
+        digest: &str,
+        cached: &Path,
+    ) -> Result<(Component, LoadedFrom), PluginError> {
+        let failed = |message: String| PluginError::Compile {
+            plugin: plugin.to_owned(),
+            message,
+        };
+        let input = cached.with_file_name(format!("{digest}.wasm.tmp"));
+        let output = cached.with_extension("child.tmp");
+        let result = std::fs::write(&input, bytes)
+            .map_err(|e| format!("cannot write {}: {e}", input.display()))
+            .and_then(|()| job.run(&input, &output))
+            .and_then(|()| {
+                std::fs::rename(&output, cached)
+                    .map_err(|e| format!("cannot write {}: {e}", cached.display()))
+            });
+        let _ = std::fs::remove_file(&input);
+        let _ = std::fs::remove_file(&output);
+        result.map_err(failed)?;
+        // SAFETY: written just now by this same binary's `plugin compile`
+        // (same engine settings), into the agent's own state directory.
+        let component = unsafe { Component::deserialize_file(&self.engine, cached) }
+            .map_err(|e| failed(format!("{e:#}")))?;
+        Ok((component, LoadedFrom::Compiled))
+    }
+
+    /// Compiles `wasm` into a loadable artifact at `out` (the child side of
+    /// [`CompileJob`]).
+    pub fn precompile_file(&self, wasm: &Path, out: &Path) -> Result<(), PluginError> {
+        let name = wasm.display().to_string();
+        let bytes = std::fs::read(wasm).map_err(|e| PluginError::Read {
+            plugin: name.clone(),
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        check_magic(&name, &bytes)?;
+        let blob = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(|e| PluginError::Compile {
+                plugin: name.clone(),
+                message: format!("{e:#}"),
+            })?;
+        std::fs::write(out, blob).map_err(|e| PluginError::Host(format!("{}: {e}", out.display())))
     }
 
     /// Checks the component exports the policy interface of a supported version.

@@ -7,6 +7,7 @@
 //! built from `plugins/` into the binary.
 
 pub mod bundled;
+pub mod compile_job;
 pub mod component;
 mod frozen_time;
 pub mod host;
@@ -152,6 +153,20 @@ pub struct PluginHealth {
     pub last_error: Option<String>,
 }
 
+/// Plugins are compiled in a bounded child process of this binary, when
+/// it is the agent (not a test or a benchmark harness linking the library).
+fn compile_job(config: &ReconcileSection) -> Option<compile_job::CompileJob> {
+    let exe = std::env::current_exe().ok()?;
+    let is_agent = exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("vault-agent"));
+    is_agent.then(|| compile_job::CompileJob {
+        exe,
+        timeout: config.plugin_compile_timeout.0,
+        memory_bytes: config.plugin_compile_memory_mb.get() as u64 * (1 << 20),
+    })
+}
+
 /// Where one configured policy reports its health: the board shared with
 /// the HTTP server, under the policy's route (two routes may load one
 /// `.wasm` with different settings, and fail differently).
@@ -209,7 +224,11 @@ pub fn build(
         let host = match &host {
             Some(h) => h.clone(),
             None => {
-                let h = PluginHost::new(Some(cache_dir.to_owned()), limits)?;
+                let h = PluginHost::with_compile_job(
+                    Some(cache_dir.to_owned()),
+                    limits,
+                    compile_job(config),
+                )?;
                 host = Some(h.clone());
                 h
             }
