@@ -199,3 +199,33 @@ fn the_example_configs_are_valid() {
         }
     }
 }
+
+/// The shipped systemd unit passes `systemd-analyze verify` (with the
+/// binary path pointed at this build), with no warning either.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/vault-agent.service"
+    ))
+    .unwrap();
+    for setting in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/vault-agent",
+        "LimitNOFILE=",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(setting), "the unit lacks {setting}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault-agent.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/vault-agent", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (.ci/run installs it)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
