@@ -111,6 +111,9 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         files: usize,
     },
+    /// Print a shell completion script (e.g. `vault-agent completions bash >
+    /// /etc/bash_completion.d/vault-agent`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +279,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => plugin(command).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "vault-agent", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { files } => {
             cli::demo::run(files).await?;
             Ok(ExitCode::SUCCESS)

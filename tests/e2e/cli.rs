@@ -229,3 +229,21 @@ fn the_systemd_unit_verifies() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "-o default vault-agent"),
+        ("zsh", "#compdef vault-agent"),
+        ("fish", "complete -c vault-agent"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(text.contains("check-config"), "{shell}: subcommands listed");
+    }
+}
