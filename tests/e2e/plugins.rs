@@ -667,12 +667,7 @@ fn plugin_test_and_new_guide_a_first_time_author() {
     // Without the manifest's own upload: said at once, not after a wait.
     let without: Vec<String> = lines
         .iter()
-        .filter(|e| {
-            !e["detail"]["object-key"]
-                .as_str()
-                .unwrap()
-                .ends_with(".manifest")
-        })
+        .filter(|e| !crate::support::is_manifest_upload(e))
         .map(Value::to_string)
         .collect();
     let partial = dir.path().join("partial.jsonl");

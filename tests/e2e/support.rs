@@ -333,6 +333,13 @@ pub fn gateway_event(key: &str, size: u64, time: &str) -> Value {
     })
 }
 
+/// Whether a gateway event is the upload of a manifest.
+pub fn is_manifest_upload(event: &Value) -> bool {
+    event["detail"]["object-key"]
+        .as_str()
+        .is_some_and(|k| k.ends_with(".manifest"))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -221,13 +221,7 @@ impl PluginHost {
     /// Compiles `wasm` into a loadable artifact at `out` (the child side of
     /// [`CompileJob`]).
     pub fn precompile_file(&self, wasm: &Path, out: &Path) -> Result<(), PluginError> {
-        let name = wasm.display().to_string();
-        let bytes = std::fs::read(wasm).map_err(|e| PluginError::Read {
-            plugin: name.clone(),
-            path: name.clone(),
-            message: e.to_string(),
-        })?;
-        check_magic(&name, &bytes)?;
+        let (name, bytes) = read_wasm(wasm)?;
         let blob = self
             .engine
             .precompile_component(&bytes)
@@ -313,12 +307,7 @@ impl PluginHost {
             plugin: name.clone(),
             message: format!("{e:#}"),
         };
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
-            plugin: name.clone(),
-            path: name.clone(),
-            message: e.to_string(),
-        })?;
-        check_magic(&name, &bytes)?;
+        let (_, bytes) = read_wasm(path)?;
         let component = Component::new(&self.engine, &bytes).map_err(|e| PluginError::Compile {
             plugin: name.clone(),
             message: format!("{e:#}"),
@@ -368,6 +357,18 @@ impl PluginHost {
     pub fn deadline_ticks(&self) -> u64 {
         (self.limits.call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
     }
+}
+
+/// A WebAssembly file named by its path (for the CLI's own commands).
+fn read_wasm(path: &Path) -> Result<(String, Vec<u8>), PluginError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+        plugin: name.clone(),
+        path: name.clone(),
+        message: e.to_string(),
+    })?;
+    check_magic(&name, &bytes)?;
+    Ok((name, bytes))
 }
 
 fn check_magic(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
