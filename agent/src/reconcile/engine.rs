@@ -263,8 +263,8 @@ struct Core {
     reading: HashSet<String>,
     manifest_reader: ManifestReader,
     /// Datasets whose policy calls waited for a later batch (the policy
-    /// used its time): the next batch continues them, before waiting for
-    /// new commands.
+    /// used its time): batches of their own continue them, taking turns
+    /// with batches of commands.
     deferred: HashSet<String>,
 }
 
@@ -791,10 +791,7 @@ impl Core {
             let expected = ExpectedEntry { entry: key, size };
             match self.policy.entry_matches(&expected, &v) {
                 Ok(m) => matched = m,
-                Err(e) if e.deferred => {
-                    self.deferred.insert(set_id.to_owned());
-                    verdict = Verdict::Unjudged;
-                }
+                // Never deferred: it completes the judgment `on-upload` began.
                 Err(e) => {
                     note = Some(e.to_string());
                     verdict = Verdict::Unjudged;
