@@ -151,7 +151,8 @@ fn api_key_edges() {
 fn idle_connections_never_lock_out_health_or_posts() {
     // 1,100 idle connections at systemd's default soft limit of 1,024
     // descriptors locked out every client before.
-    raise_own_fd_limit();
+    // This test process holds those 1,100 sockets itself.
+    crate::support::set_soft_fd_limit(u64::MAX);
     let env = Env::new("").with_http("max_connections = 1000\nheader_read_timeout = \"2s\"");
     let agent = env.start_with_soft_fd_limit(1024);
     let addr = agent.base.trim_start_matches("http://").to_owned();
@@ -236,17 +237,12 @@ fn links_on_the_share_are_never_followed() {
     assert!(!outside.join("EVIL.manifest").exists());
 
     // vault refuses a source that holds its own manifest, copying nothing.
-    let source = env.dir.path().join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    std::fs::write(source.join("S.manifest"), "forged\n").unwrap();
-    std::fs::write(source.join("data.bin"), "d").unwrap();
-    let out = Command::new(BIN)
-        .args(["vault", "--set-id", "S", "--source"])
-        .arg(&source)
-        .arg("--share")
-        .arg(env.share())
-        .output()
-        .unwrap();
+    let out = vault(
+        &env,
+        "S",
+        &["S.manifest"],
+        ["--share".as_ref(), env.share().as_ref()],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds S.manifest at its root"));
     assert!(!env.share().join("S-vaultjob").exists());
@@ -390,16 +386,12 @@ fn user_errors_print_no_backtrace_and_vault_takes_the_share_from_the_config() {
 
     let env = Env::new("");
     let _ = env.start_config();
-    let source = env.dir.path().join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    std::fs::write(source.join("data.bin"), "d").unwrap();
-    let out = Command::new(BIN)
-        .args(["vault", "--set-id", "CFG", "--source"])
-        .arg(&source)
-        .arg("--config")
-        .arg(env.config_path())
-        .output()
-        .unwrap();
+    let out = vault(
+        &env,
+        "CFG",
+        &[],
+        ["--config".as_ref(), env.config_path().as_ref()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -409,15 +401,25 @@ fn user_errors_print_no_backtrace_and_vault_takes_the_share_from_the_config() {
     let _ = uploads_at;
 }
 
-fn raise_own_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain get/set of this process's limit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+/// Runs `vault --set-id SET_ID` on a new source holding `data.bin` and the
+/// files `extra` at its root, into `target` (`--share DIR` or `--config
+/// FILE`).
+fn vault(
+    env: &Env,
+    set_id: &str,
+    extra: &[&str],
+    target: [&std::ffi::OsStr; 2],
+) -> std::process::Output {
+    let source = env.dir.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("data.bin"), "d").unwrap();
+    for name in extra {
+        std::fs::write(source.join(name), "forged\n").unwrap();
     }
+    Command::new(BIN)
+        .args(["vault", "--set-id", set_id, "--source"])
+        .arg(&source)
+        .args(target)
+        .output()
+        .unwrap()
 }

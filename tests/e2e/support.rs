@@ -125,13 +125,7 @@ impl Env {
             // between fork and exec.
             unsafe {
                 command.pre_exec(move || {
-                    let mut limit = libc::rlimit {
-                        rlim_cur: 0,
-                        rlim_max: 0,
-                    };
-                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                    limit.rlim_cur = soft.min(limit.rlim_max);
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    set_soft_fd_limit(soft);
                     Ok(())
                 });
             }
@@ -331,6 +325,21 @@ pub fn gateway_event(key: &str, size: u64, time: &str) -> Value {
                     "modification-time": time, "event-type": "object-upload-complete",
                     "prefix": "" }
     })
+}
+
+/// Sets this process's soft open-file limit to `soft` (at most the hard
+/// limit). Only getrlimit/setrlimit: safe between fork and exec too.
+pub fn set_soft_fd_limit(soft: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain get/set of this process's limit, on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = soft.min(limit.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
 }
 
 /// Whether a gateway event is the upload of a manifest.

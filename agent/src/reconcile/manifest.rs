@@ -284,18 +284,16 @@ mod tests {
         .unwrap();
         assert_eq!(lines[1], ("S-vaultjob/d".to_string(), None));
         assert_eq!(lines[2], ("S-vaultjob/d/f".to_string(), Some(5)));
-        let err = read(
-            share.path(),
-            "T-vaultjob/T.manifest",
-            "T-vaultjob",
-            false,
-            MAX,
-        )
-        .unwrap_err();
+        let err = read_t(share.path()).unwrap_err();
         assert!(err.to_string().starts_with("cannot read manifest"), "{err}");
     }
 
     const MAX: u64 = 1 << 20;
+
+    /// Reads dataset T's manifest (names only) from `share`.
+    fn read_t(share: &Path) -> Result<Vec<ExpectedLine>, ManifestError> {
+        read(share, "T-vaultjob/T.manifest", "T-vaultjob", false, MAX)
+    }
 
     #[test]
     fn tolerates_a_byte_order_mark_and_refuses_dot_components() {
@@ -358,14 +356,7 @@ mod tests {
         // A dataset directory that is a link to elsewhere is not read through.
         std::fs::write(outside.path().join("T.manifest"), "T-vaultjob\n").unwrap();
         std::os::unix::fs::symlink(outside.path(), share.path().join("T-vaultjob")).unwrap();
-        let err = read(
-            share.path(),
-            "T-vaultjob/T.manifest",
-            "T-vaultjob",
-            false,
-            MAX,
-        )
-        .unwrap_err();
+        let err = read_t(share.path()).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
     }
 }
