@@ -394,8 +394,9 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs a test binary built for wasm32-wasip2 (see `plugin new`'s runner).
 pub fn run_tests(test: &Path, args: &[String]) -> anyhow::Result<bool> {
+    // A test run may use more memory than a policy call; its time limit is
+    // `run_command`'s own.
     let limits = Limits {
-        call_timeout: Duration::from_secs(600),
         memory_bytes: 1 << 30,
         ..Limits::default()
     };
