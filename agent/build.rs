@@ -9,14 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const COMPONENTS: &[&str] = &[
-    "exact_match",
-    "size_verified",
-    "ignore_patterns",
-    "fixture_chaos",
-    "fixture_wrong_version",
-    "fixture_no_policy",
-];
+/// Folders of `plugins/` that hold no bundled policy.
+const NOT_POLICIES: &[&str] = &["sdk", "fixtures", "target"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -61,12 +55,53 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
     let dest = out_dir.join("plugins");
     std::fs::create_dir_all(&dest).expect("OUT_DIR is writable");
-    for name in COMPONENTS {
-        copy(
-            &built.join(format!("{name}.wasm")),
-            &dest.join(format!("{name}.wasm")),
-        );
+    // Every folder of plugins/ with a crate is a bundled policy, named
+    // after its folder; the fixtures are built for the tests only.
+    let policies = crates_in(&plugins, NOT_POLICIES);
+    let fixtures: Vec<String> = crates_in(&plugins.join("fixtures"), &[])
+        .into_iter()
+        .map(|f| format!("fixture-{f}"))
+        .collect();
+    for name in policies.iter().chain(&fixtures) {
+        let file = format!("{}.wasm", name.replace('-', "_"));
+        copy(&built.join(&file), &dest.join(&file));
     }
+    write_lists(&out_dir, &policies);
+}
+
+/// The folders under `dir` holding a Cargo.toml, sorted.
+fn crates_in(dir: &Path, skip: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| !skip.contains(&name.as_str()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `bundled_names.rs` (the names, for the config) and
+/// `bundled_components.rs` (names with the component bytes, for the host).
+fn write_lists(out_dir: &Path, policies: &[String]) {
+    let names: Vec<String> = policies.iter().map(|p| format!("{p:?}")).collect();
+    let names = format!(
+        "/// The bundled policies: one per crate folder of `plugins/`.\npub const BUNDLED: &[&str] = &[{}];\n",
+        names.join(", ")
+    );
+    std::fs::write(out_dir.join("bundled_names.rs"), names).expect("OUT_DIR is writable");
+    let components: Vec<String> = policies
+        .iter()
+        .map(|p| {
+            format!(
+                "({p:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/plugins/{}.wasm\")))",
+                p.replace('-', "_")
+            )
+        })
+        .collect();
+    let components = format!("&[{}]", components.join(", "));
+    std::fs::write(out_dir.join("bundled_components.rs"), components).expect("OUT_DIR is writable");
 }
 
 fn copy(from: &Path, to: &Path) {

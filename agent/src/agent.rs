@@ -12,16 +12,18 @@ use tracing::{error, info};
 use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
 use crate::health::Health;
 use crate::notification::Classifier;
+use crate::outbound::Origin;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
 use crate::server::{self, AppState};
-use crate::sinks::dispatcher::{self, Outbox};
-use crate::sinks::{self, envelope::Origin};
+use crate::sinks;
+use crate::sinks::dispatcher;
+use crate::sources::http::HttpSource;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
 use crate::store::state_lock::{self, StateLock};
-use crate::store::{Store, StoreError, StoreReader};
+use crate::store::{Outbox, Store, StoreError, StoreReader};
 use crate::watcher::{self, ShareStatus, WatchMode, WatcherSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +83,7 @@ impl Agent {
         for sink_config in &config.sinks {
             sinks.push(sinks::open(sink_config, aws.as_ref())?);
         }
-        let (store, status_reader, outboxes) = open_store(config, aws.as_ref(), &sinks).await?;
-        let sink_outboxes: Vec<_> = sinks.into_iter().zip(outboxes).collect();
+        let (store, status_reader, outbox) = open_store(config, aws.as_ref(), &sinks).await?;
         let policy_name = config.reconcile.policy.get_ref();
         let policy_health = PolicyHealth::default();
         let health = Health::default();
@@ -136,11 +137,10 @@ impl Agent {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        for (sink, outbox) in sink_outboxes {
+        for sink in sinks {
             tasks.push(tokio::spawn(dispatcher::run(
                 sink,
-                outbox,
-                handle.clone(),
+                outbox.clone(),
                 outbox_rx.clone(),
                 shutdown_rx.clone(),
             )));
@@ -194,13 +194,19 @@ impl Agent {
         let state = AppState {
             engine: handle.clone(),
             reader: status_reader,
-            classifier: Arc::new(classifier),
-            api_key: config.http.api_key.as_ref().map(|k| k.0.clone()),
             policies: policy_health,
             health: health.clone(),
             share: share_status,
         };
-        let app = server::router(state, &config.source);
+        let mut source_routes = Vec::new();
+        if let SourceConfig::Http = config.source {
+            let http = HttpSource {
+                engine: handle.clone(),
+                api_key: config.http.api_key.as_ref().map(|k| k.0.clone()),
+            };
+            source_routes.push(http.routes());
+        }
+        let app = server::router(state, source_routes);
         let limits = server::listener::Limits {
             header_read_timeout: config.http.header_read_timeout.0,
             idle_timeout: config.http.idle_timeout.0,
@@ -245,20 +251,19 @@ impl Agent {
     }
 }
 
-/// The configured store, its read side for `/status`, and an outbox for
-/// each sink (in `sinks` order).
+/// The configured store, its read side for `/status`, and its outbox.
 async fn open_store(
     config: &Config,
     aws: Option<&aws_config::SdkConfig>,
     sinks: &[Box<dyn sinks::Sink>],
-) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Vec<Outbox>), StartError> {
+) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Arc<dyn Outbox>), StartError> {
     match config.store.backend {
         StoreBackend::Dynamodb => {
             // Config validation requires the table, and `start` loads the
             // AWS configuration for this backend.
             let (Some(table), Some(aws)) = (&config.store.table, aws) else {
-                return Err(StoreError::Dynamodb {
-                    table: String::new(),
+                return Err(StoreError::Backend {
+                    store: "DynamoDB".into(),
                     message: "backend = \"dynamodb\" needs [store] table and AWS settings".into(),
                 }
                 .into());
@@ -267,20 +272,14 @@ async fn open_store(
             let store = DynamoStore::open(aws_sdk_dynamodb::Client::new(aws), table, names).await?;
             let reader = Arc::new(store.reader());
             info!(%table, "state is shared in DynamoDB");
-            let outboxes = sinks
-                .iter()
-                .map(|_| Outbox::Shared(reader.clone()))
-                .collect();
-            Ok((Box::new(store), reader, outboxes))
+            Ok((Box::new(store), reader.clone(), reader))
         }
         StoreBackend::Sqlite => {
-            let store = SqliteStore::open(&config.agent.state_dir, config.store.sync)?;
-            let reader: Arc<dyn StoreReader> = Arc::new(store.reader()?);
-            let mut outboxes = Vec::new();
-            for _ in sinks {
-                outboxes.push(Outbox::Local(Arc::new(store.reader()?)));
-            }
-            Ok((Box::new(store), reader, outboxes))
+            let suffix = &config.share.job_dir_suffix.0;
+            let store = SqliteStore::open(&config.agent.state_dir, config.store.sync, suffix)?;
+            let reader = Arc::new(store.reader()?);
+            let outbox = Arc::new(store.outbox()?);
+            Ok((Box::new(store), reader, outbox))
         }
     }
 }

@@ -3,20 +3,22 @@
 //!
 //! Data flows through the modules in this order (see ARCHITECTURE.md):
 //! [`sources`] (notifications in) -> [`notification`] (parse, classify) ->
-//! [`store`] (durable records) -> [`reconcile`] (engine + policy) ->
-//! [`sinks`] (reference-shaped events out); the [`watcher`] sees what is
-//! written on the share, and [`share`] writes manifests and vaults datasets.
-//! [`agent`] wires them together,
+//! [`reconcile`] (engine + policy) -> [`store`] (durable records and the
+//! outbox) -> [`sinks`] (the [`outbound`] events, in the reference's shape);
+//! the [`watcher`] sees what is written on the share, and [`share`] writes
+//! manifests and vaults datasets. [`agent`] wires them together,
 //! [`server`] is the HTTP front, [`config`] the TOML file, [`cli`] the
-//! commands beyond `run`.
+//! commands beyond `run`. [`layering`] lists which module may use which.
 
 pub mod agent;
 pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod layering;
 pub mod logging;
 pub mod notification;
+pub mod outbound;
 pub mod preflight;
 pub mod reconcile;
 pub mod server;

@@ -11,6 +11,8 @@ mod manifests;
 mod plugins;
 mod reconcile;
 mod shared;
+
 mod sinks;
+mod store;
 mod support;
 mod watcher;

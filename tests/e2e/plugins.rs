@@ -685,7 +685,7 @@ fn plugin_test_and_new_guide_a_first_time_author() {
     let out = test("exact-macth", &events);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("the bundled ones are exact-match, size-verified, ignore-patterns"),
+        text(&out).contains("the bundled ones are exact-match, ignore-patterns, size-verified"),
         "{}",
         text(&out)
     );

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::config::SyncMode;
 use crate::notification::{Classifier, Notification, parse_body, parse_event};
+use crate::outbound::Origin;
 use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::plugin::{
     self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, WasmPolicy, bundled,
@@ -21,8 +21,7 @@ use crate::reconcile::policy::{
     Decision, ExpectedEntry, NATIVE_EXACT_MATCH, Policy, PolicyError, Summary, UploadVerdict,
     UploadView,
 };
-use crate::sinks::envelope::Origin;
-use crate::store::sqlite::SqliteStore;
+use crate::store::memory::MemoryStore;
 use crate::store::{DatasetState, StoreReader};
 
 pub fn list() {
@@ -131,10 +130,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
             .context("manifest key has a folder")?,
     )?;
     std::fs::write(&manifest_path, &manifest_text)?;
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&state)?;
-    let store = SqliteStore::open(&state, SyncMode::Normal)?;
-    let reader = store.reader()?;
+    let store = MemoryStore::new();
+    let reader = store.reader();
     let settings = EngineSettings {
         share_path: share,
         classifier: classifier.clone(),
@@ -175,8 +172,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     let _ = thread.join();
     let elapsed = started.elapsed();
 
-    let dir = classifier.dataset_dir(&set_id);
-    let detail = reader.dataset_detail(&set_id, &dir, 1000)?;
+    let detail = reader.dataset_detail(&set_id, 1000)?;
     let Some(detail) = detail else {
         bail!(
             "no upload in {} belongs to dataset {set_id}",

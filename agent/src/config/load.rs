@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::file::{Config, SinkConfig, SourceConfig, StoreBackend};
-use crate::reconcile::policy;
+use super::policy_name;
 
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -67,14 +67,14 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     for spanned in policies {
         let span = spanned.span();
         let name = spanned.get_mut();
-        if policy::is_plugin_path(name) {
+        if policy_name::is_plugin_path(name) {
             *name = base.join(&*name).to_string_lossy().into_owned();
-        } else if !policy::BUILTIN.contains(&name.as_str()) {
+        } else if !policy_name::is_builtin(name) {
             return Err(at(
                 Some(span),
                 format!(
                     "unknown reconcile policy {name:?}; bundled policies: {}, or the path of a .wasm component",
-                    policy::BUILTIN.join(", ")
+                    policy_name::builtin().collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
@@ -256,7 +256,7 @@ account = "123456789012"
         let e = parse_str("[reconcile]\npolicy = \"most-things\"\n").unwrap_err();
         assert!(
             e.starts_with(
-                "agent.toml:2:10: unknown reconcile policy \"most-things\"; bundled policies: exact-match, size-verified"
+                "agent.toml:2:10: unknown reconcile policy \"most-things\"; bundled policies: exact-match, ignore-patterns, size-verified"
             ),
             "{e}"
         );

@@ -4,6 +4,7 @@
 
 mod file;
 mod load;
+pub mod policy_name;
 mod values;
 
 pub use file::{

@@ -21,10 +21,10 @@ use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, Upl
 use crate::health::Health;
 use crate::notification::time::now_ms;
 use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
-use crate::sinks::envelope::{self, Origin};
+use crate::outbound::{self, Origin};
 use crate::store::{
-    Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent, Store,
-    StoreError, StoreResult, StoreTx, UploadRecord, Verdict,
+    Committed, Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
+    OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadRecord, Verdict,
 };
 
 /// Most commands folded into one transaction.
@@ -88,8 +88,6 @@ pub enum Command {
     },
     /// Periodic re-check: deadlines, manifests not yet readable, decisions.
     Tick,
-    /// A sink delivered every event up to `seq`.
-    Ack { sink: String, seq: i64 },
     /// Commit what is queued, then stop.
     Shutdown,
 }
@@ -121,14 +119,13 @@ enum Step {
     Tick,
     /// Datasets whose policy calls were deferred by the policy's time budget.
     Deferred(Vec<String>),
-    Ack {
-        sink: String,
-        seq: i64,
-    },
+    /// Datasets to decide again on a fresh read: the store said other
+    /// writers changed them while the last batch ran.
+    Revisit(Vec<String>),
 }
 
-/// How often a batch is run again after another agent changed what it
-/// read (shared stores only).
+/// How often a batch is run again after another writer changed what it
+/// read ([`StoreError::Conflict`]).
 const CONFLICT_RETRIES: u32 = 10;
 
 /// The cloneable front door of the engine.
@@ -181,16 +178,6 @@ impl EngineHandle {
             .await
             .map_err(|_| EngineError::Stopped)?;
         Ok(rx)
-    }
-
-    pub async fn ack(&self, sink: &str, seq: i64) -> Result<(), EngineError> {
-        self.tx
-            .send(Command::Ack {
-                sink: sink.to_owned(),
-                seq,
-            })
-            .await
-            .map_err(|_| EngineError::Stopped)
     }
 
     /// For the share watcher's thread (not an async task): queues
@@ -254,11 +241,6 @@ pub struct EngineSettings {
 struct Core {
     policy: Box<dyn Policy>,
     settings: EngineSettings,
-    /// Datasets not yet decided (decided ones are re-read when touched).
-    /// With a shared store it only lists them for the re-check: records
-    /// are always read afresh, since other agents change them.
-    open: HashMap<String, DatasetRecord>,
-    shared: bool,
     /// Manifests being read from the share right now.
     reading: HashSet<String>,
     manifest_reader: ManifestReader,
@@ -268,18 +250,21 @@ struct Core {
     deferred: HashSet<String>,
 }
 
-/// One transaction's worth of changes, applied to the cache only on commit.
+/// One transaction's worth of changes, acted on once committed.
 #[derive(Default)]
 struct Work {
+    /// Datasets as this transaction left them...
     touched: HashMap<String, DatasetRecord>,
+    /// ...and as it read them (`None`: new): only changed ones are written.
+    as_read: HashMap<String, Option<DatasetRecord>>,
     events: Vec<OutboxEvent>,
     counters: HashMap<&'static str, i64>,
     /// (set id, manifest key, manifest event time).
     manifest_reads: Vec<(String, String, i64)>,
     /// Manifests loaded: (set id, lines, lines taking part). Logged only
-    /// once committed, since a shared store may run a batch again.
+    /// once committed, since a conflicting batch runs again.
     manifests_loaded: Vec<(String, usize, usize)>,
-    /// Uploads applied, with a shared store (logged once committed).
+    /// Uploads applied (logged once committed).
     uploads_seen: Vec<(UploadKind, String, String, u64)>,
 }
 
@@ -319,8 +304,6 @@ impl Engine {
         let core = Core {
             policy,
             settings,
-            open: HashMap::new(),
-            shared: store.is_shared(),
             reading: HashSet::new(),
             manifest_reader,
             deferred: HashSet::new(),
@@ -338,13 +321,8 @@ impl Engine {
 
     /// Runs until every handle is dropped. Call on a dedicated thread.
     pub fn run(mut self) -> StoreResult<()> {
-        for ds in self.store.open_datasets()? {
-            self.core.open.insert(ds.set_id.clone(), ds);
-        }
-        info!(
-            open_datasets = self.core.open.len(),
-            "reconcile engine started"
-        );
+        let open = self.store.open_datasets()?.len();
+        info!(open_datasets = open, "reconcile engine started");
         // Resume: re-read manifests and re-check deadlines right away.
         self.process(vec![Command::Tick]);
         // Deferred policy work runs in batches of its own, taking turns with
@@ -381,7 +359,6 @@ impl Engine {
 
     fn process(&mut self, batch: Vec<Command>) {
         let reloaded = self.core.policy.begin_batch();
-        let shared = self.core.shared;
         let mut replies = Vec::new();
         let batch_len = batch.len();
         let mut steps = Vec::with_capacity(batch_len);
@@ -411,7 +388,6 @@ impl Engine {
                 // Re-checks queued while a batch ran are one re-check.
                 Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
                 Command::Tick => Step::Tick,
-                Command::Ack { sink, seq } => Step::Ack { sink, seq },
                 Command::Shutdown => continue,
             });
         }
@@ -425,53 +401,19 @@ impl Engine {
         let health = self.core.settings.health.clone();
         health.batch_started();
         let had_recheck = steps.iter().any(|s| matches!(s, Step::Tick));
-        let mut attempt = 0;
-        let started = std::time::Instant::now();
-        let (result, mut work) = loop {
-            let mut work = Work::default();
-            // Only a shared store can conflict, so only then keep a copy.
-            let run = if shared {
-                steps.clone()
-            } else {
-                std::mem::take(&mut steps)
-            };
-            match self.apply(run, &mut work, now_ms()) {
-                Err(StoreError::Conflict(reason)) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    if attempt > 3 {
-                        warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
-                    } else {
-                        debug!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
-                    }
-                    // Random backoff: agents contending for the same
-                    // entries fall out of step instead of colliding again.
-                    let cap = 10u64 << attempt.min(7);
-                    std::thread::sleep(Duration::from_millis(rand::random_range(cap / 4..=cap)));
-                }
-                result => break (result, work),
-            }
-        };
-        debug!(
-            commands = batch_len,
-            attempts = attempt + 1,
-            ms = started.elapsed().as_millis() as u64,
-            "batch applied"
-        );
-
+        let result = self.commit_steps(&steps, batch_len);
         health.batch_finished(had_recheck && result.is_ok());
         match result {
-            Ok(()) => {
+            Ok(revisit) => {
                 health.clear("store");
                 for (reply, receipt) in replies {
                     let _ = reply.send(Ok(receipt));
                 }
-                if shared && let Err(e) = self.decide_shared(&mut work, now_ms()) {
+                if !revisit.is_empty()
+                    && let Err(e) = self.commit_steps(&[Step::Revisit(revisit)], 0)
+                {
                     // The uploads are recorded; the re-check decides later.
                     warn!(error = %e, "could not decide after the batch; the next re-check will");
-                }
-                self.core.committed(&mut work);
-                if let Some(max) = work.events.iter().map(|e| e.seq).max() {
-                    self.outbox.send_replace(max);
                 }
             }
             Err(e) => {
@@ -487,37 +429,72 @@ impl Engine {
         }
     }
 
-    /// Applies one batch in one transaction. With the local store the
-    /// decisions are part of it; with a shared one they follow the commit
-    /// ([`Engine::decide_shared`]).
-    fn apply(&mut self, steps: Vec<Step>, work: &mut Work, now: i64) -> StoreResult<()> {
-        let shared = self.core.shared;
-        if shared && steps.iter().any(|s| matches!(s, Step::Tick)) {
-            // Other agents open datasets too: list them afresh.
-            self.core.open = self
-                .store
-                .open_datasets()?
-                .into_iter()
-                .map(|d| (d.set_id.clone(), d))
-                .collect();
+    /// Runs `steps` in one transaction, again on fresh reads while another
+    /// writer conflicts, and acts on what committed. Returns the datasets
+    /// the store asks to decide again.
+    fn commit_steps(&mut self, steps: &[Step], commands: usize) -> StoreResult<Vec<String>> {
+        let mut attempt = 0;
+        let started = std::time::Instant::now();
+        let (committed, mut work) = loop {
+            let mut work = Work::default();
+            match self.apply(steps, &mut work, now_ms()) {
+                Err(StoreError::Conflict(reason)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    if attempt > 3 {
+                        warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
+                    } else {
+                        debug!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
+                    }
+                    // Random backoff: agents contending for the same
+                    // entries fall out of step instead of colliding again.
+                    let cap = 10u64 << attempt.min(7);
+                    std::thread::sleep(Duration::from_millis(rand::random_range(cap / 4..=cap)));
+                }
+                Err(e) => return Err(e),
+                Ok(committed) => break (committed, work),
+            }
+        };
+        debug!(
+            commands,
+            attempts = attempt + 1,
+            ms = started.elapsed().as_millis() as u64,
+            "batch applied"
+        );
+        // A claim another writer won first: the dataset stays decided, but
+        // the event and its log line are the other's.
+        let lost = &committed.lost_claims;
+        work.events
+            .retain(|e| !(outbound::is_decision(&e.detail_type) && lost.contains(&e.set_id)));
+        self.core.committed(&mut work);
+        if let Some(max) = work.events.iter().map(|e| e.seq).max() {
+            self.outbox.send_replace(max);
         }
+        Ok(committed.revisit)
+    }
+
+    /// Applies one batch in one transaction: the records, the decisions
+    /// (claims) and their events. See [`Store`] for the protocol.
+    fn apply(&mut self, steps: &[Step], work: &mut Work, now: i64) -> StoreResult<Committed> {
+        let open = if steps.iter().any(|s| matches!(s, Step::Tick)) {
+            Some(self.store.open_datasets()?)
+        } else {
+            None
+        };
         // Uploads of all queued requests are applied together in key order:
         // neighbouring keys share B-tree pages, so each page is visited once.
         let mut uploads = Vec::new();
         let mut tx = self.store.begin()?;
-        if shared {
-            // What the watcher saw.
-            let entries: Vec<(&str, &str)> = steps
-                .iter()
-                .filter_map(|s| match s {
-                    Step::Local(changes) => Some(changes),
-                    _ => None,
-                })
-                .flatten()
-                .map(|c| (c.set_id.as_str(), c.entry.as_str()))
-                .collect();
-            prefetch_entries(&mut *tx, &entries)?;
-        }
+        // What the watcher saw.
+        let entries: Vec<(&str, &str)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Local(changes) => Some(changes),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| (c.set_id.as_str(), c.entry.as_str()))
+            .collect();
+        prefetch_entries(&mut *tx, &entries)?;
         for step in steps {
             match step {
                 Step::Ingest(items) => uploads.extend(items),
@@ -529,16 +506,26 @@ impl Engine {
                     self.core.apply_manifest(
                         &mut *tx,
                         work,
-                        &set_id,
-                        manifest_time,
+                        set_id,
+                        *manifest_time,
                         result,
                         now,
                     )?;
                 }
-                Step::Tick => self.core.tick(&mut *tx, work, now)?,
+                Step::Tick => {
+                    let open = open.as_deref().unwrap_or_default();
+                    self.core.tick(&mut *tx, work, open, now)?;
+                }
                 Step::Deferred(set_ids) => {
                     for set_id in set_ids {
-                        self.core.continue_deferred(&mut *tx, work, &set_id, now)?;
+                        self.core.continue_deferred(&mut *tx, work, set_id, now)?;
+                    }
+                }
+                Step::Revisit(set_ids) => {
+                    let ids: Vec<&str> = set_ids.iter().map(String::as_str).collect();
+                    tx.prefetch(&ids, &[])?;
+                    for set_id in set_ids {
+                        work.dataset(&mut *tx, set_id, now)?;
                     }
                 }
                 Step::Local(changes) => {
@@ -551,17 +538,14 @@ impl Engine {
                     scan_started_ms,
                 } => {
                     self.core
-                        .prune_local(&mut *tx, work, &set_id, scan_started_ms, now)?;
+                        .prune_local(&mut *tx, work, set_id, *scan_started_ms, now)?;
                 }
-                Step::Ack { sink, seq } => tx.set_cursor(&sink, seq)?,
             }
         }
         self.core.ingest(&mut *tx, work, uploads, now)?;
-        if !shared {
-            self.core.decide_touched(work, now);
-        }
+        self.core.decide_touched(work, now);
         for ds in work.touched.values() {
-            if shared || self.core.open.get(&ds.set_id) != Some(ds) {
+            if work.as_read.get(&ds.set_id).and_then(Option::as_ref) != Some(ds) {
                 tx.put_dataset(ds)?;
             }
         }
@@ -571,56 +555,12 @@ impl Engine {
         for (name, delta) in &work.counters {
             tx.add_counter(name, *delta)?;
         }
-        // Decisions here are local-store ones, which nobody else can take.
-        tx.commit().map(drop)
-    }
-
-    /// With a shared store: decides the touched datasets on a fresh read,
-    /// after the batch committed. Whichever of two agents committed last
-    /// reads both batches, so a dataset completed by two agents at once is
-    /// still decided now; the store lets only one of them record it.
-    fn decide_shared(&mut self, work: &mut Work, now: i64) -> StoreResult<()> {
-        let ids: Vec<String> = work
-            .touched
-            .values()
-            .filter(|d| !d.state.is_decided())
-            .map(|d| d.set_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut fresh = Work::default();
-        let mut tx = self.store.begin()?;
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        tx.prefetch(&refs, &[])?;
-        for id in &ids {
-            if let Some(ds) = tx.dataset(id)? {
-                fresh.touched.insert(id.clone(), ds);
-            }
-        }
-        self.core.decide_touched(&mut fresh, now);
-        for ds in fresh.touched.values() {
-            if ds.state.is_decided() {
-                tx.put_dataset(ds)?;
-            }
-        }
-        for event in &mut fresh.events {
-            event.seq = tx.push_event(event)?;
-        }
-        let committed = tx.commit()?;
-        // A dataset another agent decided first stays decided (and leaves
-        // the open list), but the event and its log line are the other's.
-        fresh
-            .events
-            .retain(|e| !committed.lost_decisions.contains(&e.set_id));
-        work.touched.extend(fresh.touched);
-        work.events.extend(fresh.events);
-        Ok(())
+        tx.commit()
     }
 }
 
-/// With a shared store: reads ahead `entries` and their datasets in one
-/// round trip per 100 keys, instead of one per entry.
+/// Reads ahead `entries` and their datasets (for a remote store, in one
+/// round trip per 100 keys instead of one per entry).
 fn prefetch_entries(tx: &mut dyn StoreTx, entries: &[(&str, &str)]) -> StoreResult<()> {
     let mut datasets: Vec<&str> = Vec::new();
     for (set_id, _) in entries {
@@ -653,17 +593,15 @@ impl Work {
     fn dataset<'w>(
         &'w mut self,
         tx: &mut dyn StoreTx,
-        cache: Option<&HashMap<String, DatasetRecord>>,
         set_id: &str,
         now: i64,
     ) -> StoreResult<&'w mut DatasetRecord> {
         if !self.touched.contains_key(set_id) {
-            let ds = match cache.and_then(|c| c.get(set_id)) {
-                Some(ds) => ds.clone(),
-                None => tx
-                    .dataset(set_id)?
-                    .unwrap_or_else(|| DatasetRecord::new(set_id, now)),
-            };
+            let read = tx.dataset(set_id)?;
+            let ds = read
+                .clone()
+                .unwrap_or_else(|| DatasetRecord::new(set_id, now));
+            self.as_read.insert(set_id.to_owned(), read);
             self.touched.insert(set_id.to_owned(), ds);
         }
         Ok(self.touched.get_mut(set_id).expect("inserted above"))
@@ -697,17 +635,11 @@ fn receipt_of(items: &[Ingested]) -> IngestReceipt {
 }
 
 impl Core {
-    /// Dataset records this engine may trust without reading them: none
-    /// when other agents write too.
-    fn cache(&self) -> Option<&HashMap<String, DatasetRecord>> {
-        (!self.shared).then_some(&self.open)
-    }
-
     fn ingest(
         &mut self,
         tx: &mut dyn StoreTx,
         work: &mut Work,
-        mut items: Vec<Ingested>,
+        mut items: Vec<&Ingested>,
         now: i64,
     ) -> StoreResult<()> {
         // Stable: repeats of one key keep their arrival order.
@@ -718,18 +650,14 @@ impl Core {
             }
         }
         items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-        if self.shared {
-            let entries: Vec<(&str, &str)> = items
-                .iter()
-                .filter_map(|item| match item {
-                    Ingested::Upload { set_id, entry, .. } => {
-                        Some((set_id.as_str(), entry.as_str()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            prefetch_entries(tx, &entries)?;
-        }
+        let entries: Vec<(&str, &str)> = items
+            .iter()
+            .filter_map(|item| match item {
+                Ingested::Upload { set_id, entry, .. } => Some((set_id.as_str(), entry.as_str())),
+                _ => None,
+            })
+            .collect();
+        prefetch_entries(tx, &entries)?;
         for item in items {
             match item {
                 Ingested::Outside => work.count("outside_keys"),
@@ -740,7 +668,7 @@ impl Core {
                     entry,
                     kind,
                 } => {
-                    self.apply_upload(tx, work, upload, &set_id, entry, kind, now)?;
+                    self.apply_upload(tx, work, upload, set_id, entry, *kind, now)?;
                 }
             }
         }
@@ -808,21 +736,17 @@ impl Core {
         &mut self,
         tx: &mut dyn StoreTx,
         work: &mut Work,
-        upload: ObjectUpload,
+        upload: &ObjectUpload,
         set_id: &str,
-        entry: String,
+        entry: &str,
         kind: UploadKind,
         now: i64,
     ) -> StoreResult<()> {
-        if self.shared {
-            // The batch may run again on a conflict: log once it commits.
-            work.uploads_seen
-                .push((kind, set_id.to_owned(), upload.key.clone(), upload.size));
-        } else {
-            log_upload(kind, set_id, &upload.key, upload.size);
-        }
+        // The batch may run again on a conflict: log once it commits.
+        work.uploads_seen
+            .push((kind, set_id.to_owned(), upload.key.clone(), upload.size));
         work.count("uploads");
-        let prev = tx.entry(set_id, &entry)?;
+        let prev = tx.entry(set_id, entry)?;
         if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
             && old.event_time > upload.event_time
         {
@@ -831,8 +755,7 @@ impl Core {
             return Ok(());
         }
         let before = EntryRecord::contribution(prev.as_ref());
-        let is_new = prev.is_none();
-        let mut row = prev.unwrap_or_else(|| EntryRecord::new(&entry, set_id));
+        let mut row = prev.unwrap_or_else(|| EntryRecord::new(entry, set_id));
         let manifest = (kind == UploadKind::Manifest).then(|| ManifestRef {
             key: upload.key.clone(),
             bucket: upload.bucket.clone(),
@@ -847,10 +770,10 @@ impl Core {
                 event_time: upload.event_time,
             };
             let detail_type = match kind {
-                UploadKind::Data => envelope::DATA_UPLOAD,
-                UploadKind::Manifest => envelope::MANIFEST_UPLOAD,
+                UploadKind::Data => outbound::DATA_UPLOAD,
+                UploadKind::Manifest => outbound::MANIFEST_UPLOAD,
             };
-            work.events.push(envelope::upload_event(
+            work.events.push(outbound::upload_event(
                 detail_type,
                 set_id,
                 &this,
@@ -859,8 +782,8 @@ impl Core {
             ));
         }
         row.upload = Some(UploadRecord {
-            object_key: upload.key,
-            bucket: upload.bucket,
+            object_key: upload.key.clone(),
+            bucket: upload.bucket.clone(),
             size: upload.size,
             event_time: upload.event_time,
             verdict: Verdict::Unjudged,
@@ -868,10 +791,10 @@ impl Core {
             modified: upload.modified,
         });
         let note = self.judge(set_id, &mut row, Some(kind));
-        tx.put_entry(&row, is_new)?;
+        tx.put_entry(&row)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
-        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        let ds = work.dataset(tx, set_id, now)?;
         ds.counts -= before;
         ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_seen_ms = ds.last_seen_ms.max(now);
@@ -911,17 +834,15 @@ impl Core {
         work: &mut Work,
         set_id: &str,
         manifest_time: i64,
-        result: Result<Vec<ExpectedLine>, String>,
+        result: &Result<Vec<ExpectedLine>, String>,
         now: i64,
     ) -> StoreResult<()> {
         self.reading.remove(set_id);
-        if self.shared
-            && let Ok(lines) = &result
-        {
+        if let Ok(lines) = result {
             let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
             prefetch_entries(tx, &keys)?;
         }
-        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        let ds = work.dataset(tx, set_id, now)?;
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
         }
@@ -933,10 +854,10 @@ impl Core {
         }
         let reloading = ds.manifest_entries > 0;
         let mut lines = match result {
-            Ok(lines) => lines,
+            Ok(lines) => lines.clone(),
             Err(message) => {
                 warn!(set_id, %message, "manifest not usable yet; retrying at the next re-check");
-                ds.note = Some(message);
+                ds.note = Some(message.clone());
                 return Ok(());
             }
         };
@@ -959,30 +880,28 @@ impl Core {
         let mut note = None;
         if reloading {
             // The old manifest's expectations go; the new one sets its own.
-            let dir = self.settings.classifier.dataset_dir(set_id);
-            for mut row in tx.manifest_entries(set_id, &dir)? {
+            for mut row in tx.manifest_entries(set_id)? {
                 counts -= EntryRecord::contribution(Some(&row));
                 row.expected = None;
                 if let Some(up) = row.upload.as_mut() {
                     up.matched = false;
                 }
                 counts += EntryRecord::contribution(Some(&row));
-                tx.put_entry(&row, false)?;
+                tx.put_entry(&row)?;
             }
         }
         for (key, size) in &lines {
             let prev = tx.entry(set_id, key)?;
             counts -= EntryRecord::contribution(prev.as_ref());
-            let is_new = prev.is_none();
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
             if let Some(n) = self.judge(set_id, &mut row, None) {
                 note = Some(n);
             }
             counts += EntryRecord::contribution(Some(&row));
-            tx.put_entry(&row, is_new)?;
+            tx.put_entry(&row)?;
         }
-        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        let ds = work.dataset(tx, set_id, now)?;
         ds.counts = counts;
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
@@ -997,7 +916,7 @@ impl Core {
         &mut self,
         tx: &mut dyn StoreTx,
         work: &mut Work,
-        change: LocalChange,
+        change: &LocalChange,
         now: i64,
     ) -> StoreResult<()> {
         let prev = tx.entry(&change.set_id, &change.entry)?;
@@ -1005,11 +924,10 @@ impl Core {
             return Ok(());
         }
         let before = EntryRecord::contribution(prev.as_ref());
-        let is_new = prev.is_none();
         let mut row = prev.unwrap_or_else(|| EntryRecord::new(&change.entry, &change.set_id));
         row.local = change.file;
-        tx.put_entry(&row, is_new)?;
-        let ds = work.dataset(tx, self.cache(), &change.set_id, now)?;
+        tx.put_entry(&row)?;
+        let ds = work.dataset(tx, &change.set_id, now)?;
         ds.counts -= before;
         ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_local_ms = Some(now);
@@ -1025,12 +943,11 @@ impl Core {
         before_ms: i64,
         now: i64,
     ) -> StoreResult<()> {
-        let dir = self.settings.classifier.dataset_dir(set_id);
-        for row in tx.stale_local_entries(set_id, &dir, before_ms)? {
+        for row in tx.stale_local_entries(set_id, before_ms)? {
             self.apply_local(
                 tx,
                 work,
-                LocalChange {
+                &LocalChange {
                     set_id: set_id.to_owned(),
                     entry: row.key,
                     file: None,
@@ -1044,26 +961,28 @@ impl Core {
     /// Re-check of every dataset still reconciling: manifests not read yet,
     /// uploads a failed policy call left unjudged, then (in `decide_touched`)
     /// the decision and the deadline.
-    fn tick(&mut self, tx: &mut dyn StoreTx, work: &mut Work, now: i64) -> StoreResult<()> {
-        let reconciling: Vec<String> = self
-            .open
-            .values()
+    fn tick(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        open: &[DatasetRecord],
+        now: i64,
+    ) -> StoreResult<()> {
+        let reconciling: Vec<&str> = open
+            .iter()
             .filter(|d| d.state == DatasetState::Reconciling)
-            .map(|d| d.set_id.clone())
+            .map(|d| d.set_id.as_str())
             .collect();
-        if self.shared {
-            let ids: Vec<&str> = reconciling.iter().map(String::as_str).collect();
-            tx.prefetch(&ids, &[])?;
-        }
+        tx.prefetch(&reconciling, &[])?;
         for set_id in reconciling {
-            let ds = work.dataset(tx, self.cache(), &set_id, now)?;
+            let ds = work.dataset(tx, set_id, now)?;
             let unjudged = ds.counts.unjudged > 0;
-            if !ds.manifest_loaded && !self.reading.contains(&set_id) {
+            if !ds.manifest_loaded && !self.reading.contains(set_id) {
                 let read = manifest_read(ds);
                 work.manifest_reads.push(read);
             }
             if unjudged {
-                self.rejudge(tx, work, &set_id, now)?;
+                self.rejudge(tx, work, set_id, now)?;
             }
         }
         Ok(())
@@ -1078,7 +997,7 @@ impl Core {
         set_id: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        let ds = work.dataset(tx, set_id, now)?;
         if ds.state.is_decided() {
             return Ok(());
         }
@@ -1097,8 +1016,7 @@ impl Core {
         now: i64,
     ) -> StoreResult<()> {
         const PER_TICK: usize = 10_000;
-        let dir = self.settings.classifier.dataset_dir(set_id);
-        let rows = tx.unjudged_entries(set_id, &dir, PER_TICK)?;
+        let rows = tx.unjudged_entries(set_id, PER_TICK)?;
         let mut delta_note = None;
         let mut counts_delta = (Counts::default(), Counts::default());
         self.deferred.remove(set_id);
@@ -1114,9 +1032,9 @@ impl Core {
             }
             counts_delta.0 += before;
             counts_delta.1 += EntryRecord::contribution(Some(&row));
-            tx.put_entry(&row, false)?;
+            tx.put_entry(&row)?;
         }
-        let ds = work.dataset(tx, self.cache(), set_id, now)?;
+        let ds = work.dataset(tx, set_id, now)?;
         ds.counts -= counts_delta.0;
         ds.counts += counts_delta.1;
         ds.note = delta_note;
@@ -1220,17 +1138,12 @@ impl Core {
             info!(set_id, lines, expected, "manifest loaded");
         }
         // Decisions are logged once they are the store's, not when taken:
-        // with a shared store another agent may have taken one first.
+        // another writer may have claimed one first.
         for event in &work.events {
-            if let Some(ds) = work.touched.get(&event.set_id) {
+            if outbound::is_decision(&event.detail_type)
+                && let Some(ds) = work.touched.get(&event.set_id)
+            {
                 log_decision(ds, &event.detail_type);
-            }
-        }
-        for (set_id, ds) in work.touched.drain() {
-            if ds.state.is_decided() {
-                self.open.remove(&set_id);
-            } else {
-                self.open.insert(set_id, ds);
             }
         }
         for (set_id, key, manifest_time) in work.manifest_reads.drain(..) {
@@ -1277,13 +1190,13 @@ fn close(
         return;
     };
     let detail_type = if state == DatasetState::Succeeded {
-        envelope::SUCCESSFUL
+        outbound::SUCCESSFUL
     } else {
-        envelope::TIMEOUT
+        outbound::TIMEOUT
     };
     ds.state = state;
     ds.decided_ms = Some(now);
-    events.push(envelope::reconcile_event(
+    events.push(outbound::reconcile_event(
         detail_type,
         &ds.set_id,
         manifest,
@@ -1328,49 +1241,91 @@ mod tests {
     use super::*;
     use crate::config::SyncMode;
     use crate::reconcile::policy::ExactMatch;
-    use crate::store::sqlite::{SqliteReader, SqliteStore};
-    use crate::store::{LocalOutbox, StoreReader};
+    use crate::store::conformance::{Opened, Opener};
+    use crate::store::memory::MemoryStore;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Outbox, StoreReader};
+
+    /// The backends the engine's tests run on (DynamoDB runs the same
+    /// protocol in the end-to-end tests, against moto).
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Memory,
+        Sqlite,
+    }
+
+    /// Storage that outlives an engine: each call opens it again.
+    fn storage(kind: Kind, state: &Path) -> Opener {
+        match kind {
+            Kind::Memory => {
+                let store = MemoryStore::new();
+                Box::new(move || Opened {
+                    store: Box::new(store.clone()),
+                    reader: Arc::new(store.reader()),
+                    outbox: Arc::new(store.outbox()),
+                })
+            }
+            Kind::Sqlite => {
+                let state = state.to_owned();
+                Box::new(move || {
+                    let store = SqliteStore::open(&state, SyncMode::Normal, "-vaultjob").unwrap();
+                    Opened {
+                        reader: Arc::new(store.reader().unwrap()),
+                        outbox: Arc::new(store.outbox().unwrap()),
+                        store: Box::new(store),
+                    }
+                })
+            }
+        }
+    }
 
     struct Harness {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
         share: PathBuf,
-        state: PathBuf,
+        open: Opener,
         handle: EngineHandle,
-        reader: Arc<SqliteReader>,
+        reader: Arc<dyn StoreReader>,
+        outbox: Arc<dyn Outbox>,
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
     impl Harness {
-        fn new(deadline: Duration) -> Harness {
+        fn new(kind: Kind, deadline: Duration) -> Harness {
             let (share, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-            let (share_path, state_path) = (share.path().to_owned(), state.path().to_owned());
-            let (handle, reader, thread) = Self::start(&share_path, &state_path, deadline);
+            let share_path = share.path().to_owned();
+            let open = storage(kind, state.path());
+            let (handle, opened, thread) = Self::start(&open, &share_path, deadline);
             Harness {
                 _dirs: (share, state),
                 share: share_path,
-                state: state_path,
+                open,
                 handle,
-                reader,
+                reader: opened.0,
+                outbox: opened.1,
                 thread: Some(thread),
             }
         }
 
+        #[allow(clippy::type_complexity)]
         fn start(
+            open: &Opener,
             share: &Path,
-            state: &Path,
             deadline: Duration,
-        ) -> (EngineHandle, Arc<SqliteReader>, std::thread::JoinHandle<()>) {
-            let store = SqliteStore::open(state, SyncMode::Normal).unwrap();
-            let reader = Arc::new(store.reader().unwrap());
+        ) -> (
+            EngineHandle,
+            (Arc<dyn StoreReader>, Arc<dyn Outbox>),
+            std::thread::JoinHandle<()>,
+        ) {
+            let opened = open();
             let (engine, handle) = Engine::new(
-                Box::new(store),
+                opened.store,
                 Box::new(ExactMatch),
                 settings(share, deadline),
                 watch::channel(0).0,
             );
             (
                 handle,
-                reader,
+                (opened.reader, opened.outbox),
                 std::thread::spawn(move || engine.run().unwrap()),
             )
         }
@@ -1378,8 +1333,9 @@ mod tests {
         async fn restart(&mut self, deadline: Duration) {
             self.handle.shutdown().await;
             self.thread.take().unwrap().join().unwrap();
-            let (handle, reader, thread) = Self::start(&self.share, &self.state, deadline);
-            (self.handle, self.reader, self.thread) = (handle, reader, Some(thread));
+            let (handle, (reader, outbox), thread) = Self::start(&self.open, &self.share, deadline);
+            (self.handle, self.reader, self.outbox, self.thread) =
+                (handle, reader, outbox, Some(thread));
         }
 
         fn write_dataset(&self, set_id: &str, files: &[&str]) -> Vec<String> {
@@ -1439,7 +1395,7 @@ mod tests {
         }
 
         fn events(&self) -> Vec<OutboxEvent> {
-            self.reader.events_after(0, 100).unwrap()
+            self.outbox.pending("test", 100).unwrap()
         }
     }
 
@@ -1459,11 +1415,38 @@ mod tests {
         }
     }
 
+    /// Each test, once per backend.
+    macro_rules! on_every_backend {
+        ($($name:ident),* $(,)?) => {
+            mod memory {
+                $(#[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(super::Kind::Memory).await
+                })*
+            }
+            mod sqlite {
+                $(#[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(super::Kind::Sqlite).await
+                })*
+            }
+        };
+    }
+
+    on_every_backend!(
+        out_of_order_with_duplicates_and_directory_slashes_succeeds_once,
+        manifest_last_succeeds_when_it_is_read,
+        newer_notification_replaces_and_stale_one_is_ignored,
+        missing_file_times_out_once_at_the_deadline,
+        unexpected_upload_blocks_exact_match_and_says_why,
+        state_survives_a_restart,
+        unreadable_manifest_is_retried_at_each_recheck,
+    );
+
     const HOUR: Duration = Duration::from_secs(3600);
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn out_of_order_with_duplicates_and_directory_slashes_succeeds_once() {
-        let h = Harness::new(HOUR);
+    async fn out_of_order_with_duplicates_and_directory_slashes_succeeds_once(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
         let lines = h.write_dataset("S1", &["a/f1", "a/b/f2", "f3"]);
         let manifest = "S1-vaultjob/S1.manifest";
         // Manifest first, then everything else in a scrambled order, with
@@ -1516,9 +1499,8 @@ mod tests {
         assert_eq!(h.events().len(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn manifest_last_succeeds_when_it_is_read() {
-        let h = Harness::new(HOUR);
+    async fn manifest_last_succeeds_when_it_is_read(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
         let lines = h.write_dataset("S2", &["x", "y/z"]);
         for l in lines.iter().rev() {
             h.send(l, 1, 5).await;
@@ -1531,12 +1513,11 @@ mod tests {
         assert_eq!(h.events().len(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn newer_notification_replaces_and_stale_one_is_ignored() {
-        let h = Harness::new(HOUR);
+    async fn newer_notification_replaces_and_stale_one_is_ignored(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
         h.send("S3-vaultjob/f", 10, 200).await;
         h.send("S3-vaultjob/f", 5, 100).await;
-        let mut store = SqliteStore::open(&h.state, SyncMode::Normal).unwrap();
+        let mut store = (h.open)().store;
         let mut tx = store.begin().unwrap();
         let row = tx.entry("S3", "S3-vaultjob/f").unwrap().unwrap();
         assert_eq!(
@@ -1554,9 +1535,8 @@ mod tests {
         assert_eq!(h.dataset("S3").unwrap().counts.received, 1);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn missing_file_times_out_once_at_the_deadline() {
-        let h = Harness::new(Duration::from_millis(300));
+    async fn missing_file_times_out_once_at_the_deadline(kind: Kind) {
+        let h = Harness::new(kind, Duration::from_millis(300));
         let lines = h.write_dataset("S4", &["a", "b"]);
         for l in lines.iter().filter(|l| !l.ends_with("/b")) {
             h.send(l, 1, 5).await;
@@ -1585,9 +1565,8 @@ mod tests {
         assert_eq!(h.events().len(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn unexpected_upload_blocks_exact_match_and_says_why() {
-        let h = Harness::new(HOUR);
+    async fn unexpected_upload_blocks_exact_match_and_says_why(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
         let lines = h.write_dataset("S5", &["a"]);
         // The stray first: had the manifest been read with every entry in and
         // nothing unexpected yet, exact-match would (rightly) have succeeded.
@@ -1604,17 +1583,12 @@ mod tests {
         assert_eq!(d.state, DatasetState::Reconciling);
         assert_eq!(d.unexpected(), Some(1));
         assert_eq!(d.note.as_deref(), Some("1 uploads are not in the manifest"));
-        let detail = h
-            .reader
-            .dataset_detail("S5", "S5-vaultjob", 10)
-            .unwrap()
-            .unwrap();
+        let detail = h.reader.dataset_detail("S5", 10).unwrap().unwrap();
         assert_eq!(detail.unexpected, ["S5-vaultjob/.nfs000000001234"]);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn state_survives_a_restart() {
-        let mut h = Harness::new(HOUR);
+    async fn state_survives_a_restart(kind: Kind) {
+        let mut h = Harness::new(kind, HOUR);
         let lines = h.write_dataset("S6", &["a", "b"]);
         let (last, rest) = lines.split_last().unwrap();
         for l in rest {
@@ -1634,9 +1608,8 @@ mod tests {
         assert_eq!(h.events().len(), 1);
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn unreadable_manifest_is_retried_at_each_recheck() {
-        let h = Harness::new(HOUR);
+    async fn unreadable_manifest_is_retried_at_each_recheck(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
         h.send("S7-vaultjob/S7.manifest", 1, 5).await;
         h.wait_for("read attempt", |h| {
             h.dataset("S7").is_some_and(|d| d.note.is_some())

@@ -16,22 +16,7 @@ use std::sync::Arc;
 
 use crate::notification::UploadKind;
 
-/// The bundled policies (WebAssembly components built from `plugins/`).
-pub const BUNDLED: &[&str] = &["exact-match", "size-verified", "ignore-patterns"];
-/// The exact-match rule compiled into the agent, without a sandbox.
-pub const NATIVE_EXACT_MATCH: &str = "exact-match-native";
-/// Every name `[reconcile] policy` accepts besides a `.wasm` path.
-pub const BUILTIN: &[&str] = &[
-    "exact-match",
-    "size-verified",
-    "ignore-patterns",
-    NATIVE_EXACT_MATCH,
-];
-
-/// Whether a configured policy names a component file rather than a bundled policy.
-pub fn is_plugin_path(name: &str) -> bool {
-    name.ends_with(".wasm") || name.contains('/')
-}
+pub use crate::config::policy_name::{NATIVE_EXACT_MATCH, is_plugin_path};
 
 /// An upload as a policy sees it.
 #[derive(Debug, Clone, Copy)]

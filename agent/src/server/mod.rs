@@ -9,14 +9,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 
-use crate::config::SourceConfig;
 use crate::health::Health;
-use crate::notification::Classifier;
 use crate::reconcile::EngineHandle;
 use crate::reconcile::plugin::PolicyHealth;
-use crate::sources;
 use crate::store::StoreReader;
 use crate::watcher::ShareStatus;
 
@@ -27,27 +24,22 @@ const MAX_BODY_BYTES: usize = 16 << 20;
 pub struct AppState {
     pub engine: EngineHandle,
     pub reader: Arc<dyn StoreReader>,
-    pub classifier: Arc<Classifier>,
-    pub api_key: Option<String>,
     pub policies: PolicyHealth,
     pub health: Health,
     pub share: ShareStatus,
 }
 
-pub fn router(state: AppState, source: &SourceConfig) -> Router {
+/// Health and status, plus the routes of the sources that take HTTP.
+pub fn router(state: AppState, sources: Vec<Router>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/status", get(status::all))
-        .route("/status/{set_id}", get(status::one));
-    match source {
-        SourceConfig::Http => {
-            router = router.route("/events", post(sources::http::post_events));
-        }
-        SourceConfig::Sqs { .. } => {}
+        .route("/status/{set_id}", get(status::one))
+        .with_state(state);
+    for routes in sources {
+        router = router.merge(routes);
     }
-    router
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// 200 when healthy; 503 with `{"reasons": [...]}` naming every problem.

@@ -71,9 +71,8 @@ pub async fn all(State(state): State<AppState>, Query(page): Query<Page>) -> Rep
 
 pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> Reply {
     let reader = state.reader.clone();
-    let dir = state.classifier.dataset_dir(&set_id);
     let result =
-        tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, &dir, EXAMPLES)).await;
+        tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, EXAMPLES)).await;
     let detail = match result {
         Ok(Ok(Some(d))) => d,
         Ok(Ok(None)) => {

@@ -14,8 +14,8 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use serde_json::Value;
 use tracing::{error, warn};
 
-use super::envelope::{SUCCESSFUL, TIMEOUT};
 use super::{DeliverFuture, Sink, SinkError};
+use crate::outbound::{SUCCESSFUL, TIMEOUT};
 use crate::store::OutboxEvent;
 
 const MAX_ENTRIES: usize = 10;

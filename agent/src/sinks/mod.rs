@@ -4,7 +4,6 @@
 //! event id; the file sink also drops repeats it already wrote.
 
 pub mod dispatcher;
-pub mod envelope;
 pub mod eventbridge;
 pub mod file;
 pub mod stdout;
@@ -30,7 +29,7 @@ pub trait Sink: Send {
     /// Which outbox events this sink delivers (by default the reconcile
     /// events; the others are skipped, and its cursor moves past them).
     fn wants(&self, detail_type: &str) -> bool {
-        detail_type == envelope::SUCCESSFUL || detail_type == envelope::TIMEOUT
+        crate::outbound::is_decision(detail_type)
     }
     /// Delivers events in order; `Ok` means all of them are safely out.
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a>;

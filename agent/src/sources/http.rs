@@ -22,11 +22,26 @@ use crate::logging::RateLimit;
 static REFUSALS_LOGGED: RateLimit = RateLimit::new(20, Duration::from_secs(60));
 
 use crate::notification::parse_body;
-use crate::reconcile::EngineError;
-use crate::server::AppState;
+use crate::reconcile::{EngineError, EngineHandle};
 
-pub async fn post_events(
-    State(state): State<AppState>,
+/// What `POST /events` needs.
+#[derive(Clone)]
+pub struct HttpSource {
+    pub engine: EngineHandle,
+    pub api_key: Option<String>,
+}
+
+impl HttpSource {
+    /// This source's routes, for the agent's HTTP server to serve.
+    pub fn routes(self) -> axum::Router {
+        axum::Router::new()
+            .route("/events", axum::routing::post(post_events))
+            .with_state(self)
+    }
+}
+
+async fn post_events(
+    State(state): State<HttpSource>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,

@@ -2,13 +2,21 @@
 //! one record per dataset with its incremental counters, and an outbox of
 //! events waiting for delivery to each sink.
 //!
-//! [`Store`] is the write side, used by the single reconcile engine thread
-//! inside one transaction per batch; [`StoreReader`] is the read side used by
-//! `/status` and the sink dispatchers. SQLite ([`sqlite`]) is the embedded
-//! backend; [`dynamodb`] is the shared one, written by several agents at once.
+//! Three traits make the contract every backend keeps; the engine and the
+//! dispatchers use only them, never a backend's type:
+//! - [`Store`] / [`StoreTx`]: the write side, used by the single reconcile
+//!   engine thread, one transaction per batch.
+//! - [`StoreReader`]: the read side, for `/status` and the CLI.
+//! - [`Outbox`]: what the sink dispatchers deliver from.
+//!
+//! Backends: [`sqlite`] (embedded, one agent), [`dynamodb`] (shared by
+//! several agents), [`memory`] (tests and benchmarks). [`conformance`] is the
+//! test suite every backend passes.
 
+pub mod conformance;
 pub mod dynamodb;
 pub mod local_fs;
+pub mod memory;
 pub mod model;
 pub mod sqlite;
 pub mod state_lock;
@@ -20,12 +28,10 @@ pub use model::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state database {path}: {source}")]
-    Sqlite {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// The backend failed: `store` names it (a file, a table), `message`
+    /// says what went wrong.
+    #[error("{store}: {message}")]
+    Backend { store: String, message: String },
     #[error("state directory {path}: {message}")]
     StateDir { path: String, message: String },
     #[error(
@@ -44,8 +50,6 @@ pub enum StoreError {
     Replaced { path: String, what: String },
     #[error("state database holds a value this version cannot read: {0}")]
     Corrupt(String),
-    #[error("DynamoDB table {table}: {message}")]
-    Dynamodb { table: String, message: String },
     /// Another agent changed what this batch read; running the batch again
     /// on fresh reads resolves it.
     #[error("write conflict: {0}")]
@@ -54,67 +58,80 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The write side. Everything done through one [`StoreTx`] commits atomically.
+/// The write side, used by one engine thread.
+///
+/// # The protocol
+///
+/// The engine runs every batch the same way, whatever the backend:
+/// 1. [`Store::begin`] a transaction; read datasets and entries through it
+///    and write them back changed, in any order.
+/// 2. Decide datasets inside the same transaction: a dataset written with a
+///    decided state, with its event pushed, is a *claim* on that decision.
+/// 3. [`StoreTx::commit`]. Either everything is recorded, or nothing is and
+///    an error says why; a [`StoreError::Conflict`] means "run the batch
+///    again on fresh reads" (applying a notification twice changes nothing,
+///    so whatever a backend already wrote of the failed attempt is harmless).
+/// 4. [`Committed`] reports the claims another writer won first (their
+///    outcome and event are the other's), and the datasets to decide again
+///    on a fresh read because other writers changed them at the same time.
+///    The engine revisits those in a transaction of their own.
+///
+/// A backend only one agent writes (SQLite, memory) commits atomically,
+/// never loses a claim and has nothing to revisit. The shared DynamoDB
+/// backend commits entries with version conditions and counter deltas,
+/// claims each decision conditionally at commit, and asks to revisit the
+/// datasets whose counters it changed, since their totals may include
+/// other agents' work this transaction never read.
 pub trait Store: Send {
-    /// Datasets still waiting for a decision, to resume after a restart.
+    /// Datasets still waiting for a decision, as committed now.
     fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>>;
     fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>>;
-    /// Whether other agents write to this store too. Then nothing read may
-    /// be cached across batches, and decisions are claimed, not assumed.
-    fn is_shared(&self) -> bool {
-        false
-    }
 }
 
+/// One transaction: reads see its own writes; nothing is visible to others
+/// before [`StoreTx::commit`].
 pub trait StoreTx {
     /// Reads ahead datasets and (set-id, key) entries about to be asked
-    /// for, so a remote backend makes one round trip for many.
+    /// for, so a remote backend makes one round trip for many. A hint:
+    /// backends with cheap reads ignore it.
     fn prefetch(&mut self, _datasets: &[&str], _entries: &[(&str, &str)]) -> StoreResult<()> {
         Ok(())
     }
     fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>>;
+    /// Writes a dataset. Written with a decided state that it did not have
+    /// when read, it claims the decision (see [`Committed::lost_claims`]).
     fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()>;
     fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>>;
-    /// Writes an entry; `is_new` says it was absent when this transaction
-    /// read it (so the backend can insert rather than update).
-    fn put_entry(&mut self, entry: &EntryRecord, is_new: bool) -> StoreResult<()>;
-    /// Up to `limit` entries of a dataset whose policy call failed.
-    fn unjudged_entries(
-        &mut self,
-        set_id: &str,
-        dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Vec<EntryRecord>>;
-    /// The entries of a dataset its loaded manifest lists (to clear them
-    /// when a re-sealed dataset's new manifest replaces the old one).
-    fn manifest_entries(
-        &mut self,
-        set_id: &str,
-        dataset_dir: &str,
-    ) -> StoreResult<Vec<EntryRecord>>;
+    fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()>;
+    /// Up to `limit` entries of a dataset whose upload is not judged yet.
+    fn unjudged_entries(&mut self, set_id: &str, limit: usize) -> StoreResult<Vec<EntryRecord>>;
+    /// The entries a dataset's loaded manifest lists (to clear them when a
+    /// re-sealed dataset's new manifest replaces the old one).
+    fn manifest_entries(&mut self, set_id: &str) -> StoreResult<Vec<EntryRecord>>;
     /// The entries of a dataset last seen locally before `seen_before_ms`
     /// (gone, if a full scan since then did not see them).
     fn stale_local_entries(
         &mut self,
         set_id: &str,
-        dataset_dir: &str,
         seen_before_ms: i64,
     ) -> StoreResult<Vec<EntryRecord>>;
-    /// Appends an event to the outbox; returns its sequence number. An event
+    /// Appends an event to the outbox; returns its sequence number (it
+    /// orders this agent's events; it wakes the dispatchers). An event
     /// whose id is already there is not added again.
     fn push_event(&mut self, event: &OutboxEvent) -> StoreResult<i64>;
-    /// Records that `sink` delivered every event up to `seq`.
-    fn set_cursor(&mut self, sink: &str, seq: i64) -> StoreResult<()>;
     fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()>;
     fn commit(self: Box<Self>) -> StoreResult<Committed>;
 }
 
-/// What a commit could not do without failing as a whole.
-#[derive(Debug, Default)]
+/// What a commit reports besides success (see [`Store`]'s protocol).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// Datasets this transaction decided but another agent decided first
-    /// (a shared store only): their outcome and event are the other's.
-    pub lost_decisions: Vec<String>,
+    /// Datasets this transaction decided that another writer had decided
+    /// first: they stay decided, with the other's outcome and event.
+    pub lost_claims: Vec<String>,
+    /// Undecided datasets whose committed totals may include other
+    /// writers' changes this transaction did not read: decide them again.
+    pub revisit: Vec<String>,
 }
 
 /// The read side: safe to use from any thread while the engine writes.
@@ -138,31 +155,20 @@ pub trait StoreReader: Send + Sync {
         Ok(totals.into_iter().collect())
     }
     /// One dataset with up to `limit` example paths per problem list.
-    fn dataset_detail(
-        &self,
-        set_id: &str,
-        dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Option<DatasetDetail>>;
+    fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>>;
     fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
-/// This agent's own outbox: a sequence, and a cursor per sink that the
-/// engine moves when the sink confirms.
-pub trait LocalOutbox: Send + Sync {
-    /// Where `sink` stopped delivering (0 if it never delivered).
-    fn cursor(&self, sink: &str) -> StoreResult<i64>;
-    fn events_after(&self, seq: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
-}
-
-/// An outbox shared by several agents: for each sink one agent at a time
-/// holds a lease and delivers, and an event stays until every sink has it.
-pub trait SharedOutbox: Send + Sync {
-    /// Takes or renews this agent's lease on `sink` for `ttl`; false while
-    /// another agent holds it.
-    fn hold_lease(&self, sink: &str, ttl: std::time::Duration) -> StoreResult<bool>;
+/// Where the sink dispatchers find events. One dispatcher loop serves
+/// every backend: hold the sink, read what it lacks, deliver, record.
+pub trait Outbox: Send + Sync {
+    /// Takes or renews the right to deliver to `sink` for `ttl`; false
+    /// while another agent has it. An outbox only this agent uses always
+    /// grants it.
+    fn hold(&self, sink: &str, ttl: std::time::Duration) -> StoreResult<bool>;
     /// Up to `limit` events `sink` does not have yet, oldest first.
     fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
-    /// Records that `sink` has these events.
+    /// Records that `sink` has these events (each one returned by
+    /// [`Outbox::pending`], delivered or not wanted by the sink).
     fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()>;
 }

@@ -3,6 +3,8 @@
 
 use std::ops::{AddAssign, SubAssign};
 
+pub use crate::outbound::{ManifestRef, OutboxEvent};
+
 /// A dataset's life: collecting uploads until its manifest is notified, then
 /// reconciling until the policy says complete (or fail), or the deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -44,15 +46,6 @@ impl DatasetState {
             DatasetState::Succeeded | DatasetState::TimedOut | DatasetState::Failed
         )
     }
-}
-
-/// The manifest's own upload notification: the detail of the reconcile events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestRef {
-    pub key: String,
-    pub bucket: String,
-    pub size: u64,
-    pub event_time: i64,
 }
 
 /// Counters kept incrementally so a decision never re-reads the dataset.
@@ -338,20 +331,6 @@ impl EntryRecord {
     }
 }
 
-/// An event waiting in (or delivered from) the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEvent {
-    /// Assigned by the store; sinks deliver in this order.
-    pub seq: i64,
-    /// The envelope's `id`: stable, so consumers can drop re-deliveries.
-    pub id: String,
-    pub set_id: String,
-    pub detail_type: String,
-    /// The whole envelope as JSON, exactly as delivered.
-    pub payload: String,
-    pub created_ms: i64,
-}
-
 /// One dataset plus example paths explaining what it is waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetDetail {
@@ -360,6 +339,66 @@ pub struct DatasetDetail {
     pub mismatched: Vec<String>,
     pub unexpected: Vec<String>,
     pub pending: Vec<String>,
+}
+
+/// Which problem lists of a [`DatasetDetail`] an entry belongs to: the rule
+/// behind `missing`, `mismatched`, `unexpected` and `pending`. (SQLite's
+/// reader states the same rule in SQL, checked against this one in tests.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntryProblems {
+    pub missing: bool,
+    pub mismatched: bool,
+    pub unexpected: bool,
+    pub pending: bool,
+}
+
+impl EntryRecord {
+    /// This entry's problems; the manifest ones only once it is loaded.
+    pub fn problems(&self, manifest_loaded: bool) -> EntryProblems {
+        let counted = self.upload.as_ref().filter(|u| u.verdict == Verdict::Count);
+        let expected = self.expected.is_some();
+        EntryProblems {
+            missing: manifest_loaded && expected && counted.is_none(),
+            mismatched: manifest_loaded && expected && counted.is_some_and(|u| !u.matched),
+            unexpected: manifest_loaded && !expected && counted.is_some(),
+            pending: self
+                .local
+                .is_some_and(|l| !l.confirmed_by(self.upload.as_ref())),
+        }
+    }
+}
+
+impl DatasetDetail {
+    /// The detail of `record` from its entries (in key order), keeping up to
+    /// `limit` paths per list.
+    pub fn from_entries(
+        record: DatasetRecord,
+        entries: impl IntoIterator<Item = EntryRecord>,
+        limit: usize,
+    ) -> DatasetDetail {
+        let mut detail = DatasetDetail {
+            record,
+            missing: Vec::new(),
+            mismatched: Vec::new(),
+            unexpected: Vec::new(),
+            pending: Vec::new(),
+        };
+        let loaded = detail.record.manifest_loaded;
+        for e in entries {
+            let p = e.problems(loaded);
+            for (is, list) in [
+                (p.missing, &mut detail.missing),
+                (p.mismatched, &mut detail.mismatched),
+                (p.unexpected, &mut detail.unexpected),
+                (p.pending, &mut detail.pending),
+            ] {
+                if is && list.len() < limit {
+                    list.push(e.key.clone());
+                }
+            }
+        }
+        detail
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! notifications survive power loss; with `sync = "normal"` they survive a
 //! crash of the agent process, not of the host.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -15,7 +16,7 @@ use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
     OutboxEvent, UploadRecord, Verdict,
 };
-use super::{Committed, LocalOutbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
+use super::{Committed, Outbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
@@ -120,14 +121,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// What follows a set-id in its dataset directory: rows are keyed by
+    /// path, so a dataset's rows are the key range under that directory.
+    job_dir_suffix: String,
     /// The database file as opened: compared with what the path names
     /// before each batch, so a deleted or replaced file is noticed.
     opened: std::fs::File,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `state_dir`.
-    pub fn open(state_dir: &Path, sync: SyncMode) -> StoreResult<Self> {
+    /// Opens (creating if needed) the database in `state_dir`, for dataset
+    /// directories named `<SET-ID><job_dir_suffix>`.
+    pub fn open(state_dir: &Path, sync: SyncMode, job_dir_suffix: &str) -> StoreResult<Self> {
         let path = state_dir.join(DATABASE_FILE);
         let err = sqlite_error(&path);
         // SQLite takes an empty file for an empty database: state lost to a
@@ -182,7 +187,12 @@ impl SqliteStore {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(SqliteStore { conn, path, opened })
+        Ok(SqliteStore {
+            conn,
+            path,
+            job_dir_suffix: job_dir_suffix.to_owned(),
+            opened,
+        })
     }
 
     /// Whether the path still names the file this store writes to.
@@ -210,7 +220,12 @@ impl SqliteStore {
 
     /// A read-only connection to the same database for another thread.
     pub fn reader(&self) -> StoreResult<SqliteReader> {
-        SqliteReader::open(&self.path)
+        SqliteReader::open(&self.path, &self.job_dir_suffix)
+    }
+
+    /// The outbox of this database, for the sink dispatchers.
+    pub fn outbox(&self) -> StoreResult<SqliteOutbox> {
+        SqliteOutbox::open(&self.path)
     }
 }
 
@@ -239,9 +254,9 @@ fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
 }
 
 fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |source| StoreError::Sqlite {
-        path: path.display().to_string(),
-        source,
+    move |source| StoreError::Backend {
+        store: format!("state database {}", path.display()),
+        message: source.to_string(),
     }
 }
 
@@ -255,10 +270,18 @@ impl Store for SqliteStore {
 
     fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>> {
         self.check_file()?;
-        let tx = self.conn.transaction().map_err(sqlite_error(&self.path))?;
+        // IMMEDIATE: take the write lock now, waiting (busy_timeout) for the
+        // outbox's cursor writes. A deferred transaction that read first
+        // would fail with "database is locked" when it came to write.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite_error(&self.path))?;
         Ok(Box::new(SqliteTx {
             tx,
             path: &self.path,
+            job_dir_suffix: &self.job_dir_suffix,
+            absent: HashSet::new(),
         }))
     }
 }
@@ -266,11 +289,47 @@ impl Store for SqliteStore {
 struct SqliteTx<'a> {
     tx: Transaction<'a>,
     path: &'a Path,
+    job_dir_suffix: &'a str,
+    /// Keys this transaction read and found absent: written with a plain
+    /// INSERT. Any other row is updated in place. Both are cheaper than an
+    /// upsert (and than INSERT OR REPLACE, which deletes and re-inserts,
+    /// rebalancing the B-tree every time).
+    absent: HashSet<String>,
 }
 
 impl SqliteTx<'_> {
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         sqlite_error(self.path)
+    }
+
+    fn dataset_dir(&self, set_id: &str) -> String {
+        format!("{set_id}{}", self.job_dir_suffix)
+    }
+
+    /// Runs INSERT or UPDATE of one entry row; returns the rows changed.
+    fn write_entry(&mut self, sql: &'static str, e: &EntryRecord) -> StoreResult<usize> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(self.err())?;
+        let u = e.upload.as_ref();
+        // The notified key is stored only where it differs from the entry
+        // (directory keys with their '/'): most rows get shorter.
+        let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
+        stmt.execute(params![
+            e.key,
+            object_key,
+            u.map(|u| &u.bucket),
+            u.map(|u| u.size as i64),
+            u.map(|u| u.event_time),
+            u.map(|u| u.verdict.code()),
+            u.is_some_and(|u| u.matched),
+            e.expected.is_some(),
+            e.expected.flatten().map(|s| s as i64),
+            u.and_then(|u| u.modified),
+            e.local.map(|l| l.size as i64),
+            e.local.map(|l| l.mtime),
+            e.local.map(|l| l.is_dir),
+            e.local.map(|l| l.seen_ms),
+        ])
+        .map_err(self.err())
     }
 
     /// Runs a query selecting `entry_columns!` rows.
@@ -350,54 +409,34 @@ impl StoreTx for SqliteTx<'_> {
         let row = stmt
             .query_row([key, set_id], |r| Ok(entry_from_row(r)))
             .optional()
-            .map_err(self.err())?;
-        row.transpose()
+            .map_err(self.err())?
+            .transpose()?;
+        if row.is_none() {
+            self.absent.insert(key.to_owned());
+        }
+        Ok(row)
     }
 
-    fn put_entry(&mut self, e: &EntryRecord, is_new: bool) -> StoreResult<()> {
-        // A plain INSERT for a new row, an UPDATE in place for an existing
-        // one: both cheaper than an upsert (and than INSERT OR REPLACE, which
-        // deletes and re-inserts, rebalancing the B-tree every time).
-        let sql = if is_new {
-            "INSERT INTO entries (key, object_key, bucket, size, event_time, verdict, matched, \
-             in_manifest, expected_size, modified, local_size, local_mtime, local_dir, local_seen) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-        } else {
-            "UPDATE entries SET object_key = ?2, bucket = ?3, size = ?4, event_time = ?5, \
-             verdict = ?6, matched = ?7, in_manifest = ?8, expected_size = ?9, modified = ?10, \
-             local_size = ?11, local_mtime = ?12, local_dir = ?13, local_seen = ?14 WHERE key = ?1"
-        };
-        let mut stmt = self.tx.prepare_cached(sql).map_err(self.err())?;
-        let u = e.upload.as_ref();
-        // The notified key is stored only where it differs from the entry
-        // (directory keys with their '/'): most rows get shorter.
-        let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
-        stmt.execute(params![
-            e.key,
-            object_key,
-            u.map(|u| &u.bucket),
-            u.map(|u| u.size as i64),
-            u.map(|u| u.event_time),
-            u.map(|u| u.verdict.code()),
-            u.is_some_and(|u| u.matched),
-            e.expected.is_some(),
-            e.expected.flatten().map(|s| s as i64),
-            u.and_then(|u| u.modified),
-            e.local.map(|l| l.size as i64),
-            e.local.map(|l| l.mtime),
-            e.local.map(|l| l.is_dir),
-            e.local.map(|l| l.seen_ms),
-        ])
-        .map_err(self.err())?;
+    fn put_entry(&mut self, e: &EntryRecord) -> StoreResult<()> {
+        const INSERT: &str = "INSERT INTO entries (key, object_key, bucket, size, event_time, \
+             verdict, matched, in_manifest, expected_size, modified, local_size, local_mtime, \
+             local_dir, local_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+        const UPDATE: &str = "UPDATE entries SET object_key = ?2, bucket = ?3, size = ?4, \
+             event_time = ?5, verdict = ?6, matched = ?7, in_manifest = ?8, expected_size = ?9, \
+             modified = ?10, local_size = ?11, local_mtime = ?12, local_dir = ?13, local_seen = ?14 \
+             WHERE key = ?1";
+        if self.absent.remove(&e.key) {
+            return self.write_entry(INSERT, e).map(drop);
+        }
+        // A row never read here: update it, or insert it if it is not there.
+        if self.write_entry(UPDATE, e)? == 0 {
+            self.write_entry(INSERT, e)?;
+        }
         Ok(())
     }
 
-    fn unjudged_entries(
-        &mut self,
-        set_id: &str,
-        dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Vec<EntryRecord>> {
+    fn unjudged_entries(&mut self, set_id: &str, limit: usize) -> StoreResult<Vec<EntryRecord>> {
+        let dataset_dir = self.dataset_dir(set_id);
         let sql = concat!(
             "SELECT ",
             entry_columns!("?3"),
@@ -408,11 +447,8 @@ impl StoreTx for SqliteTx<'_> {
         self.select_entries(sql, params![dataset_dir, limit as i64, set_id])
     }
 
-    fn manifest_entries(
-        &mut self,
-        set_id: &str,
-        dataset_dir: &str,
-    ) -> StoreResult<Vec<EntryRecord>> {
+    fn manifest_entries(&mut self, set_id: &str) -> StoreResult<Vec<EntryRecord>> {
+        let dataset_dir = self.dataset_dir(set_id);
         let sql = concat!(
             "SELECT ",
             entry_columns!("?2"),
@@ -426,9 +462,9 @@ impl StoreTx for SqliteTx<'_> {
     fn stale_local_entries(
         &mut self,
         set_id: &str,
-        dataset_dir: &str,
         seen_before_ms: i64,
     ) -> StoreResult<Vec<EntryRecord>> {
+        let dataset_dir = self.dataset_dir(set_id);
         let sql = concat!(
             "SELECT ",
             entry_columns!("?3"),
@@ -462,17 +498,6 @@ impl StoreTx for SqliteTx<'_> {
             .map_err(self.err())
     }
 
-    fn set_cursor(&mut self, sink: &str, seq: i64) -> StoreResult<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
-                 ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq)",
-            )
-            .and_then(|mut s| s.execute(params![sink, seq]))
-            .map_err(self.err())?;
-        Ok(())
-    }
-
     fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()> {
         self.tx
             .prepare_cached(
@@ -495,10 +520,11 @@ impl StoreTx for SqliteTx<'_> {
 pub struct SqliteReader {
     conn: Mutex<Connection>,
     path: PathBuf,
+    job_dir_suffix: String,
 }
 
 impl SqliteReader {
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    pub fn open(path: &Path, job_dir_suffix: &str) -> StoreResult<Self> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -509,6 +535,7 @@ impl SqliteReader {
         Ok(SqliteReader {
             conn: Mutex::new(conn),
             path: path.to_owned(),
+            job_dir_suffix: job_dir_suffix.to_owned(),
         })
     }
 
@@ -552,12 +579,8 @@ impl StoreReader for SqliteReader {
         })
     }
 
-    fn dataset_detail(
-        &self,
-        set_id: &str,
-        dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Option<DatasetDetail>> {
+    fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>> {
+        let dataset_dir = format!("{set_id}{}", self.job_dir_suffix);
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = ?1");
         let record = conn
@@ -616,26 +639,49 @@ impl StoreReader for SqliteReader {
     }
 }
 
-impl LocalOutbox for SqliteReader {
-    fn cursor(&self, sink: &str) -> StoreResult<i64> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT seq FROM sink_cursors WHERE sink = ?1",
-                [sink],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(|s| s.unwrap_or(0))
+/// The outbox of one agent's database: events in commit order, and a
+/// cursor per sink. Its own connection writes the cursors (a write the
+/// engine never waits long for: WAL, one short statement).
+pub struct SqliteOutbox {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteOutbox {
+    fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_error(path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite_error(path))?;
+        Ok(SqliteOutbox {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
-    fn events_after(&self, seq: i64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(sqlite_error(&self.path))
+    }
+}
+
+impl Outbox for SqliteOutbox {
+    fn hold(&self, _sink: &str, _ttl: std::time::Duration) -> StoreResult<bool> {
+        // Only this agent writes the database (the state directory lock).
+        Ok(true)
+    }
+
+    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, id, set_id, detail_type, payload, created_ms FROM outbox \
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                 WHERE seq > coalesce((SELECT seq FROM sink_cursors WHERE sink = ?1), 0) \
+                 ORDER BY seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![seq, limit as i64], |r| {
+            let rows = stmt.query_map(params![sink, limit as i64], |r| {
                 Ok(OutboxEvent {
                     seq: r.get(0)?,
                     id: r.get(1)?,
@@ -646,6 +692,20 @@ impl LocalOutbox for SqliteReader {
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()> {
+        let Some(seq) = events.iter().map(|e| e.seq).max() else {
+            return Ok(());
+        };
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
+                 ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![sink, seq])
+            .map(drop)
         })
     }
 }
@@ -755,9 +815,31 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn keeps_the_store_contract() {
+        use super::super::conformance::{self, Backend, Opened};
+        use std::sync::Arc;
+        conformance::run(&Backend {
+            name: "sqlite",
+            shared: false,
+            fresh: Box::new(|| {
+                let dir = Arc::new(tempfile::tempdir().unwrap());
+                Box::new(move || {
+                    let store =
+                        SqliteStore::open(dir.path(), SyncMode::Normal, "-vaultjob").unwrap();
+                    Opened {
+                        reader: Arc::new(store.reader().unwrap()),
+                        outbox: Arc::new(store.outbox().unwrap()),
+                        store: Box::new(store),
+                    }
+                })
+            }),
+        });
+    }
+
     fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), SyncMode::Normal, "-vaultjob").unwrap();
         (dir, store)
     }
 
@@ -799,14 +881,13 @@ mod tests {
         ds.note = Some("waiting".into());
         let mut tx = store.begin().unwrap();
         tx.put_dataset(&ds).unwrap();
-        tx.put_entry(&sample_entry("S-vaultjob/d", 9), true)
-            .unwrap();
+        tx.put_entry(&sample_entry("S-vaultjob/d", 9)).unwrap();
         tx.add_counter("outside", 2).unwrap();
         tx.add_counter("outside", 3).unwrap();
         tx.commit().unwrap();
         drop(store);
 
-        let mut store = SqliteStore::open(dir.path(), SyncMode::Full).unwrap();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Full, "-vaultjob").unwrap();
         assert_eq!(store.open_datasets().unwrap(), vec![ds.clone()]);
         let mut tx = store.begin().unwrap();
         assert_eq!(
@@ -843,13 +924,16 @@ mod tests {
         let a = tx.push_event(&ev).unwrap();
         let b = tx.push_event(&ev).unwrap();
         assert_eq!(a, b);
-        tx.set_cursor("file", a).unwrap();
-        tx.set_cursor("file", 0).unwrap();
         tx.commit().unwrap();
-        let reader = store.reader().unwrap();
-        assert_eq!(reader.events_after(0, 10).unwrap().len(), 1);
-        assert_eq!(reader.cursor("file").unwrap(), a);
-        assert_eq!(reader.cursor("stdout").unwrap(), 0);
+        let outbox = store.outbox().unwrap();
+        let pending = outbox.pending("file", 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        outbox.delivered("file", &pending).unwrap();
+        let mut old = pending[0].clone();
+        old.seq = 0;
+        outbox.delivered("file", &[old]).unwrap();
+        assert!(outbox.pending("file", 10).unwrap().is_empty());
+        assert_eq!(outbox.pending("stdout", 10).unwrap()[0].seq, a);
     }
 
     #[test]
@@ -872,13 +956,12 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal).unwrap();
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal, "-vaultjob").unwrap();
         assert_eq!(store.open_datasets().unwrap()[0].counts.received, 1);
         let mut tx = store.begin().unwrap();
         let row = tx.entry("S", "S-vaultjob/a").unwrap().unwrap();
         assert_eq!(row.upload.as_ref().map(|u| u.size), Some(3));
-        tx.put_entry(&sample_entry("S-vaultjob/b", 1), true)
-            .unwrap();
+        tx.put_entry(&sample_entry("S-vaultjob/b", 1)).unwrap();
         tx.commit().unwrap();
     }
 
@@ -890,7 +973,9 @@ mod tests {
             .execute_batch("PRAGMA user_version = 99")
             .unwrap();
         drop(store);
-        let err = SqliteStore::open(dir.path(), SyncMode::Full).err().unwrap();
+        let err = SqliteStore::open(dir.path(), SyncMode::Full, "-vaultjob")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
 }

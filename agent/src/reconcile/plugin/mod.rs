@@ -64,7 +64,7 @@ pub enum PluginError {
     Init { plugin: String, message: String },
     #[error(
         "unknown policy {0:?}: the bundled ones are {bundled}; or give the path of a .wasm component",
-        bundled = policy::BUILTIN.join(", ")
+        bundled = crate::config::policy_name::builtin().collect::<Vec<_>>().join(", ")
     )]
     Unknown(String),
     #[error("policy host: {0}")]

@@ -6,7 +6,7 @@
 //!   reads and writes with retries, transactions), counted.
 //! - `tx.rs`: one engine batch: conditional entry writes, counter deltas and
 //!   decisions that exactly one agent wins.
-//! - `outbox.rs`: the shared outbox, the read side and the sink leases.
+//! - `outbox.rs`: the read side, and the shared outbox with its sink leases.
 
 mod item;
 mod outbox;
@@ -86,9 +86,5 @@ impl Store for DynamoStore {
             &self.sinks,
             &mut self.next_seq,
         )))
-    }
-
-    fn is_shared(&self) -> bool {
-        true
     }
 }

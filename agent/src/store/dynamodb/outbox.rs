@@ -18,9 +18,7 @@ use super::item::{
 };
 use super::table::Table;
 use crate::notification::time::now_ms;
-use crate::store::{
-    DatasetDetail, DatasetRecord, OutboxEvent, SharedOutbox, StoreReader, StoreResult, Verdict,
-};
+use crate::store::{DatasetDetail, DatasetRecord, Outbox, OutboxEvent, StoreReader, StoreResult};
 
 #[derive(Clone)]
 pub struct DynamoReader {
@@ -40,52 +38,22 @@ impl StoreReader for DynamoReader {
         self.table.block(super::open_datasets(&self.table))
     }
 
-    fn dataset_detail(
-        &self,
-        set_id: &str,
-        _dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Option<DatasetDetail>> {
+    fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>> {
         let table = &self.table;
         let Some(found) = table.block(table.get(set_id, DATASET_SK))? else {
             return Ok(None);
         };
         let record = dataset_from_item(&found)?;
-        let mut detail = DatasetDetail {
-            record,
-            missing: Vec::new(),
-            mismatched: Vec::new(),
-            unexpected: Vec::new(),
-            pending: Vec::new(),
-        };
-        let loaded = detail.record.manifest_loaded;
-        if !loaded && detail.record.counts.pending == 0 {
-            return Ok(Some(detail));
+        if !record.manifest_loaded && record.counts.pending == 0 {
+            return Ok(Some(DatasetDetail::from_entries(record, [], limit)));
         }
-        let push = |list: &mut Vec<String>, key: &str| {
-            if list.len() < limit {
-                list.push(key.to_owned());
-            }
-        };
+        let mut entries = Vec::new();
         for i in table.block(table.query(set_id, None, usize::MAX))? {
-            if item::get_s(&i, item::SK) == Some(DATASET_SK) {
-                continue;
-            }
-            let (e, _) = entry_from_item(&i)?;
-            let counted = e.upload.as_ref().filter(|u| u.verdict == Verdict::Count);
-            if loaded {
-                match (e.expected.is_some(), counted) {
-                    (true, None) => push(&mut detail.missing, &e.key),
-                    (true, Some(u)) if !u.matched => push(&mut detail.mismatched, &e.key),
-                    (false, Some(_)) => push(&mut detail.unexpected, &e.key),
-                    _ => {}
-                }
-            }
-            if e.local.is_some_and(|l| !l.confirmed_by(e.upload.as_ref())) {
-                push(&mut detail.pending, &e.key);
+            if item::get_s(&i, item::SK) != Some(DATASET_SK) {
+                entries.push(entry_from_item(&i)?.0);
             }
         }
-        Ok(Some(detail))
+        Ok(Some(DatasetDetail::from_entries(record, entries, limit)))
     }
 
     fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -103,8 +71,8 @@ impl StoreReader for DynamoReader {
     }
 }
 
-impl SharedOutbox for DynamoReader {
-    fn hold_lease(&self, sink: &str, ttl: Duration) -> StoreResult<bool> {
+impl Outbox for DynamoReader {
+    fn hold(&self, sink: &str, ttl: Duration) -> StoreResult<bool> {
         let table = &self.table;
         let now = now_ms();
         table.count(1);

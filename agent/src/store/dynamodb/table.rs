@@ -79,8 +79,8 @@ impl Table {
                 .map(|k| k.attribute_name.as_str())
         };
         if key_of(KeyType::Hash) != Some(PK) || key_of(KeyType::Range) != Some(SK) {
-            return Err(StoreError::Dynamodb {
-                table: name.to_owned(),
+            return Err(StoreError::Backend {
+                store: format!("DynamoDB table {name}"),
                 message: format!(
                     "the table's key schema must be partition key {PK} (S) and sort key {SK} (S), as in the reference (config/cloudformation.yaml creates it); found partition {:?}, sort {:?}",
                     key_of(KeyType::Hash),
@@ -106,8 +106,8 @@ impl Table {
             ),
             None => DisplayErrorContext(&e).to_string(),
         };
-        StoreError::Dynamodb {
-            table: self.name.to_string(),
+        StoreError::Backend {
+            store: format!("DynamoDB table {}", self.name),
             message: format!("{what}: {detail}"),
         }
     }
@@ -319,8 +319,8 @@ impl Table {
     /// one item spread out); gives up after [`RETRIES`].
     pub async fn backoff(&self, what: &str, attempt: u32) -> StoreResult<()> {
         if attempt > RETRIES {
-            return Err(StoreError::Dynamodb {
-                table: self.name.to_string(),
+            return Err(StoreError::Backend {
+                store: format!("DynamoDB table {}", self.name),
                 message: format!("{what}; gave up after {RETRIES} retries"),
             });
         }
@@ -336,8 +336,8 @@ impl Table {
 
 /// A request the SDK's builder refused (a required field missing).
 pub fn build_error(table: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamodb {
-        table: table.to_owned(),
+    StoreError::Backend {
+        store: format!("DynamoDB table {table}"),
         message: format!("cannot build a request: {e}"),
     }
 }

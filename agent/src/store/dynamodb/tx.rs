@@ -184,7 +184,7 @@ impl StoreTx for DynamoTx<'_> {
         Ok(view)
     }
 
-    fn put_entry(&mut self, entry: &EntryRecord, _is_new: bool) -> StoreResult<()> {
+    fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()> {
         let id = (entry.set_id.clone(), entry.key.clone());
         if !self.entries.contains_key(&id) {
             self.entry(&entry.set_id, &entry.key)?;
@@ -195,12 +195,7 @@ impl StoreTx for DynamoTx<'_> {
         Ok(())
     }
 
-    fn unjudged_entries(
-        &mut self,
-        set_id: &str,
-        _dataset_dir: &str,
-        limit: usize,
-    ) -> StoreResult<Vec<EntryRecord>> {
+    fn unjudged_entries(&mut self, set_id: &str, limit: usize) -> StoreResult<Vec<EntryRecord>> {
         let values = HashMap::from([(
             ":unjudged".to_owned(),
             n(crate::store::Verdict::Unjudged.code()),
@@ -208,11 +203,7 @@ impl StoreTx for DynamoTx<'_> {
         self.query_entries(set_id, "verdict = :unjudged", values, limit)
     }
 
-    fn manifest_entries(
-        &mut self,
-        set_id: &str,
-        _dataset_dir: &str,
-    ) -> StoreResult<Vec<EntryRecord>> {
+    fn manifest_entries(&mut self, set_id: &str) -> StoreResult<Vec<EntryRecord>> {
         let values = HashMap::from([(":yes".to_owned(), AttributeValue::Bool(true))]);
         self.query_entries(set_id, "inManifest = :yes", values, usize::MAX)
     }
@@ -220,7 +211,6 @@ impl StoreTx for DynamoTx<'_> {
     fn stale_local_entries(
         &mut self,
         set_id: &str,
-        _dataset_dir: &str,
         seen_before_ms: i64,
     ) -> StoreResult<Vec<EntryRecord>> {
         let values = HashMap::from([(":before".to_owned(), n(seen_before_ms))]);
@@ -235,11 +225,6 @@ impl StoreTx for DynamoTx<'_> {
         event.seq = *self.next_seq;
         self.events.push(event);
         Ok(*self.next_seq)
-    }
-
-    fn set_cursor(&mut self, _sink: &str, _seq: i64) -> StoreResult<()> {
-        // Shared delivery is tracked per event in the outbox partition.
-        Ok(())
     }
 
     fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()> {
@@ -277,13 +262,16 @@ impl StoreTx for DynamoTx<'_> {
                 .collect();
             table.block(table.batch_put(items))?;
         }
-        let mut committed = Committed::default();
+        let mut committed = Committed {
+            revisit: plan.revisit,
+            ..Committed::default()
+        };
         for (set_id, tx) in plan.decisions {
             match table.block(table.transact(tx)) {
                 Ok(()) => {}
                 Err(TransactFailure::Condition(_)) => {
                     debug!(set_id, "another agent decided this dataset first");
-                    committed.lost_decisions.push(set_id);
+                    committed.lost_claims.push(set_id);
                 }
                 Err(TransactFailure::Other(e)) => return Err(e),
             }
@@ -302,6 +290,9 @@ struct Plan {
     /// Per decided dataset: outcome, event and open-list removal.
     decisions: Vec<(String, Vec<TransactWriteItem>)>,
     decision_events: Vec<String>,
+    /// Undecided datasets whose counters this commit changed by a delta:
+    /// their totals may include other agents' work the batch never read.
+    revisit: Vec<String>,
 }
 
 /// An entry as it will be written, and as it was read with its version
@@ -434,7 +425,7 @@ impl Plan {
             let event = tx
                 .events
                 .iter()
-                .find(|e| &e.set_id == set_id && is_decision(e));
+                .find(|e| &e.set_id == set_id && crate::outbound::is_decision(&e.detail_type));
             let mut items = Vec::new();
             let mut u = UpdateBuilder::default();
             u.set("outcome", s(ds.state.as_str()));
@@ -469,17 +460,23 @@ impl Plan {
             items.push(TransactWriteItem::builder().delete(delete).build());
             decisions.push((set_id.clone(), items));
         }
+        let revisit = by_dataset
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(set_id, _)| (*set_id).to_owned())
+            .filter(|set_id| {
+                !tx.dataset_puts
+                    .get(set_id)
+                    .is_some_and(|d| d.state.is_decided())
+            })
+            .collect();
         Ok(Plan {
             transactions,
             decisions,
             decision_events,
+            revisit,
         })
     }
-}
-
-fn is_decision(e: &OutboxEvent) -> bool {
-    e.detail_type == crate::sinks::envelope::SUCCESSFUL
-        || e.detail_type == crate::sinks::envelope::TIMEOUT
 }
 
 /// The dataset item's update for one unit: the counter change, and for the

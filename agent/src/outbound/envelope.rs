@@ -5,14 +5,20 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::{ManifestRef, OutboxEvent};
 use crate::notification::time::format_event_time;
-use crate::store::{ManifestRef, OutboxEvent};
 
 pub const SOURCE: &str = "vault.application";
 pub const SUCCESSFUL: &str = "File Upload Reconciliation Successful";
 pub const TIMEOUT: &str = "File Upload Reconciliation Timeout";
 pub const DATA_UPLOAD: &str = "Data File Upload Event";
 pub const MANIFEST_UPLOAD: &str = "Manifest File Upload Event";
+
+/// Whether an event of `detail_type` is a dataset's decision (one per
+/// dataset), not a per-upload event.
+pub fn is_decision(detail_type: &str) -> bool {
+    detail_type == SUCCESSFUL || detail_type == TIMEOUT
+}
 
 /// Namespace of the event ids: the same dataset and outcome give the same id
 /// on every host and after every restart, so consumers can drop repeats.

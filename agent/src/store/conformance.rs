@@ -1,0 +1,338 @@
+//! The store contract as tests: every backend passes the same suite (the
+//! in-memory and SQLite ones in unit tests, DynamoDB against moto in the
+//! end-to-end tests). A new backend is done when [`run`] passes on it.
+//!
+//! Public (but hidden) so the end-to-end crate can run it too.
+#![doc(hidden)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    Committed, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, Outbox,
+    OutboxEvent, Store, StoreReader, UploadRecord, Verdict,
+};
+
+/// One backend, opened: what an agent gets from it.
+pub struct Opened {
+    pub store: Box<dyn Store>,
+    pub reader: Arc<dyn StoreReader>,
+    pub outbox: Arc<dyn Outbox>,
+}
+
+/// Opens the same storage again each time it is called (as a restarted
+/// agent, or a second agent, would).
+pub type Opener = Box<dyn Fn() -> Opened>;
+
+/// What the suite needs to know about a backend.
+pub struct Backend {
+    pub name: &'static str,
+    /// New, empty storage for each check.
+    pub fresh: Box<dyn Fn() -> Opener>,
+    /// Several agents may write it at once (then lost claims are checked).
+    pub shared: bool,
+}
+
+/// One check: new storage, and whether the backend is shared.
+type Check = fn(&Opener, bool);
+
+/// Runs every check; panics naming the backend and the check that failed.
+pub fn run(backend: &Backend) {
+    let checks: &[(&str, Check)] = &[
+        ("records round trip and survive reopen", records_round_trip),
+        (
+            "uncommitted work is rolled back",
+            uncommitted_work_is_rolled_back,
+        ),
+        ("a transaction reads its own writes", reads_own_writes),
+        (
+            "queries stay inside their dataset",
+            queries_stay_inside_their_dataset,
+        ),
+        (
+            "the outbox delivers each event once per sink",
+            outbox_per_sink,
+        ),
+        ("claims: exactly one writer decides", one_claim_wins),
+    ];
+    for (name, check) in checks {
+        let open = (backend.fresh)();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check(&open, backend.shared)
+        }));
+        if let Err(e) = result {
+            let message = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            panic!(
+                "store conformance, {} backend: {name}: {message}",
+                backend.name
+            );
+        }
+    }
+}
+
+fn dataset(set_id: &str) -> DatasetRecord {
+    let mut ds = DatasetRecord::new(set_id, 5);
+    ds.state = DatasetState::Reconciling;
+    ds.manifest = Some(ManifestRef {
+        key: format!("{set_id}-vaultjob/{set_id}.manifest"),
+        bucket: "b".into(),
+        size: 42,
+        event_time: 7,
+    });
+    ds.manifest_seen_ms = Some(6);
+    ds.deadline_ms = Some(1_000_000);
+    ds.note = Some("waiting".into());
+    ds
+}
+
+fn entry(set_id: &str, name: &str, verdict: Verdict) -> EntryRecord {
+    let key = format!("{set_id}-vaultjob/{name}");
+    EntryRecord {
+        upload: Some(UploadRecord {
+            object_key: key.clone(),
+            bucket: "b".into(),
+            size: 9,
+            event_time: 1_619_863_200,
+            verdict,
+            matched: true,
+            modified: Some(1_619_863_100),
+        }),
+        expected: Some(Some(9)),
+        local: Some(LocalFile {
+            size: 9,
+            mtime: 5,
+            is_dir: false,
+            seen_ms: 100,
+        }),
+        key,
+        set_id: set_id.into(),
+    }
+}
+
+fn event(set_id: &str, id: &str, detail_type: &str) -> OutboxEvent {
+    OutboxEvent {
+        seq: 0,
+        id: id.into(),
+        set_id: set_id.into(),
+        detail_type: detail_type.into(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        created_ms: 1,
+    }
+}
+
+/// Writes `entries` and their dataset, with counts that add them up.
+fn commit_dataset(store: &mut dyn Store, set_id: &str, entries: &[EntryRecord]) -> Committed {
+    let mut ds = dataset(set_id);
+    let mut tx = store.begin().unwrap();
+    for e in entries {
+        tx.entry(set_id, &e.key).unwrap();
+        tx.put_entry(e).unwrap();
+        ds.counts += EntryRecord::contribution(Some(e));
+    }
+    tx.dataset(set_id).unwrap();
+    tx.put_dataset(&ds).unwrap();
+    tx.commit().unwrap()
+}
+
+fn records_round_trip(open: &Opener, _shared: bool) {
+    let mut a = open();
+    let e = entry("S", "d", Verdict::Ignore);
+    let committed = commit_dataset(&mut *a.store, "S", std::slice::from_ref(&e));
+    assert!(committed.lost_claims.is_empty(), "{committed:?}");
+    let mut tx = a.store.begin().unwrap();
+    tx.add_counter("outside_keys", 2).unwrap();
+    tx.add_counter("outside_keys", 3).unwrap();
+    tx.commit().unwrap();
+    let counters = a.reader.counters().unwrap();
+    assert!(
+        counters.contains(&("outside_keys".to_owned(), 5)),
+        "{counters:?}"
+    );
+    drop(a);
+
+    let mut b = open();
+    let mut expected = dataset("S");
+    expected.counts += EntryRecord::contribution(Some(&e));
+    assert_eq!(b.store.open_datasets().unwrap(), vec![expected.clone()]);
+    let mut tx = b.store.begin().unwrap();
+    assert_eq!(tx.entry("S", &e.key).unwrap(), Some(e.clone()));
+    assert_eq!(tx.entry("S", "S-vaultjob/none").unwrap(), None);
+    assert_eq!(tx.dataset("S").unwrap(), Some(expected.clone()));
+    drop(tx);
+    let found = b.reader.datasets().unwrap();
+    assert!(found.contains(&expected), "{found:?}");
+    let detail = b.reader.dataset_detail("S", 10).unwrap().unwrap();
+    assert_eq!(detail.record, expected);
+    assert_eq!(b.reader.dataset_detail("T", 10).unwrap(), None);
+}
+
+fn uncommitted_work_is_rolled_back(open: &Opener, _shared: bool) {
+    let mut a = open();
+    let mut tx = a.store.begin().unwrap();
+    tx.dataset("S").unwrap();
+    tx.put_dataset(&dataset("S")).unwrap();
+    tx.entry("S", "S-vaultjob/a").unwrap();
+    tx.put_entry(&entry("S", "a", Verdict::Count)).unwrap();
+    tx.push_event(&event("S", "e1", "File Upload Reconciliation Successful"))
+        .unwrap();
+    drop(tx);
+    assert!(a.store.open_datasets().unwrap().is_empty());
+    assert_eq!(a.reader.dataset_detail("S", 10).unwrap(), None);
+    assert!(a.outbox.pending("file", 10).unwrap().is_empty());
+    let mut tx = a.store.begin().unwrap();
+    assert_eq!(tx.entry("S", "S-vaultjob/a").unwrap(), None);
+}
+
+fn reads_own_writes(open: &Opener, _shared: bool) {
+    let mut a = open();
+    let mut tx = a.store.begin().unwrap();
+    assert_eq!(tx.dataset("S").unwrap(), None);
+    tx.put_dataset(&dataset("S")).unwrap();
+    assert_eq!(tx.dataset("S").unwrap(), Some(dataset("S")));
+    let e = entry("S", "a", Verdict::Count);
+    assert_eq!(tx.entry("S", &e.key).unwrap(), None);
+    tx.put_entry(&e).unwrap();
+    assert_eq!(tx.entry("S", &e.key).unwrap(), Some(e.clone()));
+    let mut changed = e.clone();
+    changed.upload.as_mut().unwrap().size = 10;
+    tx.put_entry(&changed).unwrap();
+    assert_eq!(tx.entry("S", &e.key).unwrap(), Some(changed.clone()));
+    tx.commit().unwrap();
+    let mut tx = a.store.begin().unwrap();
+    assert_eq!(tx.entry("S", &e.key).unwrap(), Some(changed));
+}
+
+fn queries_stay_inside_their_dataset(open: &Opener, _shared: bool) {
+    let mut a = open();
+    let mut stale = entry("S1", "old", Verdict::Count);
+    stale.local.as_mut().unwrap().seen_ms = 10;
+    let mut not_listed = entry("S1", "extra", Verdict::Count);
+    not_listed.expected = None;
+    let s1 = [
+        entry("S1", "a", Verdict::Unjudged),
+        entry("S1", "b", Verdict::Count),
+        stale.clone(),
+        not_listed,
+    ];
+    commit_dataset(&mut *a.store, "S1", &s1);
+    // A set-id that extends the other's: its rows sort right after.
+    let s10 = [
+        entry("S10", "a", Verdict::Unjudged),
+        entry("S10", "z", Verdict::Count),
+    ];
+    commit_dataset(&mut *a.store, "S10", &s10);
+    let keys = |rows: Vec<EntryRecord>| {
+        let mut keys: Vec<String> = rows.into_iter().map(|r| r.key).collect();
+        keys.sort();
+        keys
+    };
+    let mut tx = a.store.begin().unwrap();
+    assert_eq!(
+        keys(tx.unjudged_entries("S1", 10).unwrap()),
+        ["S1-vaultjob/a"]
+    );
+    assert_eq!(tx.unjudged_entries("S1", 0).unwrap().len(), 0);
+    assert_eq!(
+        keys(tx.manifest_entries("S1").unwrap()),
+        ["S1-vaultjob/a", "S1-vaultjob/b", "S1-vaultjob/old"]
+    );
+    assert_eq!(
+        keys(tx.stale_local_entries("S1", 50).unwrap()),
+        ["S1-vaultjob/old"]
+    );
+    assert_eq!(
+        keys(tx.unjudged_entries("S10", 10).unwrap()),
+        ["S10-vaultjob/a"]
+    );
+    drop(tx);
+    let detail = a.reader.dataset_detail("S1", 10).unwrap().unwrap();
+    assert_eq!(detail.record.set_id, "S1");
+    assert!(detail.missing.is_empty(), "{detail:?}");
+}
+
+fn outbox_per_sink(open: &Opener, _shared: bool) {
+    let mut a = open();
+    assert!(a.outbox.hold("file", Duration::from_secs(15)).unwrap());
+    let first = event("S", "e1", "File Upload Reconciliation Successful");
+    let second = event("T", "e2", "File Upload Reconciliation Timeout");
+    let mut tx = a.store.begin().unwrap();
+    // The same id again, in one transaction and in a later one: one event.
+    let s1 = tx.push_event(&first).unwrap();
+    tx.push_event(&first).unwrap();
+    tx.commit().unwrap();
+    let mut tx = a.store.begin().unwrap();
+    tx.push_event(&first).unwrap();
+    let s2 = tx.push_event(&second).unwrap();
+    assert!(s2 > s1, "sequence numbers grow");
+    tx.commit().unwrap();
+
+    let ids = |events: &[OutboxEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let pending = a.outbox.pending("file", 10).unwrap();
+    assert_eq!(ids(&pending), ["e1", "e2"]);
+    assert_eq!(pending[0].payload, first.payload);
+    assert_eq!(ids(&a.outbox.pending("file", 1).unwrap()), ["e1"]);
+    a.outbox.delivered("file", &pending[..1]).unwrap();
+    assert_eq!(ids(&a.outbox.pending("file", 10).unwrap()), ["e2"]);
+    // Recording an older delivery again moves nothing back.
+    a.outbox.delivered("file", &pending[..1]).unwrap();
+    assert_eq!(ids(&a.outbox.pending("file", 10).unwrap()), ["e2"]);
+    assert_eq!(ids(&a.outbox.pending("stdout", 10).unwrap()), ["e1", "e2"]);
+    a.outbox.delivered("file", &pending[1..]).unwrap();
+    assert!(a.outbox.pending("file", 10).unwrap().is_empty());
+    drop(a);
+    let b = open();
+    assert!(b.outbox.pending("file", 10).unwrap().is_empty());
+    assert_eq!(ids(&b.outbox.pending("stdout", 10).unwrap()), ["e1", "e2"]);
+}
+
+fn one_claim_wins(open: &Opener, shared: bool) {
+    let mut a = open();
+    commit_dataset(&mut *a.store, "S", &[entry("S", "a", Verdict::Count)]);
+    // With several writers, a second agent reads the dataset undecided...
+    let mut b = shared.then(open);
+    let mut late = b.as_mut().map(|b| {
+        let mut tx = b.store.begin().unwrap();
+        let ds = tx.dataset("S").unwrap().unwrap();
+        assert!(!ds.state.is_decided());
+        (tx, ds)
+    });
+    // ...while the first decides.
+    let mut tx = a.store.begin().unwrap();
+    let mut ds = tx.dataset("S").unwrap().unwrap();
+    ds.state = DatasetState::Succeeded;
+    ds.decided_ms = Some(9);
+    tx.put_dataset(&ds).unwrap();
+    tx.push_event(&event(
+        "S",
+        "claim-a",
+        "File Upload Reconciliation Successful",
+    ))
+    .unwrap();
+    assert_eq!(tx.commit().unwrap(), Committed::default());
+    assert!(a.store.open_datasets().unwrap().is_empty());
+    assert_eq!(a.outbox.pending("file", 10).unwrap().len(), 1);
+
+    let Some((mut tx, mut ds)) = late.take() else {
+        return;
+    };
+    drop(late);
+    tx.entry("S", "S-vaultjob/late").unwrap();
+    tx.put_entry(&entry("S", "late", Verdict::Count)).unwrap();
+    ds.state = DatasetState::TimedOut;
+    ds.decided_ms = Some(10);
+    tx.put_dataset(&ds).unwrap();
+    tx.push_event(&event("S", "claim-b", "File Upload Reconciliation Timeout"))
+        .unwrap();
+    let committed = tx.commit().unwrap();
+    assert_eq!(committed.lost_claims, ["S"]);
+    let b = b.as_ref().unwrap();
+    let pending = b.outbox.pending("file", 10).unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].id, "claim-a");
+    let detail = b.reader.dataset_detail("S", 10).unwrap().unwrap();
+    assert_eq!(detail.record.state, DatasetState::Succeeded);
+}
