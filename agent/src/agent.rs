@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
@@ -49,7 +50,7 @@ pub enum StartError {
 pub struct Agent {
     addr: SocketAddr,
     engine: EngineHandle,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     engine_thread: std::thread::JoinHandle<()>,
     /// Released when the agent is dropped (or the process ends).
@@ -135,14 +136,14 @@ impl Agent {
             share_status.clone(),
         );
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         for sink in sinks {
             tasks.push(tokio::spawn(dispatcher::run(
                 sink,
                 outbox.clone(),
                 outbox_rx.clone(),
-                shutdown_rx.clone(),
+                shutdown.clone(),
             )));
         }
         if let (
@@ -171,14 +172,14 @@ impl Agent {
                     queue_url.clone(),
                     visibility_timeout.0,
                     handle.clone(),
-                    shutdown_rx.clone(),
+                    shutdown.clone(),
                 )));
             }
         }
         tasks.push(tokio::spawn(recheck(
             handle.clone(),
             config.reconcile.wait.0,
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )));
 
         let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -216,7 +217,7 @@ impl Agent {
             listener,
             app,
             limits,
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )));
         info!(%addr, policy = %policy_name, sinks = config.sinks.len(), "vault-agent listening");
         Ok(Agent {
@@ -240,7 +241,7 @@ impl Agent {
 
     /// Stops accepting, lets the engine commit what it holds, and waits.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -309,11 +310,7 @@ fn start_watcher(
 }
 
 /// The reference's re-check every `wait`: deadlines and unreadable manifests.
-async fn recheck(
-    engine: EngineHandle,
-    every: std::time::Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn recheck(engine: EngineHandle, every: std::time::Duration, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
@@ -324,7 +321,7 @@ async fn recheck(
                     return;
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }

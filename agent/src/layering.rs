@@ -4,8 +4,8 @@
 
 /// Top-level modules by layer. A new module must be placed here.
 pub const LAYERS: &[&[&str]] = &[
-    // Contracts and utilities: the inbound notification, logging.
-    &["notification", "logging"],
+    // Contracts and utilities: the inbound notification, logging, retries.
+    &["notification", "logging", "backoff"],
     // The outbound events, health reporting, the configuration.
     &["outbound", "health", "config"],
     // Durable state, and the AWS SDK configuration.

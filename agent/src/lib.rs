@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod health;

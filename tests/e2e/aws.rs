@@ -518,3 +518,77 @@ fn put_events_partial_failures_and_throttling_lose_nothing() {
         "failures were injected and retried"
     );
 }
+
+/// Every PutEvents entry throttled, for as long as the proxy runs.
+fn throttle_every_entry(target: &str, request: &Value) -> Option<Fault> {
+    if target != "AWSEvents.PutEvents" {
+        return None;
+    }
+    let entries: Vec<Value> = request["Entries"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|_| json!({"ErrorCode": "ThrottlingException", "ErrorMessage": "Rate exceeded (injected)"}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Fault::Reply(
+        200,
+        json!({"FailedEntryCount": entries.len(), "Entries": entries}),
+    ))
+}
+
+#[test]
+fn sigterm_exits_promptly_while_put_events_is_throttled_forever_and_the_event_waits() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.endpoint.clone(), throttle_every_entry);
+    let Clients { rt, sqs, eb, .. } = moto.clients();
+    let reconciled_url = rt.block_on(reconcile_bus_to_queue(&eb, &sqs, "reconciled"));
+    let config = |endpoint: &str| {
+        format!(
+            "[reconcile]\nwait = \"200ms\"\n\
+             [[sink]]\nkind = \"eventbridge\"\nevent_bus = \"vault-application\"\n\
+             [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{endpoint}\"\n"
+        )
+    };
+    let mut env = Env::new(&config(&proxy.endpoint));
+    env.envs = moto.envs();
+    let mut agent = env.start();
+    let set_id = "Throttled0000001";
+    let uploads: Vec<Value> = env
+        .write_dataset(set_id, &crate::support::file_names(2))
+        .iter()
+        .map(|l| env.upload_for(l))
+        .collect();
+    assert_eq!(agent.post(&json!(uploads).to_string()).0, 202);
+    crate::support::wait_until(
+        "the throttled PutEvents to be retried",
+        Duration::from_secs(60),
+        || agent.logs().contains("PutEvents entry failed; retrying it"),
+    );
+    agent.stop();
+    let logs = agent.logs();
+    assert!(
+        !logs.contains("shutdown took longer"),
+        "SIGTERM waited for the throttled sink:\n{logs}"
+    );
+    assert!(logs.contains("vault-agent stopped"), "{logs}");
+    drop(agent);
+
+    // The event waited in the outbox: the next run delivers it.
+    env.extra_config = config(&moto.endpoint);
+    let _agent = env.start();
+    rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            let bodies = receive_json(&sqs, &reconciled_url).await;
+            if bodies.iter().any(|b| b["detail"]["set-id"] == set_id) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the event was not delivered after the restart"
+            );
+        }
+    });
+}

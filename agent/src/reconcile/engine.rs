@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::manifest::ExpectedLine;
 use super::manifest_reader::{self, ManifestJob, ManifestReader, ReaderSettings};
 use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, UploadView};
+use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::notification::time::now_ms;
 use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
@@ -433,22 +434,24 @@ impl Engine {
     /// writer conflicts, and acts on what committed. Returns the datasets
     /// the store asks to decide again.
     fn commit_steps(&mut self, steps: &[Step], commands: usize) -> StoreResult<Vec<String>> {
-        let mut attempt = 0;
+        // Jittered: agents contending for the same entries fall out of step
+        // instead of colliding again.
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(1280))
+            .limited(CONFLICT_RETRIES);
         let started = std::time::Instant::now();
         let (committed, mut work) = loop {
             let mut work = Work::default();
             match self.apply(steps, &mut work, now_ms()) {
-                Err(StoreError::Conflict(reason)) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
+                Err(StoreError::Conflict(reason)) => {
+                    let attempt = backoff.attempts() + 1;
                     if attempt > 3 {
                         warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
                     } else {
                         debug!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
                     }
-                    // Random backoff: agents contending for the same
-                    // entries fall out of step instead of colliding again.
-                    let cap = 10u64 << attempt.min(7);
-                    std::thread::sleep(Duration::from_millis(rand::random_range(cap / 4..=cap)));
+                    if !backoff.wait_blocking() {
+                        return Err(StoreError::Conflict(reason));
+                    }
                 }
                 Err(e) => return Err(e),
                 Ok(committed) => break (committed, work),
@@ -456,7 +459,7 @@ impl Engine {
         };
         debug!(
             commands,
-            attempts = attempt + 1,
+            attempts = backoff.attempts() + 1,
             ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );

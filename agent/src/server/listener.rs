@@ -20,7 +20,8 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -58,19 +59,19 @@ fn lock(table: &Shared) -> std::sync::MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true.
+/// Serves `app` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let table: Shared = Arc::default();
     let reaper = tokio::spawn(reap_idle(table.clone(), limits.idle_timeout));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,

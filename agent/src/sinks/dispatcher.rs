@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Sink;
+use crate::backoff::Backoff;
 use crate::store::{Outbox, OutboxEvent, StoreResult};
 
 const BATCH: usize = 256;
@@ -26,12 +28,12 @@ pub async fn run(
     mut sink: Box<dyn Sink>,
     outbox: Arc<dyn Outbox>,
     mut wake: watch::Receiver<i64>,
-    mut shutdown: watch::Receiver<bool>,
+    cancel: CancellationToken,
 ) {
     let name = sink.name().to_owned();
     let mut held_until: Option<Instant> = None;
     loop {
-        if *shutdown.borrow() {
+        if cancel.is_cancelled() {
             return;
         }
         // Renew at half-time; a hold about to run out is not used.
@@ -53,7 +55,7 @@ pub async fn run(
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(LEASE / 3) => {}
-                        _ = shutdown.changed() => {}
+                        _ = cancel.cancelled() => {}
                     }
                     continue;
                 }
@@ -69,7 +71,7 @@ pub async fn run(
             _ => {
                 tokio::select! {
                     _ = wake.changed() => {}
-                    _ = shutdown.changed() => {}
+                    _ = cancel.cancelled() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
                 continue;
@@ -80,7 +82,7 @@ pub async fn run(
             .filter(|e| sink.wants(&e.detail_type))
             .cloned()
             .collect();
-        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &mut shutdown).await {
+        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &cancel).await {
             return;
         }
         let sink_name = name.clone();
@@ -92,23 +94,22 @@ pub async fn run(
     }
 }
 
-/// Retries until delivered (true) or shutting down (false).
-async fn deliver(
-    sink: &mut dyn Sink,
-    events: &[OutboxEvent],
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = Duration::from_millis(100);
+/// Retries until delivered (true) or shutting down (false). A delivery
+/// in flight is dropped on shutdown: its events stay in the outbox.
+async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], cancel: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
-        match sink.deliver(events).await {
+        let result = tokio::select! {
+            r = sink.deliver(events) => r,
+            _ = cancel.cancelled() => return false,
+        };
+        match result {
             Ok(()) => return true,
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "delivery failed; will retry");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return false,
+                warn!(error = %e, attempt = backoff.attempts() + 1, "delivery failed; will retry");
+                if !backoff.wait(cancel).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

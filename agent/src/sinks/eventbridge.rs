@@ -15,6 +15,7 @@ use serde_json::Value;
 use tracing::{error, warn};
 
 use super::{DeliverFuture, Sink, SinkError};
+use crate::backoff::Backoff;
 use crate::outbound::{SUCCESSFUL, TIMEOUT};
 use crate::store::OutboxEvent;
 
@@ -58,7 +59,9 @@ impl EventBridgeSink {
         &self,
         mut entries: Vec<(String, PutEventsRequestEntry)>,
     ) -> Result<(), SinkError> {
-        let mut backoff = Duration::from_millis(100);
+        // Only failed entries are sent again (the SDK retries whole failed
+        // requests itself). No limit: the dispatcher drops this on shutdown.
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             let request: Vec<PutEventsRequestEntry> =
                 entries.iter().map(|(_, e)| e.clone()).collect();
@@ -97,8 +100,9 @@ impl EventBridgeSink {
                 return Ok(());
             }
             entries = retry;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if let Some(delay) = backoff.next_delay() {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }

@@ -14,7 +14,9 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
 };
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 use tracing::{debug, error, warn};
 
 use crate::notification::parse_body;
@@ -28,10 +30,10 @@ pub async fn run(
     queue_url: String,
     visibility: Duration,
     engine: EngineHandle,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let visibility_secs = visibility.as_secs().clamp(1, 43_200) as i32;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let receive = client
             .receive_message()
@@ -42,20 +44,18 @@ pub async fn run(
             .send();
         let received = tokio::select! {
             r = receive => r,
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         };
         let messages = match received {
             Ok(out) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
-                warn!(queue = %queue_url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in = ?backoff, "cannot receive from SQS");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
+                warn!(queue = %queue_url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), attempt = backoff.attempts() + 1, "cannot receive from SQS");
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };

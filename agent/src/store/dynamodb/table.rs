@@ -17,6 +17,7 @@ use aws_sdk_dynamodb::types::{
 use tracing::{debug, warn};
 
 use super::item::{Item, PK, SK, key};
+use crate::backoff::Backoff;
 use crate::store::{StoreError, StoreResult};
 
 /// DynamoDB's limits per request.
@@ -150,7 +151,7 @@ impl Table {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_MAX) {
             let mut todo = chunk.to_vec();
-            let mut attempt = 0;
+            let mut backoff = self.backoff();
             while !todo.is_empty() {
                 self.count(1);
                 let request = KeysAndAttributes::builder()
@@ -174,8 +175,7 @@ impl Table {
                     .map(|k| k.keys)
                     .unwrap_or_default();
                 if !todo.is_empty() {
-                    attempt += 1;
-                    self.backoff("BatchGetItem left keys unprocessed", attempt)
+                    self.retry_after(&mut backoff, "BatchGetItem left keys unprocessed")
                         .await?;
                 }
             }
@@ -197,7 +197,7 @@ impl Table {
                         .map_err(|e| build_error(&self.name, e))
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
-            let mut attempt = 0;
+            let mut backoff = self.backoff();
             while !requests.is_empty() {
                 self.count(1);
                 let out = self
@@ -212,8 +212,7 @@ impl Table {
                     .and_then(|mut u| u.remove(&*self.name))
                     .unwrap_or_default();
                 if !requests.is_empty() {
-                    attempt += 1;
-                    self.backoff("BatchWriteItem left items unprocessed", attempt)
+                    self.retry_after(&mut backoff, "BatchWriteItem left items unprocessed")
                         .await?;
                 }
             }
@@ -263,10 +262,11 @@ impl Table {
     }
 
     /// Applies all of `items` or none. Contention (another transaction on
-    /// the same item, throttling) is retried with backoff; a failed
-    /// condition is the caller's to handle.
+    /// the same items) is retried with backoff; throttling and server
+    /// errors the SDK's own retries already cover; a failed condition is
+    /// the caller's to handle.
     pub async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactFailure> {
-        let mut attempt = 0;
+        let mut backoff = self.backoff();
         loop {
             self.count(1);
             let result = self
@@ -293,43 +293,40 @@ impl Table {
                     }
                     true
                 }
-                Some(
-                    TransactWriteItemsError::TransactionInProgressException(_)
-                    | TransactWriteItemsError::ProvisionedThroughputExceededException(_)
-                    | TransactWriteItemsError::RequestLimitExceeded(_)
-                    | TransactWriteItemsError::InternalServerError(_),
-                ) => true,
-                Some(other) => other.code() == Some("ThrottlingException"),
-                None => false,
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+                _ => false,
             };
             if !retryable {
                 return Err(TransactFailure::Other(
                     self.error("writing a transaction", e),
                 ));
             }
-            attempt += 1;
-            debug!(attempt, error = %DisplayErrorContext(&e), "transaction contended; retrying");
-            self.backoff("a transaction kept being cancelled", attempt)
+            debug!(attempt = backoff.attempts() + 1, error = %DisplayErrorContext(&e), "transaction contended; retrying");
+            self.retry_after(&mut backoff, "a transaction kept being cancelled")
                 .await
                 .map_err(TransactFailure::Other)?;
         }
     }
 
-    /// Sleeps before retry `attempt` (with jitter, so agents contending for
-    /// one item spread out); gives up after [`RETRIES`].
-    pub async fn backoff(&self, what: &str, attempt: u32) -> StoreResult<()> {
-        if attempt > RETRIES {
+    /// The delays for retrying what DynamoDB left undone (jittered, so
+    /// agents contending for one item spread out), up to [`RETRIES`].
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(20), Duration::from_secs(5)).limited(RETRIES)
+    }
+
+    /// Sleeps the next delay; an error once [`RETRIES`] are used.
+    async fn retry_after(&self, backoff: &mut Backoff, what: &str) -> StoreResult<()> {
+        let attempt = backoff.attempts() + 1;
+        let Some(delay) = backoff.next_delay() else {
             return Err(StoreError::Backend {
                 store: format!("DynamoDB table {}", self.name),
                 message: format!("{what}; gave up after {RETRIES} retries"),
             });
-        }
-        let base = 20u64 << attempt.min(8);
-        let jitter = rand::random_range(0..=base);
+        };
         if attempt > 3 {
             warn!(table = %self.name, attempt, "{what}; retrying");
         }
-        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+        tokio::time::sleep(delay).await;
         Ok(())
     }
 }
