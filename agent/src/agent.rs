@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, SinkConfig, SourceConfig, StoreBackend, WatchKind};
+use crate::config::{Config, SourceConfig, StoreBackend, WatchKind};
 use crate::health::Health;
 use crate::notification::Classifier;
 use crate::outbound::Origin;
@@ -70,11 +70,11 @@ impl Agent {
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
         let state_lock = state_lock::lock(&config.agent.state_dir)?;
         let needs_aws = matches!(config.source, SourceConfig::Sqs { .. })
-            || config.store.backend == StoreBackend::Dynamodb
+            || config.store.backend() == StoreBackend::Dynamodb
             || config
                 .sinks
                 .iter()
-                .any(|s| matches!(s, SinkConfig::Eventbridge { .. }));
+                .any(|s| s.get_ref().settings().needs_aws());
         let aws = if needs_aws {
             Some(crate::aws::sdk_config(&config.aws).await)
         } else {
@@ -82,7 +82,7 @@ impl Agent {
         };
         let mut sinks = Vec::new();
         for sink_config in &config.sinks {
-            sinks.push(sinks::open(sink_config, aws.as_ref())?);
+            sinks.push(sink_config.get_ref().open(aws.as_ref())?);
         }
         let (store, status_reader, outbox) = open_store(config, aws.as_ref(), &sinks).await?;
         let policy_name = config.reconcile.policy.get_ref();
@@ -108,10 +108,13 @@ impl Agent {
             classifier: classifier.clone(),
             deadline: config.reconcile.deadline(),
             origin: Origin {
-                account: config.aws.account.clone(),
+                account: config.aws.account.0.clone(),
                 region: config.aws.region.clone(),
             },
-            upload_events: config.sinks.iter().any(SinkConfig::wants_upload_events),
+            upload_events: config
+                .sinks
+                .iter()
+                .any(|s| s.get_ref().settings().wants_upload_events()),
             max_manifest_bytes: config.share.max_manifest_bytes.0,
             manifest_read_timeout: config.share.manifest_read_timeout.0,
             health: health.clone(),
@@ -169,7 +172,7 @@ impl Agent {
             for _ in 0..receivers.get() {
                 tasks.push(tokio::spawn(crate::sources::sqs::run(
                     client.clone(),
-                    queue_url.clone(),
+                    queue_url.0.clone(),
                     visibility_timeout.0,
                     handle.clone(),
                     shutdown.clone(),
@@ -258,11 +261,11 @@ async fn open_store(
     aws: Option<&aws_config::SdkConfig>,
     sinks: &[Box<dyn sinks::Sink>],
 ) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Arc<dyn Outbox>), StartError> {
-    match config.store.backend {
+    match config.store.backend() {
         StoreBackend::Dynamodb => {
             // Config validation requires the table, and `start` loads the
             // AWS configuration for this backend.
-            let (Some(table), Some(aws)) = (&config.store.table, aws) else {
+            let (Some(table), Some(aws)) = (config.store.table(), aws) else {
                 return Err(StoreError::Backend {
                     store: "DynamoDB".into(),
                     message: "backend = \"dynamodb\" needs [store] table and AWS settings".into(),

@@ -6,14 +6,18 @@
 pub const LAYERS: &[&[&str]] = &[
     // Contracts and utilities: the inbound notification, logging, retries.
     &["notification", "logging", "backoff"],
-    // The outbound events, health reporting, the configuration.
-    &["outbound", "health", "config"],
+    // The outbound events and their outbox; health reporting.
+    &["outbound", "health"],
+    // The sink kinds, each with its settings, and the dispatcher.
+    &["sinks"],
+    // The configuration (it holds the sinks' settings).
+    &["config"],
     // Durable state, and the AWS SDK configuration.
     &["store", "aws"],
     // The engine and its policies; operations on the share.
     &["reconcile", "share"],
-    // What feeds the engine and what it feeds.
-    &["sources", "watcher", "sinks"],
+    // What feeds the engine.
+    &["sources", "watcher"],
     // The HTTP front; the start-up checks.
     &["server", "preflight"],
     // One running agent.

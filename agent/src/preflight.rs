@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
 use crate::store::StoreError;
 use crate::store::local_fs::{check_state_dir, check_writable, nearest_existing};
 
@@ -20,7 +20,8 @@ pub enum PreflightError {
 pub fn check(config: &Config) -> Result<(), PreflightError> {
     check_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
     for sink in &config.sinks {
-        if let SinkConfig::File { path, .. } = sink {
+        let sink = sink.get_ref();
+        if let Some(path) = sink.settings().local_file() {
             check_file_sink(path).map_err(|message| PreflightError::Sink {
                 name: sink.name(),
                 message,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{self, Config, SinkConfig, SourceConfig, StoreBackend};
+use crate::config::{self, Config, SourceConfig, StoreBackend};
 use crate::reconcile::plugin::{self, PolicyHealth};
 
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -71,7 +71,7 @@ fn describe(c: &Config) {
             route.policy.get_ref()
         );
     }
-    match (c.store.backend, &c.store.table) {
+    match (c.store.backend(), c.store.table()) {
         (StoreBackend::Dynamodb, Some(table)) => {
             println!("  store      dynamodb table {table} (shared with other agents)")
         }
@@ -100,23 +100,8 @@ fn describe(c: &Config) {
         c.http.max_connections
     );
     for sink in &c.sinks {
-        let what = match sink {
-            SinkConfig::File { path, .. } => format!("file {}", path.display()),
-            SinkConfig::Stdout { .. } => "stdout".to_owned(),
-            SinkConfig::Eventbridge {
-                event_bus,
-                publish_upload_events,
-                ..
-            } => format!(
-                "EventBridge bus {event_bus}{}",
-                if *publish_upload_events {
-                    ", with upload events"
-                } else {
-                    ""
-                }
-            ),
-            SinkConfig::Webhook { url, .. } => format!("POST {url}"),
-        };
+        let sink = sink.get_ref();
+        let what = sink.settings().describe();
         println!("  sink       {} ({what})", sink.name());
     }
 }

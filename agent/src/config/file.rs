@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{ApiKey, ByteCount, HumanDuration, PolicySettings, Suffix};
+pub use crate::sinks::SinkConfig;
+
+use super::values::{AccountId, ApiKey, ByteCount, HttpUrl, HumanDuration, PolicySettings, Suffix};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -21,7 +23,8 @@ pub struct Config {
     pub http: HttpSection,
     pub source: SourceConfig,
     #[serde(rename = "sink")]
-    pub sinks: Vec<SinkConfig>,
+    /// Each entry with where it is in the file (for error positions).
+    pub sinks: Vec<Spanned<SinkConfig>>,
     pub aws: AwsSection,
 }
 
@@ -153,14 +156,35 @@ impl Default for ReconcileSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    pub backend: StoreBackend,
+    /// Spanned: errors about the table point at it.
+    pub backend: Spanned<StoreBackend>,
     /// SQLite only.
     pub sync: SyncMode,
     /// DynamoDB only: the table, in the reference's key schema.
-    pub table: Option<String>,
+    pub table: Option<Spanned<String>>,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            backend: Spanned::new(0..0, StoreBackend::default()),
+            sync: SyncMode::default(),
+            table: None,
+        }
+    }
+}
+
+impl StoreSection {
+    pub fn backend(&self) -> StoreBackend {
+        *self.backend.get_ref()
+    }
+
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_ref().map(|t| t.get_ref().as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -220,7 +244,7 @@ pub enum SourceConfig {
     Http,
     /// An SQS queue fed by an EventBridge rule (long polling).
     Sqs {
-        queue_url: String,
+        queue_url: HttpUrl,
         /// Visibility given to received messages; extended while a batch is
         /// still being committed.
         #[serde(default = "default_visibility")]
@@ -241,81 +265,12 @@ fn default_visibility() -> HumanDuration {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// Appends one JSON event per line.
-    File {
-        path: PathBuf,
-        #[serde(default)]
-        name: Option<String>,
-    },
-    /// Prints one JSON event per line on standard output (logs go to stderr).
-    Stdout {
-        #[serde(default)]
-        name: Option<String>,
-    },
-    /// PutEvents to an EventBridge bus.
-    Eventbridge {
-        event_bus: String,
-        /// Largest PutEvents request, in bytes (the service takes up to 1 MB).
-        #[serde(default = "default_max_request_bytes")]
-        max_request_bytes: usize,
-        /// Also send `Data File Upload Event` / `Manifest File Upload Event`
-        /// for every upload, as the reference did.
-        #[serde(default)]
-        publish_upload_events: bool,
-        #[serde(default)]
-        name: Option<String>,
-    },
-    /// POSTs each event as JSON to a URL.
-    Webhook {
-        url: String,
-        /// Sent as `Authorization: Bearer ...` when set.
-        #[serde(default)]
-        bearer_token: Option<String>,
-        #[serde(default)]
-        name: Option<String>,
-    },
-}
-
-fn default_max_request_bytes() -> usize {
-    256 * 1024
-}
-
-impl SinkConfig {
-    /// The sink's delivery-cursor name: stable across restarts unless renamed.
-    pub fn name(&self) -> String {
-        match self {
-            SinkConfig::File { name: Some(n), .. }
-            | SinkConfig::Stdout { name: Some(n) }
-            | SinkConfig::Eventbridge { name: Some(n), .. }
-            | SinkConfig::Webhook { name: Some(n), .. } => n.clone(),
-            SinkConfig::File { path, .. } => format!("file:{}", path.display()),
-            SinkConfig::Stdout { .. } => "stdout".into(),
-            SinkConfig::Eventbridge { event_bus, .. } => format!("eventbridge:{event_bus}"),
-            SinkConfig::Webhook { url, .. } => format!("webhook:{url}"),
-        }
-    }
-
-    /// Whether this sink also wants the per-upload events.
-    pub fn wants_upload_events(&self) -> bool {
-        matches!(
-            self,
-            SinkConfig::Eventbridge {
-                publish_upload_events: true,
-                ..
-            }
-        )
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsSection {
     /// Used by the AWS clients and written into the envelopes of events the
     /// agent emits.
     pub region: String,
-    pub account: String,
+    pub account: AccountId,
     /// An endpoint for every AWS service (an emulator, say); the
     /// `AWS_ENDPOINT_URL` environment variable works too.
     pub endpoint_url: Option<String>,
@@ -325,7 +280,7 @@ impl Default for AwsSection {
     fn default() -> Self {
         AwsSection {
             region: "eu-west-1".into(),
-            account: "000000000000".into(),
+            account: AccountId("000000000000".into()),
             endpoint_url: None,
         }
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::file::{Config, SinkConfig, SourceConfig, StoreBackend};
+use super::file::{Config, SinkConfig, StoreBackend};
 use super::policy_name;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,99 +79,51 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
             ));
         }
     }
-    if config.aws.account.len() != 12 || !config.aws.account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(at(
-            None,
-            format!("[aws] account {:?} must be 12 digits", config.aws.account),
-        ));
-    }
-
-    match (config.store.backend, &config.store.table) {
+    let store = &config.store;
+    match (store.backend(), &store.table) {
         (StoreBackend::Dynamodb, None) => {
             return Err(at(
-                None,
+                Some(store.backend.span()),
                 "[store] backend = \"dynamodb\" needs a table (the DynamoDB table's name)".into(),
             ));
         }
-        (StoreBackend::Dynamodb, Some(t)) if t.trim().is_empty() => {
-            return Err(at(None, "[store] table must not be empty".into()));
+        (StoreBackend::Dynamodb, Some(t)) if t.get_ref().trim().is_empty() => {
+            return Err(at(Some(t.span()), "[store] table must not be empty".into()));
         }
-        (StoreBackend::Sqlite, Some(_)) => {
+        (StoreBackend::Sqlite, Some(t)) => {
             return Err(at(
-                None,
+                Some(t.span()),
                 "[store] table is for backend = \"dynamodb\"; the sqlite backend keeps its file in [agent] state_dir".into(),
             ));
         }
         _ => {}
     }
-
-    if let SourceConfig::Sqs { queue_url, .. } = &config.source
-        && !is_http_url(queue_url)
-    {
-        return Err(at(
-            None,
-            format!("[source] queue_url {queue_url:?} must be the queue's https:// URL"),
-        ));
-    }
     for sink in &config.sinks {
-        match sink {
-            SinkConfig::Eventbridge {
-                event_bus,
-                max_request_bytes,
-                ..
-            } => {
-                if event_bus.trim().is_empty() {
-                    return Err(at(
-                        None,
-                        "[[sink]] kind = \"eventbridge\" needs an event_bus".into(),
-                    ));
-                }
-                if !(1024..=1024 * 1024).contains(max_request_bytes) {
-                    return Err(at(
-                        None,
-                        format!(
-                            "[[sink]] max_request_bytes = {max_request_bytes}: must be between 1024 and 1048576"
-                        ),
-                    ));
-                }
-            }
-            SinkConfig::Webhook { url, .. } if !is_http_url(url) => {
-                return Err(at(
-                    None,
-                    format!(
-                        "[[sink]] kind = \"webhook\": url {url:?} must start with http:// or https://"
-                    ),
-                ));
-            }
-            _ => {}
+        if let Err(message) = sink.get_ref().settings().validate() {
+            return Err(at(Some(sink.span()), message));
         }
     }
     config.agent.state_dir = base.join(&config.agent.state_dir);
     config.share.path = base.join(&config.share.path);
     if config.sinks.is_empty() {
-        config.sinks.push(SinkConfig::Stdout { name: None });
+        config
+            .sinks
+            .push(toml::Spanned::new(0..0, SinkConfig::default()));
     }
     for sink in &mut config.sinks {
-        if let SinkConfig::File { path, .. } = sink {
-            *path = base.join(&*path);
+        sink.get_mut().settings_mut().resolve_paths(base);
+    }
+    let mut names = std::collections::HashSet::new();
+    for sink in &config.sinks {
+        let name = sink.get_ref().name();
+        if !names.insert(name.clone()) {
+            return Err(at(
+                Some(sink.span()),
+                format!("two [[sink]] entries share the name {name:?}; give one a distinct `name`"),
+            ));
         }
     }
-    let mut names: Vec<String> = config.sinks.iter().map(SinkConfig::name).collect();
-    names.sort();
-    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(at(
-            None,
-            format!(
-                "two [[sink]] entries share the name {:?}; give one a distinct `name`",
-                w[0]
-            ),
-        ));
-    }
     Ok(config)
-}
-
-fn is_http_url(text: &str) -> bool {
-    text.starts_with("https://") || text.starts_with("http://")
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -236,7 +188,8 @@ account = "123456789012"
         .unwrap();
         assert_eq!(c.share.path, Path::new("/mnt/vaultdata"));
         assert!(
-            matches!(&c.sinks[0], SinkConfig::File { path, .. } if path == Path::new("/etc/vault/events.jsonl"))
+            c.sinks[0].get_ref().settings().local_file()
+                == Some(Path::new("/etc/vault/events.jsonl"))
         );
     }
 
@@ -314,12 +267,12 @@ account = "123456789012"
              [aws]\nregion = \"eu-west-1\"\naccount = \"123456789012\"\nendpoint_url = \"http://127.0.0.1:5000\"\n",
         )
         .unwrap();
-        assert!(c.sinks[0].wants_upload_events());
+        assert!(c.sinks[0].get_ref().settings().wants_upload_events());
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         let e = parse_str("[source]\nkind = \"sqs\"\n").unwrap_err();
         assert!(e.contains("missing field `queue_url`"), "{e}");
         let e = parse_str("[source]\nkind = \"sqs\"\nqueue_url = \"my-queue\"\n").unwrap_err();
-        assert!(e.contains("must be the queue's https:// URL"), "{e}");
+        assert!(e.contains("must be an https:// URL"), "{e}");
         let e = parse_str("[[sink]]\nkind = \"webhook\"\nurl = \"hooks.example\"\n").unwrap_err();
         assert!(e.contains("must start with http"), "{e}");
         let e = parse_str(
@@ -327,6 +280,61 @@ account = "123456789012"
         )
         .unwrap_err();
         assert!(e.contains("between 1024 and 1048576"), "{e}");
+    }
+
+    /// Every error the loader gives after parsing, with where it points.
+    #[test]
+    fn every_semantic_error_names_its_line_and_column() {
+        let cases = [
+            (
+                "[aws]\naccount = \"12\"\n",
+                "agent.toml:2:11: [aws] account",
+            ),
+            (
+                "[store]\nbackend = \"dynamodb\"\n",
+                "agent.toml:2:11: [store] backend = \"dynamodb\" needs a table",
+            ),
+            (
+                "[store]\nbackend = \"dynamodb\"\ntable = \" \"\n",
+                "agent.toml:3:9: [store] table must not be empty",
+            ),
+            (
+                "[store]\ntable = \"t\"\n",
+                "agent.toml:2:9: [store] table is for",
+            ),
+            (
+                "[source]\nkind = \"sqs\"\nqueue_url = \"q\"\n",
+                "agent.toml:1:1: \"q\" must be an https:// URL",
+            ),
+            (
+                "[[sink]]\nkind = \"webhook\"\nurl = \"x\"\n",
+                "agent.toml:1:1: [[sink]] kind = \"webhook\": url",
+            ),
+            (
+                "[[sink]]\nkind = \"eventbridge\"\nevent_bus = \" \"\n",
+                "agent.toml:1:1: [[sink]] kind = \"eventbridge\" needs an event_bus",
+            ),
+            (
+                "[[sink]]\nkind = \"eventbridge\"\nevent_bus = \"b\"\nmax_request_bytes = 5\n",
+                "agent.toml:1:1: [[sink]] max_request_bytes = 5",
+            ),
+            (
+                "[[sink]]\nkind=\"stdout\"\n[[sink]]\nkind=\"stdout\"\n",
+                "agent.toml:3:1: two [[sink]] entries share the name",
+            ),
+            (
+                "[reconcile]\npolicy = \"most-things\"\n",
+                "agent.toml:2:10: unknown reconcile policy",
+            ),
+            (
+                "[[reconcile.route]]\nset_ids = \"[\"\npolicy = \"exact-match\"\n",
+                "agent.toml:2:11: invalid set-id glob",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = parse_str(text).unwrap_err();
+            assert!(e.starts_with(expected), "{text:?}: {e}");
+        }
     }
 
     #[test]

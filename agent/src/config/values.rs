@@ -78,6 +78,44 @@ impl fmt::Debug for ApiKey {
     }
 }
 
+/// An AWS account id: 12 digits (it goes into every event's envelope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountId(pub String);
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() != 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(serde::de::Error::custom(format!(
+                "[aws] account {text:?} must be 12 digits"
+            )));
+        }
+        Ok(AccountId(text))
+    }
+}
+
+/// An absolute http(s) URL (an SQS queue's, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(pub String);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if !crate::sinks::is_http_url(&text) {
+            return Err(serde::de::Error::custom(format!(
+                "{text:?} must be an https:// URL"
+            )));
+        }
+        Ok(HttpUrl(text))
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for ApiKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

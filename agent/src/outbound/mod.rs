@@ -3,6 +3,8 @@
 //!
 //! - `envelope.rs`: the detail-types, the stable event ids and the JSON
 //!   envelope of each event.
+//! - [`Outbox`]: where events wait until each sink has them (the store
+//!   implements it; the sink dispatchers read it).
 
 pub mod envelope;
 
@@ -32,4 +34,22 @@ pub struct OutboxEvent {
     /// The whole envelope as JSON, exactly as delivered.
     pub payload: String,
     pub created_ms: i64,
+}
+
+/// An outbox failure, as the backend words it (the dispatcher logs it and
+/// tries again).
+pub type OutboxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Where the sink dispatchers find events. One dispatcher loop serves
+/// every store backend: hold the sink, read what it lacks, deliver, record.
+pub trait Outbox: Send + Sync {
+    /// Takes or renews the right to deliver to `sink` for `ttl`; false
+    /// while another agent has it. An outbox only this agent uses always
+    /// grants it.
+    fn hold(&self, sink: &str, ttl: std::time::Duration) -> OutboxResult<bool>;
+    /// Up to `limit` events `sink` does not have yet, oldest first.
+    fn pending(&self, sink: &str, limit: usize) -> OutboxResult<Vec<OutboxEvent>>;
+    /// Records that `sink` has these events (each one returned by
+    /// [`Outbox::pending`], delivered or not wanted by the sink).
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> OutboxResult<()>;
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::Sink;
 use crate::backoff::Backoff;
-use crate::store::{Outbox, OutboxEvent, StoreResult};
+use crate::outbound::{Outbox, OutboxEvent, OutboxResult};
 
 const BATCH: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -117,7 +117,7 @@ async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], cancel: &Cancellat
 
 async fn read<O: ?Sized + Send + Sync + 'static, T: Send + 'static>(
     reader: &Arc<O>,
-    f: impl FnOnce(&O) -> StoreResult<T> + Send + 'static,
+    f: impl FnOnce(&O) -> OutboxResult<T> + Send + 'static,
 ) -> Option<T> {
     let reader = reader.clone();
     match tokio::task::spawn_blocking(move || f(reader.as_ref())).await {

@@ -14,10 +14,83 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use serde_json::Value;
 use tracing::{error, warn};
 
-use super::{DeliverFuture, Sink, SinkError};
+use serde::Deserialize;
+
+use super::{DeliverFuture, Sink, SinkError, SinkSettings};
 use crate::backoff::Backoff;
-use crate::outbound::{SUCCESSFUL, TIMEOUT};
-use crate::store::OutboxEvent;
+use crate::outbound::{OutboxEvent, SUCCESSFUL, TIMEOUT};
+
+/// `[[sink]] kind = "eventbridge"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBridgeSettings {
+    pub event_bus: String,
+    /// Largest PutEvents request, in bytes (the service takes up to 1 MB).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Also send `Data File Upload Event` / `Manifest File Upload Event`
+    /// for every upload, as the reference did.
+    #[serde(default)]
+    pub publish_upload_events: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_max_request_bytes() -> usize {
+    256 * 1024
+}
+
+impl SinkSettings for EventBridgeSettings {
+    fn configured_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn default_name(&self) -> String {
+        format!("eventbridge:{}", self.event_bus)
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.event_bus.trim().is_empty() {
+            return Err("[[sink]] kind = \"eventbridge\" needs an event_bus".into());
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_request_bytes) {
+            return Err(format!(
+                "[[sink]] max_request_bytes = {}: must be between 1024 and 1048576",
+                self.max_request_bytes
+            ));
+        }
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        let uploads = if self.publish_upload_events {
+            ", with upload events"
+        } else {
+            ""
+        };
+        format!("EventBridge bus {}{uploads}", self.event_bus)
+    }
+    fn needs_aws(&self) -> bool {
+        true
+    }
+    fn wants_upload_events(&self) -> bool {
+        self.publish_upload_events
+    }
+    fn open(
+        &self,
+        name: String,
+        aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        let aws = aws.ok_or_else(|| SinkError {
+            sink: name.clone(),
+            message: "AWS configuration not loaded".into(),
+        })?;
+        Ok(Box::new(EventBridgeSink::new(
+            name,
+            Client::new(aws),
+            self.event_bus.clone(),
+            self.max_request_bytes,
+            self.publish_upload_events,
+        )))
+    }
+}
 
 const MAX_ENTRIES: usize = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

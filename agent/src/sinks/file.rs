@@ -9,8 +9,45 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{DeliverFuture, Sink, SinkError};
-use crate::store::OutboxEvent;
+use serde::Deserialize;
+
+use super::{DeliverFuture, Sink, SinkError, SinkSettings};
+use crate::outbound::OutboxEvent;
+
+/// `[[sink]] kind = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// Appends one JSON event per line (relative to the config file).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl SinkSettings for FileSettings {
+    fn configured_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn default_name(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+    fn resolve_paths(&mut self, base: &Path) {
+        self.path = base.join(&self.path);
+    }
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+    fn local_file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+    fn open(
+        &self,
+        name: String,
+        _aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(FileSink::open(name, &self.path)?))
+    }
+}
 
 /// How much of the file's end is scanned for already-written event ids: far
 /// more than the events that can be written but not yet acknowledged.

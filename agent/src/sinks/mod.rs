@@ -10,10 +10,12 @@ pub mod stdout;
 pub mod webhook;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 
-use crate::config::SinkConfig;
-use crate::store::OutboxEvent;
+use serde::Deserialize;
+
+use crate::outbound::OutboxEvent;
 
 #[derive(Debug, thiserror::Error)]
 #[error("sink {sink}: {message}")]
@@ -35,40 +37,92 @@ pub trait Sink: Send {
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a>;
 }
 
-/// Opens the sink a config entry describes; `aws` is the AWS client
-/// configuration, loaded when some part of the config needs it.
-pub fn open(
-    config: &SinkConfig,
-    aws: Option<&aws_config::SdkConfig>,
-) -> Result<Box<dyn Sink>, SinkError> {
-    let name = config.name();
-    Ok(match config {
-        SinkConfig::File { path, .. } => Box::new(file::FileSink::open(name, path)?),
-        SinkConfig::Stdout { .. } => Box::new(stdout::StdoutSink::new(name)),
-        SinkConfig::Eventbridge {
-            event_bus,
-            max_request_bytes,
-            publish_upload_events,
-            ..
-        } => {
-            let aws = aws.ok_or_else(|| SinkError {
-                sink: name.clone(),
-                message: "AWS configuration not loaded".into(),
-            })?;
-            Box::new(eventbridge::EventBridgeSink::new(
-                name,
-                aws_sdk_eventbridge::Client::new(aws),
-                event_bus.clone(),
-                *max_request_bytes,
-                *publish_upload_events,
-            ))
+/// One `[[sink]]` entry's settings. Each kind implements this beside its
+/// sink, so adding a kind means one module and one line in [`SinkConfig`].
+pub trait SinkSettings {
+    /// The name given in the config, if any.
+    fn configured_name(&self) -> Option<&str>;
+    /// The delivery-cursor name when none is given: stable across restarts.
+    fn default_name(&self) -> String;
+    /// What serde cannot check; the message names the setting.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Makes relative paths relative to `base` (the config file's folder).
+    fn resolve_paths(&mut self, _base: &Path) {}
+    /// One line for `check-config`.
+    fn describe(&self) -> String;
+    /// The local file this sink appends to (start-up checks it is writable).
+    fn local_file(&self) -> Option<&Path> {
+        None
+    }
+    /// Whether it needs the AWS client configuration.
+    fn needs_aws(&self) -> bool {
+        false
+    }
+    /// Whether it also wants the per-upload events.
+    fn wants_upload_events(&self) -> bool {
+        false
+    }
+    /// Opens the sink; `aws` is loaded when some part of the config needs it.
+    fn open(
+        &self,
+        name: String,
+        aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Box<dyn Sink>, SinkError>;
+}
+
+/// A `[[sink]]` entry: its `kind` picks the settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    File(file::FileSettings),
+    Stdout(stdout::StdoutSettings),
+    Eventbridge(eventbridge::EventBridgeSettings),
+    Webhook(webhook::WebhookSettings),
+}
+
+impl SinkConfig {
+    /// The settings of whichever kind this is.
+    pub fn settings(&self) -> &dyn SinkSettings {
+        match self {
+            SinkConfig::File(s) => s,
+            SinkConfig::Stdout(s) => s,
+            SinkConfig::Eventbridge(s) => s,
+            SinkConfig::Webhook(s) => s,
         }
-        SinkConfig::Webhook {
-            url, bearer_token, ..
-        } => Box::new(webhook::WebhookSink::new(
-            name,
-            url.clone(),
-            bearer_token.clone(),
-        )?),
-    })
+    }
+
+    pub fn settings_mut(&mut self) -> &mut dyn SinkSettings {
+        match self {
+            SinkConfig::File(s) => s,
+            SinkConfig::Stdout(s) => s,
+            SinkConfig::Eventbridge(s) => s,
+            SinkConfig::Webhook(s) => s,
+        }
+    }
+
+    /// The sink's delivery-cursor name: stable across restarts unless renamed.
+    pub fn name(&self) -> String {
+        let settings = self.settings();
+        settings
+            .configured_name()
+            .map_or_else(|| settings.default_name(), str::to_owned)
+    }
+
+    /// Opens the sink this entry describes.
+    pub fn open(&self, aws: Option<&aws_config::SdkConfig>) -> Result<Box<dyn Sink>, SinkError> {
+        self.settings().open(self.name(), aws)
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Stdout(stdout::StdoutSettings::default())
+    }
+}
+
+/// Whether `url` is an absolute http(s) URL.
+pub fn is_http_url(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
 }

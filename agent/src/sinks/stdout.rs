@@ -2,8 +2,37 @@
 
 use std::io::Write;
 
-use super::{DeliverFuture, Sink, SinkError};
-use crate::store::OutboxEvent;
+use serde::Deserialize;
+
+use super::{DeliverFuture, Sink, SinkError, SinkSettings};
+use crate::outbound::OutboxEvent;
+
+/// `[[sink]] kind = "stdout"` (the default when no sink is configured).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSettings {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl SinkSettings for StdoutSettings {
+    fn configured_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn default_name(&self) -> String {
+        "stdout".into()
+    }
+    fn describe(&self) -> String {
+        "stdout".into()
+    }
+    fn open(
+        &self,
+        name: String,
+        _aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(StdoutSink::new(name)))
+    }
+}
 
 pub struct StdoutSink {
     name: String,

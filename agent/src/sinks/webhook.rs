@@ -6,8 +6,55 @@ use std::time::Duration;
 
 use tracing::error;
 
-use super::{DeliverFuture, Sink, SinkError};
-use crate::store::OutboxEvent;
+use serde::Deserialize;
+
+use super::{DeliverFuture, Sink, SinkError, SinkSettings, is_http_url};
+use crate::outbound::OutboxEvent;
+
+/// `[[sink]] kind = "webhook"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub url: String,
+    /// Sent as `Authorization: Bearer ...` when set.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl SinkSettings for WebhookSettings {
+    fn configured_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn default_name(&self) -> String {
+        format!("webhook:{}", self.url)
+    }
+    fn validate(&self) -> Result<(), String> {
+        if is_http_url(&self.url) {
+            Ok(())
+        } else {
+            Err(format!(
+                "[[sink]] kind = \"webhook\": url {:?} must start with http:// or https://",
+                self.url
+            ))
+        }
+    }
+    fn describe(&self) -> String {
+        format!("POST {}", self.url)
+    }
+    fn open(
+        &self,
+        name: String,
+        _aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(WebhookSink::new(
+            name,
+            self.url.clone(),
+            self.bearer_token.clone(),
+        )?))
+    }
+}
 
 pub struct WebhookSink {
     name: String,

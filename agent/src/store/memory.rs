@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    Committed, DatasetDetail, DatasetRecord, EntryRecord, Outbox, OutboxEvent, Store, StoreReader,
-    StoreResult, StoreTx, Verdict,
+    Committed, DatasetDetail, DatasetRecord, EntryRecord, Outbox, OutboxEvent, OutboxResult, Store,
+    StoreReader, StoreResult, StoreTx, Verdict,
 };
 
 #[derive(Default)]
@@ -229,11 +229,11 @@ impl StoreReader for MemoryStore {
 }
 
 impl Outbox for MemoryStore {
-    fn hold(&self, _sink: &str, _ttl: Duration) -> StoreResult<bool> {
+    fn hold(&self, _sink: &str, _ttl: Duration) -> OutboxResult<bool> {
         Ok(true)
     }
 
-    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+    fn pending(&self, sink: &str, limit: usize) -> OutboxResult<Vec<OutboxEvent>> {
         let state = self.lock();
         let cursor = state.cursors.get(sink).copied().unwrap_or(0);
         // Sequence numbers are positions: the events after the cursor.
@@ -246,7 +246,7 @@ impl Outbox for MemoryStore {
             .collect())
     }
 
-    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()> {
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> OutboxResult<()> {
         if let Some(seq) = events.iter().map(|e| e.seq).max() {
             let mut state = self.lock();
             let cursor = state.cursors.entry(sink.to_owned()).or_default();

@@ -159,16 +159,4 @@ pub trait StoreReader: Send + Sync {
     fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
-/// Where the sink dispatchers find events. One dispatcher loop serves
-/// every backend: hold the sink, read what it lacks, deliver, record.
-pub trait Outbox: Send + Sync {
-    /// Takes or renews the right to deliver to `sink` for `ttl`; false
-    /// while another agent has it. An outbox only this agent uses always
-    /// grants it.
-    fn hold(&self, sink: &str, ttl: std::time::Duration) -> StoreResult<bool>;
-    /// Up to `limit` events `sink` does not have yet, oldest first.
-    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
-    /// Records that `sink` has these events (each one returned by
-    /// [`Outbox::pending`], delivered or not wanted by the sink).
-    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()>;
-}
+pub use crate::outbound::{Outbox, OutboxResult};

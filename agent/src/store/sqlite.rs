@@ -16,7 +16,9 @@ use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
     OutboxEvent, UploadRecord, Verdict,
 };
-use super::{Committed, Outbox, Store, StoreError, StoreReader, StoreResult, StoreTx};
+use super::{
+    Committed, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult, StoreTx,
+};
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
@@ -669,13 +671,13 @@ impl SqliteOutbox {
 }
 
 impl Outbox for SqliteOutbox {
-    fn hold(&self, _sink: &str, _ttl: std::time::Duration) -> StoreResult<bool> {
+    fn hold(&self, _sink: &str, _ttl: std::time::Duration) -> OutboxResult<bool> {
         // Only this agent writes the database (the state directory lock).
         Ok(true)
     }
 
-    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
-        self.with(|c| {
+    fn pending(&self, sink: &str, limit: usize) -> OutboxResult<Vec<OutboxEvent>> {
+        Ok(self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, id, set_id, detail_type, payload, created_ms FROM outbox \
                  WHERE seq > coalesce((SELECT seq FROM sink_cursors WHERE sink = ?1), 0) \
@@ -692,21 +694,21 @@ impl Outbox for SqliteOutbox {
                 })
             })?;
             rows.collect()
-        })
+        })?)
     }
 
-    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()> {
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> OutboxResult<()> {
         let Some(seq) = events.iter().map(|e| e.seq).max() else {
             return Ok(());
         };
-        self.with(|c| {
+        Ok(self.with(|c| {
             c.prepare_cached(
                 "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
                  ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq)",
             )?
             .execute(params![sink, seq])
             .map(drop)
-        })
+        })?)
     }
 }
 

@@ -18,7 +18,9 @@ use super::item::{
 };
 use super::table::Table;
 use crate::notification::time::now_ms;
-use crate::store::{DatasetDetail, DatasetRecord, Outbox, OutboxEvent, StoreReader, StoreResult};
+use crate::store::{
+    DatasetDetail, DatasetRecord, Outbox, OutboxEvent, OutboxResult, StoreReader, StoreResult,
+};
 
 #[derive(Clone)]
 pub struct DynamoReader {
@@ -72,7 +74,7 @@ impl StoreReader for DynamoReader {
 }
 
 impl Outbox for DynamoReader {
-    fn hold(&self, sink: &str, ttl: Duration) -> StoreResult<bool> {
+    fn hold(&self, sink: &str, ttl: Duration) -> OutboxResult<bool> {
         let table = &self.table;
         let now = now_ms();
         table.count(1);
@@ -101,11 +103,11 @@ impl Outbox for DynamoReader {
             {
                 Ok(false)
             }
-            Err(e) => Err(table.error("taking the sink lease", e)),
+            Err(e) => Err(table.error("taking the sink lease", e).into()),
         }
     }
 
-    fn pending(&self, sink: &str, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+    fn pending(&self, sink: &str, limit: usize) -> OutboxResult<Vec<OutboxEvent>> {
         let table = &self.table;
         let values = HashMap::from([(":sink".to_owned(), s(sink))]);
         let items = table.block(table.query(
@@ -121,7 +123,7 @@ impl Outbox for DynamoReader {
         Ok(events)
     }
 
-    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> StoreResult<()> {
+    fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> OutboxResult<()> {
         let table = &self.table;
         for event in events {
             table.count(1);
@@ -147,7 +149,7 @@ impl Outbox for DynamoReader {
                 {
                     continue;
                 }
-                Err(e) => return Err(table.error("marking an event delivered", e)),
+                Err(e) => return Err(table.error("marking an event delivered", e).into()),
             };
             if !attributes.contains_key("pending") {
                 // Every sink has it. Conditional, in case a sink was added
