@@ -67,6 +67,28 @@ fn main() {
         copy(&built.join(&file), &dest.join(&file));
     }
     write_lists(&out_dir, &policies);
+    write_wit_package(&root.join("wit").join("reconcile.wit"), &out_dir);
+}
+
+/// `wit_package.rs`: the WIT package and its policy export, read from the
+/// `package` line of the WIT file (the one place the version is written).
+fn write_wit_package(wit: &Path, out_dir: &Path) {
+    let text = std::fs::read_to_string(wit).unwrap_or_else(|e| panic!("{}: {e}", wit.display()));
+    let package = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map(|p| p.trim_end_matches(';').trim().to_owned())
+        .unwrap_or_else(|| panic!("{}: no `package` line", wit.display()));
+    let (name, version) = package
+        .split_once('@')
+        .unwrap_or_else(|| panic!("{}: package {package} has no version", wit.display()));
+    let code = format!(
+        "/// The WIT package this agent implements (from wit/reconcile.wit).\n\
+         pub const SUPPORTED_PACKAGE: &str = {package:?};\n\
+         const POLICY_EXPORT_PREFIX: &str = \"{name}/policy@\";\n\
+         const POLICY_EXPORT: &str = \"{name}/policy@{version}\";\n"
+    );
+    std::fs::write(out_dir.join("wit_package.rs"), code).expect("OUT_DIR is writable");
 }
 
 /// The folders under `dir` holding a Cargo.toml, sorted.

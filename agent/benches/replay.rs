@@ -24,46 +24,35 @@ use rand::{Rng, SeedableRng};
 use vault_agent::config::SyncMode;
 use vault_agent::notification::parse_event;
 
+/// `cargo bench --bench replay -- [OPTIONS]`
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
     notifications: usize,
+    #[arg(long, default_value_t = 10)]
     datasets: usize,
-    sync: SyncMode,
+    /// SQLite durability: full or normal.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sync: String,
+    /// Notifications per engine submission.
+    #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// A bundled policy, exact-match-native, or a .wasm path.
+    #[arg(long, default_value = "exact-match")]
     policy: String,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        notifications: 1_000_000,
-        datasets: 10,
-        sync: SyncMode::Full,
-        batch: 1000,
-        policy: "exact-match".into(),
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
-            "--notifications" => a.notifications = value.parse().expect("--notifications N"),
-            "--datasets" => a.datasets = value.parse().expect("--datasets D"),
-            "--batch" => a.batch = value.parse().expect("--batch B"),
-            "--policy" => a.policy = value,
-            "--sync" => {
-                a.sync = if value == "normal" {
-                    SyncMode::Normal
-                } else {
-                    SyncMode::Full
-                }
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
+impl Args {
+    fn sync(&self) -> SyncMode {
+        if self.sync == "normal" {
+            SyncMode::Normal
+        } else {
+            SyncMode::Full
         }
-        i += 2;
     }
-    a
 }
 
 /// Line `index` of a dataset's manifest (root, 100 dirs, files, the manifest
@@ -98,7 +87,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let args = args();
+    let args: Args = clap::Parser::parse();
     let per_dataset = args.notifications / args.datasets;
     let tmp = tempfile::tempdir().expect("temp dir");
     let share = tmp.path().join("share");
@@ -146,7 +135,7 @@ fn main() {
     let config_text = format!(
         "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [store]\nsync = \"{}\"\n[reconcile]\npolicy = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
-        if args.sync == SyncMode::Full {
+        if args.sync() == SyncMode::Full {
             "full"
         } else {
             "normal"

@@ -17,11 +17,24 @@ use vault_agent::share::{gen_data, vault};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vault-agent");
 
-fn arg(name: &str) -> Option<String> {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter()
-        .position(|a| a == name)
-        .and_then(|i| argv.get(i + 1).cloned())
+/// `cargo bench --bench share -- [OPTIONS]`
+#[derive(clap::Parser)]
+struct Args {
+    /// Run one part only.
+    #[arg(long, value_parser = ["vault", "watch", "scale"])]
+    only: Option<String>,
+    /// MiB copied by the vault part.
+    #[arg(long, default_value_t = 2048)]
+    vault_mib: u64,
+    /// Files the watch part writes.
+    #[arg(long, default_value_t = 100_000)]
+    files: u64,
+    /// Files the scale part tracks.
+    #[arg(long, default_value_t = 1_000_000)]
+    tracked: u64,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn status_kb(field: &str) -> u64 {
@@ -233,27 +246,15 @@ fn bench_scale(tracked: u64) {
 }
 
 fn main() {
-    let only = arg("--only");
-    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let args: Args = clap::Parser::parse();
+    let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
     if run("vault") {
-        bench_vault(
-            arg("--vault-mib")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2048),
-        );
+        bench_vault(args.vault_mib);
     }
     if run("watch") {
-        bench_watch(
-            arg("--files")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100_000),
-        );
+        bench_watch(args.files);
     }
     if run("scale") {
-        bench_scale(
-            arg("--tracked")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1_000_000),
-        );
+        bench_scale(args.tracked);
     }
 }

@@ -12,67 +12,23 @@
 //! rate measures the agent against moto; requests per notification carry
 //! over to the real service.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use common::moto::Moto;
+use common::notification_json;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use vault_agent::Agent;
 use vault_agent::config;
-
-struct Moto(Child, String);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    // moto, with DynamoDB requests applied one at a time as the service
-    // does (see the script).
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/moto_server.py");
-    let child = Command::new("python3")
-        .args([script, "127.0.0.1", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto starts (pip install 'moto[server]')");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "moto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto(child, endpoint)
-}
-
-fn event(key: &str, size: u64) -> String {
-    serde_json::json!({
-        "version": "0", "id": uuid::Uuid::new_v4().to_string(),
-        "detail-type": "Storage Gateway Object Upload Event", "source": "aws.storagegateway",
-        "account": "123456789012", "time": "2021-05-01T10:00:00Z", "region": "us-east-1",
-        "resources": [],
-        "detail": {"bucket-name": "vault-bucket", "object-key": key, "object-size": size,
-                   "modification-time": "2021-05-01T09:59:58Z", "event-type": "object-upload-complete",
-                   "prefix": key.split('/').next().unwrap_or_default()}
-    })
-    .to_string()
-}
 
 struct Round {
     agents: usize,
@@ -82,22 +38,12 @@ struct Round {
 }
 
 fn round(agents: usize, datasets: usize, files: usize) -> Round {
-    let moto = start_moto();
-    // SAFETY: set before any client is built, on this thread only.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
-    }
+    let moto = Moto::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let sdk = rt.block_on(
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&moto.1)
-            .load(),
-    );
+    let sdk = rt.block_on(moto.sdk());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -110,17 +56,17 @@ fn round(agents: usize, datasets: usize, files: usize) -> Round {
         let root = format!("{set_id}-vaultjob");
         std::fs::create_dir_all(share.join(&root)).expect("share");
         let mut lines = vec![root.clone()];
-        messages.push(event(&format!("{root}/"), 0));
+        messages.push(notification_json(&format!("{root}/"), 0));
         for f in 0..files {
             let line = format!("{root}/file-{f:05}.dat");
-            messages.push(event(&line, 100));
+            messages.push(notification_json(&line, 100));
             lines.push(line);
         }
         let manifest = format!("{root}/{set_id}.manifest");
         lines.push(manifest.clone());
         let text = lines.join("\n") + "\n";
         std::fs::write(share.join(&manifest), &text).expect("manifest");
-        messages.push(event(&manifest, text.len() as u64));
+        messages.push(notification_json(&manifest, text.len() as u64));
     }
     messages.shuffle(&mut rand::rngs::StdRng::seed_from_u64(1));
     let notifications = messages.len();
@@ -189,7 +135,7 @@ fn round(agents: usize, datasets: usize, files: usize) -> Round {
              [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
              [[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n\
              [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
-            moto.1
+            moto.endpoint
         );
         let config = config::parse(&text, Path::new("bench.toml"), tmp.path()).expect("config");
         running.push(rt.block_on(Agent::start(&config)).expect("agent starts"));
@@ -235,21 +181,29 @@ fn round(agents: usize, datasets: usize, files: usize) -> Round {
     }
 }
 
+/// `cargo bench --bench shared_store -- [OPTIONS]`
+#[derive(clap::Parser)]
+struct Args {
+    /// Agent counts to run, one round each.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    agents: Vec<usize>,
+    #[arg(long, default_value_t = 20)]
+    datasets: usize,
+    /// Files per dataset.
+    #[arg(long, default_value_t = 100)]
+    files: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let agents: Vec<usize> = value("--agents")
-        .unwrap_or_else(|| "1,3".into())
-        .split(',')
-        .map(|n| n.parse().expect("--agents 1,3"))
-        .collect();
-    let datasets: usize = value("--datasets").map_or(20, |v| v.parse().expect("--datasets D"));
-    let files: usize = value("--files").map_or(100, |v| v.parse().expect("--files F"));
+    let Args {
+        agents,
+        datasets,
+        files,
+        ..
+    } = clap::Parser::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         // The agents' own logs, to see where a slow round spends its time.
         vault_agent::logging::init(vault_agent::logging::LogFormat::Human);

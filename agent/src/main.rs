@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use vault_agent::config;
 use vault_agent::logging::{self, LogFormat};
@@ -40,66 +40,13 @@ enum Command {
         config: PathBuf,
     },
     /// Show the datasets of a running agent.
-    Status {
-        /// The agent's config (its `[http] listen` is asked).
-        #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
-        config: Option<PathBuf>,
-        /// The agent's base URL, e.g. http://127.0.0.1:8787.
-        #[arg(long)]
-        url: Option<String>,
-        /// One dataset, with example paths of what it waits for.
-        #[arg(long)]
-        set_id: Option<String>,
-        /// List the paths of a dataset still pending (written here, not yet confirmed).
-        #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
-        pending: Option<String>,
-        /// Print the JSON the agent answered.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Write a dataset's manifest (reference format, crash-safe).
-    Seal {
-        /// The dataset directory, <share>/<SET-ID>-vaultjob.
-        dir: PathBuf,
-        /// How long to wait for files still open for writing.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        wait: std::time::Duration,
-        /// Write the manifest even if one exists.
-        #[arg(long)]
-        force: bool,
-        /// Take the suffixes from this config.
-        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Seal(SealArgs),
     /// Copy a directory onto the share as a dataset, then write its manifest.
-    Vault {
-        #[arg(long)]
-        source: PathBuf,
-        /// The share's mount point (default: `[share] path` of --config).
-        #[arg(long, required_unless_present = "config")]
-        share: Option<PathBuf>,
-        /// Default: 16 random letters and digits.
-        #[arg(long)]
-        set_id: Option<String>,
-        /// Files copied in parallel.
-        #[arg(long, default_value_t = 8)]
-        jobs: usize,
-        /// Take the share and the suffixes from this config.
-        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Vault(VaultArgs),
     /// Generate test data: random files in 10 to 50 sub-directories.
-    GenData {
-        #[arg(long)]
-        target: PathBuf,
-        /// Total size, e.g. 1GiB.
-        #[arg(long, value_parser = parse_size)]
-        total: u64,
-        #[arg(long, value_parser = parse_size, default_value = "1MiB")]
-        min: u64,
-        #[arg(long, value_parser = parse_size, default_value = "16MiB")]
-        max: u64,
-    },
+    GenData(GenDataArgs),
     /// Reconcile policy plugins: list, test, scaffold.
     Plugin {
         #[command(subcommand)]
@@ -114,6 +61,71 @@ enum Command {
     /// Print a shell completion script (e.g. `vault-agent completions bash >
     /// /etc/bash_completion.d/vault-agent`).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The agent's config (its `[http] listen` is asked).
+    #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
+    config: Option<PathBuf>,
+    /// The agent's base URL, e.g. http://127.0.0.1:8787.
+    #[arg(long)]
+    url: Option<String>,
+    /// One dataset, with example paths of what it waits for.
+    #[arg(long)]
+    set_id: Option<String>,
+    /// List the paths of a dataset still pending (written here, not yet confirmed).
+    #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
+    pending: Option<String>,
+    /// Print the JSON the agent answered.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SealArgs {
+    /// The dataset directory, <share>/<SET-ID>-vaultjob.
+    dir: PathBuf,
+    /// How long to wait for files still open for writing.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
+    /// Write the manifest even if one exists.
+    #[arg(long)]
+    force: bool,
+    /// Take the suffixes from this config.
+    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct VaultArgs {
+    #[arg(long)]
+    source: PathBuf,
+    /// The share's mount point (default: `[share] path` of --config).
+    #[arg(long, required_unless_present = "config")]
+    share: Option<PathBuf>,
+    /// Default: 16 random letters and digits.
+    #[arg(long)]
+    set_id: Option<String>,
+    /// Files copied in parallel.
+    #[arg(long, default_value_t = 8)]
+    jobs: usize,
+    /// Take the share and the suffixes from this config.
+    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenDataArgs {
+    #[arg(long)]
+    target: PathBuf,
+    /// Total size, e.g. 1GiB.
+    #[arg(long, value_parser = parse_size)]
+    total: u64,
+    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    min: u64,
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    max: u64,
 }
 
 #[derive(Subcommand)]
@@ -224,72 +236,59 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// One function per command.
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { config } => cli::check_config::run(&config).await,
-        Command::Status {
-            config,
-            url,
-            set_id,
-            pending,
-            json,
-        } => {
-            let base = match (url, config) {
-                (Some(url), _) => url.trim_end_matches('/').to_owned(),
-                (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
-                (None, None) => cli::status::url_for(config::Config::default().http.listen),
-            };
-            let mode = match (set_id, pending) {
-                (Some(id), _) => cli::status::Mode::Dataset(id),
-                (None, Some(id)) => cli::status::Mode::Pending(id),
-                (None, None) => cli::status::Mode::All,
-            };
-            cli::status::run(&base, mode, json).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Seal {
-            dir,
-            wait,
-            force,
-            config,
-        } => seal(dir, wait, force, config.as_deref()),
-        Command::Vault {
-            source,
-            share,
-            set_id,
-            jobs,
-            config,
-        } => vault(source, share, set_id, jobs, config).await,
-        Command::GenData {
-            target,
-            total,
-            min,
-            max,
-        } => {
-            std::fs::create_dir_all(&target)?;
-            let r = vault_agent::share::gen_data::generate(&target, total, min, max)?;
-            println!(
-                "wrote {} files ({}) in {} directories under {}",
-                r.files,
-                bytesize::ByteSize(r.bytes),
-                r.directories,
-                target.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status(args) => status(args).await,
+        Command::Seal(args) => seal(args),
+        Command::Vault(args) => vault(args).await,
+        Command::GenData(args) => gen_data(args),
         Command::Plugin { command } => plugin(command).await,
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut cli = Cli::command();
-            clap_complete::generate(shell, &mut cli, "vault-agent", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo { files } => {
-            cli::demo::run(files).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => completions(shell),
+        Command::Demo { files } => demo(files).await,
     }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let base = match (args.url, args.config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
+        (None, None) => cli::status::url_for(config::Config::default().http.listen),
+    };
+    let mode = match (args.set_id, args.pending) {
+        (Some(id), _) => cli::status::Mode::Dataset(id),
+        (None, Some(id)) => cli::status::Mode::Pending(id),
+        (None, None) => cli::status::Mode::All,
+    };
+    cli::status::run(&base, mode, args.json).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gen_data(args: GenDataArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.target)?;
+    let r = vault_agent::share::gen_data::generate(&args.target, args.total, args.min, args.max)?;
+    println!(
+        "wrote {} files ({}) in {} directories under {}",
+        r.files,
+        bytesize::ByteSize(r.bytes),
+        r.directories,
+        args.target.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    clap_complete::generate(shell, &mut cli, "vault-agent", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(files: usize) -> anyhow::Result<ExitCode> {
+    cli::demo::run(files).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -311,18 +310,13 @@ async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn seal(
-    dir: PathBuf,
-    wait: Duration,
-    force: bool,
-    config: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let c = classifier(config)?;
+fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
+    let c = classifier(args.config.as_deref())?;
     let options = vault_agent::share::seal::SealOptions {
-        wait_for_writers: wait,
-        force,
+        wait_for_writers: args.wait,
+        force: args.force,
     };
-    let r = vault_agent::share::seal::seal(&dir, &c, &options)?;
+    let r = vault_agent::share::seal::seal(&args.dir, &c, &options)?;
     println!(
         "sealed {}: {} lines ({} directories, {} files) in {}",
         r.set_id,
@@ -334,13 +328,14 @@ fn seal(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn vault(
-    source: PathBuf,
-    share: Option<PathBuf>,
-    set_id: Option<String>,
-    jobs: usize,
-    config: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
+    let VaultArgs {
+        source,
+        share,
+        set_id,
+        jobs,
+        config,
+    } = args;
     let loaded = config.as_deref().map(config::load).transpose()?;
     let share = match (share, &loaded) {
         (Some(s), _) => s,

@@ -3,82 +3,15 @@
 //! queue through a rule, the agent consumes them, and its reconcile events
 //! put on a custom bus reach a queue through a rule, in the reference's shape.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
 use serde_json::{Value, json};
 
-use crate::support::{Env, free_port, http_get};
+use crate::support::Env;
 
-/// moto, wrapped so DynamoDB requests are applied one at a time as the
-/// service does (see the script).
-pub const MOTO_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/moto_server.py");
+pub use crate::moto::Moto;
 
-/// A moto server on 127.0.0.1, killed on drop.
-pub struct Moto {
-    child: Child,
-    pub endpoint: String,
-}
-
-impl Moto {
-    pub fn start() -> Moto {
-        let installed = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            // The README's test command installs what it needs.
-            let ok = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "moto[server]"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "moto is missing and `pip install moto[server]` failed");
-        }
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([MOTO_SERVER, "127.0.0.1", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let start = Instant::now();
-        while http_get(&format!("{endpoint}/moto-api/")).is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, endpoint }
-    }
-
-    pub fn envs(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    }
-
-    pub async fn sdk(&self) -> aws_config::SdkConfig {
-        for (k, v) in self.envs() {
-            // SAFETY: set before any client is built; tests share the values.
-            unsafe { std::env::set_var(k, v) };
-        }
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .load()
-            .await
-    }
-}
-
-/// What a test needs to drive moto itself: a runtime and SDK clients.
 pub struct Clients {
     pub rt: tokio::runtime::Runtime,
     pub sqs: aws_sdk_sqs::Client,
@@ -99,13 +32,6 @@ impl Moto {
             ddb: aws_sdk_dynamodb::Client::new(&sdk),
             rt,
         }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

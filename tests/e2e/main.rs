@@ -8,6 +8,8 @@ mod crash;
 mod hardening;
 mod http;
 mod manifests;
+#[path = "../moto.rs"]
+mod moto;
 mod plugins;
 mod reconcile;
 mod shared;

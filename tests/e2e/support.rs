@@ -310,21 +310,7 @@ impl Drop for AgentProcess {
 }
 
 pub fn gateway_event(key: &str, size: u64, time: &str) -> Value {
-    json!({
-        "version": "0",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "detail-type": "Storage Gateway Object Upload Event",
-        "source": "aws.storagegateway",
-        "account": "123456789012",
-        "time": time,
-        "region": "eu-west-1",
-        "resources": ["arn:aws:storagegateway:eu-west-1:123456789012:share/share-E2E",
-                      "arn:aws:storagegateway:eu-west-1:123456789012:gateway/sgw-E2E",
-                      "arn:aws:s3:::e2e-bucket"],
-        "detail": { "bucket-name": "e2e-bucket", "object-key": key, "object-size": size,
-                    "modification-time": time, "event-type": "object-upload-complete",
-                    "prefix": "" }
-    })
+    vault_agent::notification::sample::gateway_event_at("e2e-bucket", key, size, time)
 }
 
 /// Sets this process's soft open-file limit to `soft` (at most the hard

@@ -154,31 +154,22 @@ impl Policy for ExactMatch {
     }
 }
 
+/// The exact-match rule: the SDK's own source file, so the native policy
+/// and every plugin's default decide alike.
+#[path = "../../../plugins/sdk/src/exact_match.rs"]
+mod exact_match;
+
 /// Complete when every manifest entry matched and nothing else was counted.
 pub fn exact_decision(s: &Summary<'_>) -> Decision {
-    let mut why = Vec::new();
-    if s.missing > 0 {
-        why.push(format!(
-            "{} of {} manifest entries not uploaded yet",
-            s.missing, s.manifest_entries
-        ));
-    }
-    if s.mismatched > 0 {
-        why.push(format!(
-            "{} uploads do not match their manifest entry",
-            s.mismatched
-        ));
-    }
-    if s.unexpected > 0 {
-        why.push(format!("{} uploads are not in the manifest", s.unexpected));
-    }
-    if s.rejected > 0 {
-        why.push(format!("{} uploads were rejected", s.rejected));
-    }
-    if why.is_empty() {
-        Decision::Complete
-    } else {
-        Decision::Wait(why.join("; "))
+    match exact_match::why_incomplete(
+        s.manifest_entries,
+        s.missing,
+        s.mismatched,
+        s.unexpected,
+        s.rejected,
+    ) {
+        None => Decision::Complete,
+        Some(why) => Decision::Wait(why),
     }
 }
 

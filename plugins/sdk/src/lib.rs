@@ -79,22 +79,15 @@ pub trait Policy: Sized + 'static {
     }
 }
 
-/// Complete when every manifest entry matched and nothing else was counted.
+mod exact_match;
+
+/// Complete when every manifest entry matched and nothing else was counted
+/// (the agent's native exact-match runs this same code).
 pub fn exact_decision(s: &Summary) -> Decision {
-    let mut why = Vec::new();
-    if s.missing > 0 {
-        why.push(format!("{} of {} manifest entries not uploaded yet", s.missing, s.manifest_entries));
+    match exact_match::why_incomplete(s.manifest_entries, s.missing, s.mismatched, s.unexpected, s.rejected) {
+        None => Decision::Complete,
+        Some(why) => Decision::Wait(why),
     }
-    if s.mismatched > 0 {
-        why.push(format!("{} uploads do not match their manifest entry", s.mismatched));
-    }
-    if s.unexpected > 0 {
-        why.push(format!("{} uploads are not in the manifest", s.unexpected));
-    }
-    if s.rejected > 0 {
-        why.push(format!("{} uploads were rejected", s.rejected));
-    }
-    if why.is_empty() { Decision::Complete } else { Decision::Wait(why.join("; ")) }
 }
 
 /// Writes a line to the agent's log, attributed to this plugin.
