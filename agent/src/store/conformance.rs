@@ -50,6 +50,10 @@ pub fn run(backend: &Backend) {
             queries_stay_inside_their_dataset,
         ),
         (
+            "problem lists follow the one rule",
+            problem_lists_follow_the_rule,
+        ),
+        (
             "the outbox delivers each event once per sink",
             outbox_per_sink,
         ),
@@ -252,6 +256,57 @@ fn queries_stay_inside_their_dataset(open: &Opener, _shared: bool) {
     let detail = a.reader.dataset_detail("S1", 10).unwrap().unwrap();
     assert_eq!(detail.record.set_id, "S1");
     assert!(detail.missing.is_empty(), "{detail:?}");
+}
+
+fn problem_lists_follow_the_rule(open: &Opener, _shared: bool) {
+    let mut a = open();
+    let mut missing = entry("S", "missing", Verdict::Count);
+    missing.upload = None;
+    missing.local = None;
+    let mut mismatched = entry("S", "mismatched", Verdict::Count);
+    mismatched.upload.as_mut().unwrap().matched = false;
+    let mut unexpected = entry("S", "unexpected", Verdict::Count);
+    unexpected.expected = None;
+    let mut pending = entry("S", "pending", Verdict::Count);
+    pending.local.as_mut().unwrap().size = 10;
+    let mut ignored = entry("S", "ignored", Verdict::Ignore);
+    ignored.expected = None;
+    let rejected = entry("S", "rejected", Verdict::Reject);
+    let unjudged = entry("S", "unjudged", Verdict::Unjudged);
+    let mut local_dir = entry("S", "dir", Verdict::Count);
+    local_dir.local.as_mut().unwrap().is_dir = true;
+    local_dir.local.as_mut().unwrap().size = 4096;
+    let rows = [
+        missing,
+        mismatched,
+        unexpected,
+        pending,
+        ignored,
+        rejected,
+        unjudged,
+        local_dir,
+    ];
+    let mut tx = a.store.begin().unwrap();
+    let mut ds = dataset("S");
+    ds.manifest_loaded = true;
+    for e in &rows {
+        tx.entry("S", &e.key).unwrap();
+        tx.put_entry(e).unwrap();
+        ds.counts += EntryRecord::contribution(Some(e));
+    }
+    tx.dataset("S").unwrap();
+    tx.put_dataset(&ds).unwrap();
+    tx.commit().unwrap();
+    let detail = a.reader.dataset_detail("S", 100).unwrap().unwrap();
+    let mut sorted = rows.to_vec();
+    sorted.sort_by(|x, y| x.key.cmp(&y.key));
+    let expected = super::DatasetDetail::from_entries(detail.record.clone(), sorted, 100);
+    assert_eq!(detail, expected);
+    assert_eq!(
+        expected.missing,
+        ["S-vaultjob/missing", "S-vaultjob/rejected", "S-vaultjob/unjudged"]
+    );
+    assert_eq!(expected.pending, ["S-vaultjob/pending"]);
 }
 
 fn outbox_per_sink(open: &Opener, _shared: bool) {

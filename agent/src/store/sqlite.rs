@@ -337,7 +337,7 @@ impl SqliteTx<'_> {
     /// Runs a query selecting `entry_columns!` rows.
     fn select_entries(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: impl rusqlite::Params,
     ) -> StoreResult<Vec<EntryRecord>> {
         let mut stmt = self.tx.prepare_cached(sql).map_err(self.err())?;
@@ -439,14 +439,13 @@ impl StoreTx for SqliteTx<'_> {
 
     fn unjudged_entries(&mut self, set_id: &str, limit: usize) -> StoreResult<Vec<EntryRecord>> {
         let dataset_dir = self.dataset_dir(set_id);
-        let sql = concat!(
-            "SELECT ",
+        let sql = format!(
+            "SELECT {} FROM entries WHERE {} AND verdict = {} LIMIT ?2",
             entry_columns!("?3"),
-            " FROM entries WHERE ",
             in_dataset!(),
-            " AND verdict = 3 LIMIT ?2"
+            Verdict::Unjudged.code()
         );
-        self.select_entries(sql, params![dataset_dir, limit as i64, set_id])
+        self.select_entries(&sql, params![dataset_dir, limit as i64, set_id])
     }
 
     fn manifest_entries(&mut self, set_id: &str) -> StoreResult<Vec<EntryRecord>> {
@@ -609,11 +608,17 @@ impl StoreReader for SqliteReader {
                 .map_err(sqlite_error(&self.path))?;
             Ok(keys)
         };
+        // EntryRecord::problems in SQL (the conformance suite checks they agree).
+        let counted = Verdict::Count.code();
         let (missing, mismatched, unexpected) = if record.manifest_loaded {
             (
-                list("in_manifest = 1 AND (verdict IS NULL OR verdict != 0)")?,
-                list("in_manifest = 1 AND verdict = 0 AND matched = 0")?,
-                list("in_manifest = 0 AND verdict = 0")?,
+                list(&format!(
+                    "in_manifest = 1 AND (verdict IS NULL OR verdict != {counted})"
+                ))?,
+                list(&format!(
+                    "in_manifest = 1 AND verdict = {counted} AND matched = 0"
+                ))?,
+                list(&format!("in_manifest = 0 AND verdict = {counted}"))?,
             )
         } else {
             Default::default()
