@@ -14,6 +14,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../../tests/moto.rs"]
+mod moto;
 
 use std::io::BufRead;
 use std::path::Path;
@@ -23,8 +25,8 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use common::moto::Moto;
 use common::notification_json;
+use moto::Moto;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use vault_agent::Agent;

@@ -17,9 +17,9 @@ use crate::outbound::Origin;
 use crate::reconcile::plugin::{self, PolicyHealth};
 use crate::reconcile::{Engine, EngineHandle, EngineSettings};
 use crate::server::{self, AppState};
-use crate::sinks;
-use crate::sinks::dispatcher;
+use crate::sinks::{self, AwsConfig, dispatcher};
 use crate::sources::http::HttpSource;
+#[cfg(feature = "aws")]
 use crate::store::dynamodb::DynamoStore;
 use crate::store::local_fs::prepare_state_dir;
 use crate::store::sqlite::SqliteStore;
@@ -69,17 +69,7 @@ impl Agent {
         }
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
         let state_lock = state_lock::lock(&config.agent.state_dir)?;
-        let needs_aws = matches!(config.source, SourceConfig::Sqs { .. })
-            || config.store.backend() == StoreBackend::Dynamodb
-            || config
-                .sinks
-                .iter()
-                .any(|s| s.get_ref().settings().needs_aws());
-        let aws = if needs_aws {
-            Some(crate::aws::sdk_config(&config.aws).await)
-        } else {
-            None
-        };
+        let aws = load_aws(config).await;
         let mut sinks = Vec::new();
         for sink_config in &config.sinks {
             sinks.push(sink_config.get_ref().open(aws.as_ref())?);
@@ -149,35 +139,9 @@ impl Agent {
                 shutdown.clone(),
             )));
         }
-        if let (
-            SourceConfig::Sqs {
-                queue_url,
-                visibility_timeout,
-                receivers,
-            },
-            Some(aws),
-        ) = (&config.source, &aws)
-        {
-            let client = aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::config::Builder::from(aws)
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            // Longer than the 20 s long poll.
-                            .operation_attempt_timeout(std::time::Duration::from_secs(40))
-                            .build(),
-                    )
-                    .build(),
-            );
-            info!(queue = %queue_url, receivers, "consuming notifications from SQS");
-            for _ in 0..receivers.get() {
-                tasks.push(tokio::spawn(crate::sources::sqs::run(
-                    client.clone(),
-                    queue_url.0.clone(),
-                    visibility_timeout.0,
-                    handle.clone(),
-                    shutdown.clone(),
-                )));
-            }
+        #[cfg(feature = "aws")]
+        if let (SourceConfig::Sqs { .. }, Some(aws)) = (&config.source, &aws) {
+            tasks.extend(start_sqs(&config.source, aws, &handle, &shutdown));
         }
         tasks.push(tokio::spawn(recheck(
             handle.clone(),
@@ -255,13 +219,66 @@ impl Agent {
     }
 }
 
+/// The AWS SDK configuration, if some part of the config needs it.
+async fn load_aws(config: &Config) -> Option<AwsConfig> {
+    if config.aws_users().is_empty() {
+        return None;
+    }
+    #[cfg(feature = "aws")]
+    return Some(crate::aws::sdk_config(&config.aws).await);
+    // Refused by the preflight check.
+    #[cfg(not(feature = "aws"))]
+    None
+}
+
+/// The SQS receive loops.
+#[cfg(feature = "aws")]
+fn start_sqs(
+    source: &SourceConfig,
+    aws: &AwsConfig,
+    handle: &EngineHandle,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let SourceConfig::Sqs {
+        queue_url,
+        visibility_timeout,
+        receivers,
+    } = source
+    else {
+        return Vec::new();
+    };
+    let client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(aws)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    // Longer than the 20 s long poll.
+                    .operation_attempt_timeout(std::time::Duration::from_secs(40))
+                    .build(),
+            )
+            .build(),
+    );
+    info!(queue = %queue_url, receivers, "consuming notifications from SQS");
+    (0..receivers.get())
+        .map(|_| {
+            tokio::spawn(crate::sources::sqs::run(
+                client.clone(),
+                queue_url.0.clone(),
+                visibility_timeout.0,
+                handle.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// The configured store, its read side for `/status`, and its outbox.
 async fn open_store(
     config: &Config,
-    aws: Option<&aws_config::SdkConfig>,
+    aws: Option<&AwsConfig>,
     sinks: &[Box<dyn sinks::Sink>],
 ) -> Result<(Box<dyn Store>, Arc<dyn StoreReader>, Arc<dyn Outbox>), StartError> {
     match config.store.backend() {
+        #[cfg(feature = "aws")]
         StoreBackend::Dynamodb => {
             // Config validation requires the table, and `start` loads the
             // AWS configuration for this backend.
@@ -277,6 +294,16 @@ async fn open_store(
             let reader = Arc::new(store.reader());
             info!(%table, "state is shared in DynamoDB");
             Ok((Box::new(store), reader.clone(), reader))
+        }
+        // Refused by the preflight check.
+        #[cfg(not(feature = "aws"))]
+        StoreBackend::Dynamodb => {
+            let _ = (aws, sinks);
+            Err(StoreError::Backend {
+                store: "DynamoDB".into(),
+                message: "this build has no AWS support".into(),
+            }
+            .into())
         }
         StoreBackend::Sqlite => {
             let suffix = &config.share.job_dir_suffix.0;

@@ -11,6 +11,7 @@
 //! commands beyond `run`. [`layering`] lists which module may use which.
 
 pub mod agent;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;
 pub mod cli;

@@ -14,10 +14,17 @@ pub enum PreflightError {
     StateDir(#[from] StoreError),
     #[error("sink {name}: {message}")]
     Sink { name: String, message: String },
+    #[error(
+        "this vault-agent was built without AWS support (the `aws` cargo feature), which {0} needs; install a build with it, or use the HTTP source, the SQLite store and local sinks"
+    )]
+    NoAws(String),
 }
 
 /// Every check that needs no network and changes nothing.
 pub fn check(config: &Config) -> Result<(), PreflightError> {
+    if !cfg!(feature = "aws") && !config.aws_users().is_empty() {
+        return Err(PreflightError::NoAws(config.aws_users().join(", ")));
+    }
     check_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
     for sink in &config.sinks {
         let sink = sink.get_ref();

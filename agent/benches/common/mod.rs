@@ -1,5 +1,5 @@
-//! What the benches share: a gateway-shaped notification, a real agent
-//! started from config text, and moto.
+//! What the benches share: a gateway-shaped notification, and a real agent
+//! started from config text.
 
 use std::path::Path;
 
@@ -24,7 +24,3 @@ pub fn start_agent(config_text: &str, dir: &Path) -> (tokio::runtime::Runtime, A
     let agent = runtime.block_on(Agent::start(&config)).expect("agent");
     (runtime, agent)
 }
-
-#[allow(dead_code)] // Only the AWS benches start moto.
-#[path = "../../../tests/moto.rs"]
-pub mod moto;

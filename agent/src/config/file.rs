@@ -167,6 +167,25 @@ pub struct StoreSection {
     pub table: Option<Spanned<String>>,
 }
 
+impl Config {
+    /// The parts of this config that talk to AWS (empty: none).
+    pub fn aws_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        if matches!(self.source, SourceConfig::Sqs { .. }) {
+            users.push("[source] kind = \"sqs\"".to_owned());
+        }
+        if self.store.backend() == StoreBackend::Dynamodb {
+            users.push("[store] backend = \"dynamodb\"".to_owned());
+        }
+        for sink in &self.sinks {
+            if sink.get_ref().settings().needs_aws() {
+                users.push(format!("[[sink]] {}", sink.get_ref().name()));
+            }
+        }
+        users
+    }
+}
+
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {

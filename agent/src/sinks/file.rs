@@ -43,7 +43,7 @@ impl SinkSettings for FileSettings {
     fn open(
         &self,
         name: String,
-        _aws: Option<&aws_config::SdkConfig>,
+        _aws: Option<&super::AwsConfig>,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(FileSink::open(name, &self.path)?))
     }

@@ -65,11 +65,7 @@ pub trait SinkSettings {
         false
     }
     /// Opens the sink; `aws` is loaded when some part of the config needs it.
-    fn open(
-        &self,
-        name: String,
-        aws: Option<&aws_config::SdkConfig>,
-    ) -> Result<Box<dyn Sink>, SinkError>;
+    fn open(&self, name: String, aws: Option<&AwsConfig>) -> Result<Box<dyn Sink>, SinkError>;
 }
 
 /// A `[[sink]]` entry: its `kind` picks the settings.
@@ -111,7 +107,7 @@ impl SinkConfig {
     }
 
     /// Opens the sink this entry describes.
-    pub fn open(&self, aws: Option<&aws_config::SdkConfig>) -> Result<Box<dyn Sink>, SinkError> {
+    pub fn open(&self, aws: Option<&AwsConfig>) -> Result<Box<dyn Sink>, SinkError> {
         self.settings().open(self.name(), aws)
     }
 }
@@ -121,6 +117,14 @@ impl Default for SinkConfig {
         SinkConfig::Stdout(stdout::StdoutSettings::default())
     }
 }
+
+/// The AWS SDK configuration, loaded when some part of the config needs it.
+#[cfg(feature = "aws")]
+pub type AwsConfig = aws_config::SdkConfig;
+/// Built without the `aws` feature: there is never an AWS configuration.
+#[cfg(not(feature = "aws"))]
+#[derive(Debug)]
+pub enum AwsConfig {}
 
 /// Whether `url` is an absolute http(s) URL.
 pub fn is_http_url(url: &str) -> bool {

@@ -28,7 +28,7 @@ impl SinkSettings for StdoutSettings {
     fn open(
         &self,
         name: String,
-        _aws: Option<&aws_config::SdkConfig>,
+        _aws: Option<&super::AwsConfig>,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(StdoutSink::new(name)))
     }

@@ -46,7 +46,7 @@ impl SinkSettings for WebhookSettings {
     fn open(
         &self,
         name: String,
-        _aws: Option<&aws_config::SdkConfig>,
+        _aws: Option<&super::AwsConfig>,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(WebhookSink::new(
             name,

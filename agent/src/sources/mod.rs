@@ -3,4 +3,5 @@
 //! its sender only after the engine committed them.
 
 pub mod http;
+#[cfg(feature = "aws")]
 pub mod sqs;

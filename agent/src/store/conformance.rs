@@ -277,14 +277,7 @@ fn problem_lists_follow_the_rule(open: &Opener, _shared: bool) {
     local_dir.local.as_mut().unwrap().is_dir = true;
     local_dir.local.as_mut().unwrap().size = 4096;
     let rows = [
-        missing,
-        mismatched,
-        unexpected,
-        pending,
-        ignored,
-        rejected,
-        unjudged,
-        local_dir,
+        missing, mismatched, unexpected, pending, ignored, rejected, unjudged, local_dir,
     ];
     let mut tx = a.store.begin().unwrap();
     let mut ds = dataset("S");
@@ -304,7 +297,11 @@ fn problem_lists_follow_the_rule(open: &Opener, _shared: bool) {
     assert_eq!(detail, expected);
     assert_eq!(
         expected.missing,
-        ["S-vaultjob/missing", "S-vaultjob/rejected", "S-vaultjob/unjudged"]
+        [
+            "S-vaultjob/missing",
+            "S-vaultjob/rejected",
+            "S-vaultjob/unjudged"
+        ]
     );
     assert_eq!(expected.pending, ["S-vaultjob/pending"]);
 }

@@ -14,6 +14,7 @@
 //! test suite every backend passes.
 
 pub mod conformance;
+#[cfg(feature = "aws")]
 pub mod dynamodb;
 pub mod local_fs;
 pub mod memory;
