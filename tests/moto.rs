@@ -87,3 +87,35 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Creates `name` as `config/cloudformation.yaml` creates the table (the
+/// reference's key schema), and waits for nothing: moto creates it at once.
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let key = |attr: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(attr)
+            .key_type(kind)
+            .build()
+            .expect("a key schema element")
+    };
+    let attr = |attr: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(attr)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("an attribute definition")
+    };
+    ddb.create_table()
+        .table_name(name)
+        .key_schema(key("setId", KeyType::Hash))
+        .key_schema(key("objectKey", KeyType::Range))
+        .attribute_definitions(attr("setId"))
+        .attribute_definitions(attr("objectKey"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("moto creates the table");
+}

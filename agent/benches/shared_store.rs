@@ -21,9 +21,6 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use common::notification_json;
 use moto::Moto;
@@ -74,28 +71,7 @@ fn round(agents: usize, datasets: usize, files: usize) -> Round {
     let notifications = messages.len();
 
     let queue_url = rt.block_on(async {
-        let key = |a: &str, k| {
-            KeySchemaElement::builder()
-                .attribute_name(a)
-                .key_type(k)
-                .build()
-        };
-        let attr = |a: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(a)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        ddb.create_table()
-            .table_name("vault-agent")
-            .key_schema(key("setId", KeyType::Hash).expect("key"))
-            .key_schema(key("objectKey", KeyType::Range).expect("key"))
-            .attribute_definitions(attr("setId").expect("attr"))
-            .attribute_definitions(attr("objectKey").expect("attr"))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create table");
+        moto::create_table(&ddb, "vault-agent").await;
         let url = sqs
             .create_queue()
             .queue_name("uploads")

@@ -31,3 +31,9 @@ pub mod store;
 pub mod watcher;
 
 pub use agent::Agent;
+
+/// moto for the unit tests of the DynamoDB backend (the end-to-end tests
+/// and the benchmarks include the same file).
+#[cfg(all(test, feature = "aws"))]
+#[path = "../../tests/moto.rs"]
+pub(crate) mod test_moto;

@@ -18,33 +18,7 @@ use serde_json::{Value, json};
 use crate::aws::{Clients, Fault, FaultProxy, Moto, queue, receive_json, reconcile_bus_to_queue};
 use crate::support::{Env, file_names, http_get};
 
-/// The table as `config/cloudformation.yaml` creates it.
-pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
-    let key = |attr: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(attr)
-            .key_type(kind)
-            .build()
-            .unwrap()
-    };
-    let attr = |attr: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(attr)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    ddb.create_table()
-        .table_name(name)
-        .key_schema(key("setId", KeyType::Hash))
-        .key_schema(key("objectKey", KeyType::Range))
-        .attribute_definitions(attr("setId"))
-        .attribute_definitions(attr("objectKey"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
-}
+pub use crate::moto::create_table;
 
 pub async fn send_all(sqs: &aws_sdk_sqs::Client, url: &str, events: &[Value]) {
     for (n, chunk) in events.chunks(10).enumerate() {

@@ -1247,19 +1247,56 @@ mod tests {
     use crate::store::conformance::{Opened, Opener};
     use crate::store::memory::MemoryStore;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Outbox, StoreReader};
+    use crate::store::{DatasetDetail, Outbox, StoreReader};
 
-    /// The backends the engine's tests run on (DynamoDB runs the same
-    /// protocol in the end-to-end tests, against moto).
+    /// The backends the engine's tests run on: every one.
     #[derive(Clone, Copy)]
     enum Kind {
         Memory,
         Sqlite,
+        #[cfg(feature = "aws")]
+        Dynamodb,
     }
 
+    /// What a DynamoDB-backed test keeps alive: moto, until the test ends.
+    #[cfg(feature = "aws")]
+    type Keep = Option<crate::test_moto::Moto>;
+    #[cfg(not(feature = "aws"))]
+    type Keep = Option<()>;
+
     /// Storage that outlives an engine: each call opens it again.
-    fn storage(kind: Kind, state: &Path) -> Opener {
-        match kind {
+    fn storage(kind: Kind, state: &Path) -> (Opener, Keep) {
+        let opener: Opener = match kind {
+            #[cfg(feature = "aws")]
+            Kind::Dynamodb => {
+                use crate::store::dynamodb::DynamoStore;
+                let moto = crate::test_moto::Moto::start();
+                let rt = tokio::runtime::Handle::current();
+                let client = tokio::task::block_in_place(|| {
+                    rt.block_on(async {
+                        let client = aws_sdk_dynamodb::Client::new(&moto.sdk().await);
+                        crate::test_moto::create_table(&client, "vault-agent").await;
+                        client
+                    })
+                });
+                let opener: Opener = Box::new(move || {
+                    let store = tokio::task::block_in_place(|| {
+                        rt.block_on(DynamoStore::open(
+                            client.clone(),
+                            "vault-agent",
+                            vec!["test".to_owned()],
+                        ))
+                    })
+                    .unwrap();
+                    let reader = Arc::new(store.reader());
+                    Opened {
+                        store: Box::new(store),
+                        reader: reader.clone(),
+                        outbox: reader,
+                    }
+                });
+                return (opener, Some(moto));
+            }
             Kind::Memory => {
                 let store = MemoryStore::new();
                 Box::new(move || Opened {
@@ -1279,11 +1316,13 @@ mod tests {
                     }
                 })
             }
-        }
+        };
+        (opener, None)
     }
 
     struct Harness {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
+        _keep: Keep,
         share: PathBuf,
         open: Opener,
         handle: EngineHandle,
@@ -1296,10 +1335,11 @@ mod tests {
         fn new(kind: Kind, deadline: Duration) -> Harness {
             let (share, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let share_path = share.path().to_owned();
-            let open = storage(kind, state.path());
+            let (open, keep) = storage(kind, state.path());
             let (handle, opened, thread) = Self::start(&open, &share_path, deadline);
             Harness {
                 _dirs: (share, state),
+                _keep: keep,
                 share: share_path,
                 open,
                 handle,
@@ -1319,7 +1359,7 @@ mod tests {
             (Arc<dyn StoreReader>, Arc<dyn Outbox>),
             std::thread::JoinHandle<()>,
         ) {
-            let opened = open();
+            let opened = tokio::task::block_in_place(open);
             let (engine, handle) = Engine::new(
                 opened.store,
                 Box::new(ExactMatch),
@@ -1378,12 +1418,21 @@ mod tests {
             self.handle.ingest(vec![n]).await.unwrap()
         }
 
+        /// (Reads block: off the async worker, for the DynamoDB backend.)
         fn dataset(&self, set_id: &str) -> Option<DatasetRecord> {
-            self.reader
-                .datasets()
-                .unwrap()
-                .into_iter()
-                .find(|d| d.set_id == set_id)
+            self.detail(set_id).map(|d| d.record)
+        }
+
+        fn detail(&self, set_id: &str) -> Option<DatasetDetail> {
+            tokio::task::block_in_place(|| self.reader.dataset_detail(set_id, 10).unwrap())
+        }
+
+        fn entry(&self, set_id: &str, key: &str) -> Option<EntryRecord> {
+            tokio::task::block_in_place(|| {
+                let mut store = (self.open)().store;
+                let mut tx = store.begin().unwrap();
+                tx.entry(set_id, key).unwrap()
+            })
         }
 
         async fn wait_for(&self, what: &str, cond: impl Fn(&Harness) -> bool) {
@@ -1398,7 +1447,7 @@ mod tests {
         }
 
         fn events(&self) -> Vec<OutboxEvent> {
-            self.outbox.pending("test", 100).unwrap()
+            tokio::task::block_in_place(|| self.outbox.pending("test", 100).unwrap())
         }
     }
 
@@ -1431,6 +1480,13 @@ mod tests {
                 $(#[tokio::test(flavor = "multi_thread")]
                 async fn $name() {
                     super::$name(super::Kind::Sqlite).await
+                })*
+            }
+            #[cfg(feature = "aws")]
+            mod dynamodb {
+                $(#[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(super::Kind::Dynamodb).await
                 })*
             }
         };
@@ -1520,17 +1576,13 @@ mod tests {
         let h = Harness::new(kind, HOUR);
         h.send("S3-vaultjob/f", 10, 200).await;
         h.send("S3-vaultjob/f", 5, 100).await;
-        let mut store = (h.open)().store;
-        let mut tx = store.begin().unwrap();
-        let row = tx.entry("S3", "S3-vaultjob/f").unwrap().unwrap();
+        let row = h.entry("S3", "S3-vaultjob/f").unwrap();
         assert_eq!(
             row.upload.as_ref().map(|u| (u.size, u.event_time)),
             Some((10, 200))
         );
-        drop(tx);
         h.send("S3-vaultjob/f", 12, 300).await;
-        let mut tx = store.begin().unwrap();
-        let row = tx.entry("S3", "S3-vaultjob/f").unwrap().unwrap();
+        let row = h.entry("S3", "S3-vaultjob/f").unwrap();
         assert_eq!(
             row.upload.as_ref().map(|u| (u.size, u.event_time)),
             Some((12, 300))
@@ -1586,7 +1638,7 @@ mod tests {
         assert_eq!(d.state, DatasetState::Reconciling);
         assert_eq!(d.unexpected(), Some(1));
         assert_eq!(d.note.as_deref(), Some("1 uploads are not in the manifest"));
-        let detail = h.reader.dataset_detail("S5", 10).unwrap().unwrap();
+        let detail = h.detail("S5").unwrap();
         assert_eq!(detail.unexpected, ["S5-vaultjob/.nfs000000001234"]);
     }
 
