@@ -67,28 +67,49 @@ fn main() {
         copy(&built.join(&file), &dest.join(&file));
     }
     write_lists(&out_dir, &policies);
-    write_wit_package(&root.join("wit").join("reconcile.wit"), &out_dir);
+    write_wit_package(&root.join("wit"), &out_dir);
 }
 
-/// `wit_package.rs`: the WIT package and its policy export, read from the
-/// `package` line of the WIT file (the one place the version is written).
-fn write_wit_package(wit: &Path, out_dir: &Path) {
-    let text = std::fs::read_to_string(wit).unwrap_or_else(|e| panic!("{}: {e}", wit.display()));
-    let package = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("package "))
-        .map(|p| p.trim_end_matches(';').trim().to_owned())
-        .unwrap_or_else(|| panic!("{}: no `package` line", wit.display()));
-    let (name, version) = package
+/// `wit_package.rs`: the WIT packages this agent implements, read from the
+/// `package` lines of `wit/reconcile.wit` (the current version) and of the
+/// frozen older versions in `wit/<version>/reconcile.wit` (the one place each
+/// version is written).
+fn write_wit_package(wit_dir: &Path, out_dir: &Path) {
+    let current = package_of(&wit_dir.join("reconcile.wit"));
+    let mut older: Vec<String> = std::fs::read_dir(wit_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", wit_dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("reconcile.wit"))
+        .filter(|p| p.is_file())
+        .map(|p| package_of(&p))
+        .collect();
+    older.sort();
+    older.reverse();
+    let (name, _) = current
         .split_once('@')
-        .unwrap_or_else(|| panic!("{}: package {package} has no version", wit.display()));
+        .unwrap_or_else(|| panic!("wit/reconcile.wit: package {current} has no version"));
+    let all: Vec<String> = std::iter::once(&current)
+        .chain(&older)
+        .map(|p| format!("{p:?}"))
+        .collect();
     let code = format!(
-        "/// The WIT package this agent implements (from wit/reconcile.wit).\n\
-         pub const SUPPORTED_PACKAGE: &str = {package:?};\n\
-         const POLICY_EXPORT_PREFIX: &str = \"{name}/policy@\";\n\
-         const POLICY_EXPORT: &str = \"{name}/policy@{version}\";\n"
+        "/// The current WIT package (wit/reconcile.wit): what new plugins build against.\n\
+         pub const SUPPORTED_PACKAGE: &str = {current:?};\n\
+         /// Every WIT package this agent loads plugins of, newest first.\n\
+         pub const SUPPORTED_PACKAGES: &[&str] = &[{}];\n\
+         const POLICY_EXPORT_PREFIX: &str = \"{name}/policy@\";\n",
+        all.join(", ")
     );
     std::fs::write(out_dir.join("wit_package.rs"), code).expect("OUT_DIR is writable");
+}
+
+/// The `package` line of a WIT file: `vault:reconcile@0.2.0`.
+fn package_of(wit: &Path) -> String {
+    let text = std::fs::read_to_string(wit).unwrap_or_else(|e| panic!("{}: {e}", wit.display()));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map(|p| p.trim_end_matches(';').trim().to_owned())
+        .unwrap_or_else(|| panic!("{}: no `package` line", wit.display()))
 }
 
 /// The folders under `dir` holding a Cargo.toml, sorted.

@@ -1,5 +1,7 @@
-//! Policy-host figures: per-hook call overhead of a bundled component,
-//! plugin load time cold (compile) and warm (from the compile cache), and
+//! Policy-host figures: per-hook call overhead of a bundled component, the
+//! cost of reading and writing a dataset's policy state (the bundled
+//! `marker` policy), plugin load time cold (compile) and warm (from the
+//! compile cache), and
 //! how long other datasets' notifications wait while a slow policy (about
 //! 20 ms per call) has a large dataset to judge.
 //!
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use vault_agent::notification::UploadKind;
 use vault_agent::reconcile::plugin::{HealthSlot, Limits, PluginHost, PluginSource, WasmPolicy};
-use vault_agent::reconcile::policy::{ExpectedEntry, Policy, Summary, UploadView};
+use vault_agent::reconcile::policy::{ExpectedEntry, Policy, PolicyState, Summary, UploadView};
 
 const CALLS: usize = 200_000;
 
@@ -36,7 +38,7 @@ fn measure(name: &str, mut call: impl FnMut()) {
     }
     let (median, p99) = median_and_p99(samples);
     println!(
-        "  {name:<14} median {:>6.3} us   p99 {:>6.3} us",
+        "  {name:<20} median {:>6.3} us   p99 {:>6.3} us",
         median.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
     );
@@ -77,7 +79,7 @@ fn main() {
     }
 
     let mut policy = WasmPolicy::load(
-        host,
+        host.clone(),
         "exact-match",
         PluginSource::Bundled("exact-match"),
         Vec::new(),
@@ -107,20 +109,61 @@ fn main() {
         rejected: 0,
     };
     println!("per-hook call overhead ({CALLS} calls each, deadline + memory cap armed):");
+    let mut state = None;
     measure("on-upload", || {
-        policy.on_upload(&upload).expect("call");
+        policy.on_upload(&upload, &mut state).expect("call");
     });
     measure("entry-matches", || {
-        policy.entry_matches(&expected, &upload).expect("call");
+        policy
+            .entry_matches(&expected, &upload, &mut state)
+            .expect("call");
     });
     measure("decide", || {
-        policy.decide(&summary).expect("call");
+        policy.decide(&summary, &mut state).expect("call");
     });
     measure("expects", || {
-        policy.expects(upload.set_id, upload.entry).expect("call");
+        policy
+            .expects(upload.set_id, upload.entry, &mut state)
+            .expect("call");
     });
 
+    policy_state_cost(host, &upload, &summary);
     slow_policy_isolation(&upload);
+}
+
+/// The bundled `marker` policy writes the state in `on-upload` of its
+/// marker and reads it in every `decide`: those calls against the same
+/// hooks of a call that touches no state.
+fn policy_state_cost(
+    host: std::sync::Arc<PluginHost>,
+    upload: &UploadView<'_>,
+    summary: &Summary<'_>,
+) {
+    let mut marker = WasmPolicy::load(
+        host,
+        "marker",
+        PluginSource::Bundled("marker"),
+        Vec::new(),
+        HealthSlot::default(),
+    );
+    let marker_upload = UploadView {
+        object_key: "K9x2QpLm7Vb3Ra1Z-vaultjob/_SUCCESS",
+        entry: "K9x2QpLm7Vb3Ra1Z-vaultjob/_SUCCESS",
+        size: 0,
+        ..*upload
+    };
+    println!("policy state (bundled marker policy, {CALLS} calls each):");
+    let mut state = None;
+    measure("on-upload, no state", || {
+        marker.on_upload(upload, &mut state).expect("call");
+    });
+    measure("on-upload, write", || {
+        marker.on_upload(&marker_upload, &mut state).expect("call");
+    });
+    assert!(matches!(&state, Some(PolicyState { policy, .. }) if policy == "marker"));
+    measure("decide, read", || {
+        marker.decide(summary, &mut state).expect("call");
+    });
 }
 
 /// The chaos test component, built by the agent's build script.
@@ -150,7 +193,7 @@ fn calibrate_spin(
         );
         let t = Instant::now();
         for _ in 0..5 {
-            p.on_upload(upload).expect("slow call");
+            p.on_upload(upload, &mut None).expect("slow call");
         }
         let per_call = t.elapsed() / 5;
         if per_call >= target / 2 {

@@ -15,17 +15,24 @@ use crate::notification::{Classifier, Notification, parse_body, parse_event};
 use crate::outbound::Origin;
 use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::plugin::{
-    self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, WasmPolicy, bundled,
+    self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, SUPPORTED_PACKAGES, WasmPolicy,
+    bundled,
 };
 use crate::reconcile::policy::{
-    Decision, ExpectedEntry, NATIVE_EXACT_MATCH, Policy, PolicyError, Summary, UploadVerdict,
-    UploadView,
+    Decision, ExpectedEntry, NATIVE_EXACT_MATCH, Policy, PolicyError, PolicyState, Summary,
+    UploadVerdict, UploadView,
 };
 use crate::store::memory::MemoryStore;
 use crate::store::{DatasetState, StoreReader};
 
 pub fn list() {
-    println!("plugin interface: {SUPPORTED_PACKAGE} (wit/reconcile.wit)");
+    println!(
+        "plugin interface: {SUPPORTED_PACKAGE} (wit/reconcile.wit); new plugins build against it"
+    );
+    println!(
+        "loads plugins built against: {}",
+        SUPPORTED_PACKAGES.join(", ")
+    );
     println!("bundled policies:");
     for (name, bytes) in bundled::BUNDLED {
         println!(
@@ -204,6 +211,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
                 "calls": stats.map(|s| s.calls), "call-time-us": stats.map(|s| s.total.as_micros() as u64),
                 "slowest-call-us": stats.map(|s| s.slowest.as_micros() as u64),
                 "peak-memory-bytes": stats.map(|s| s.peak_memory),
+                "policy-state": d.policy_state,
             }))?
         );
     } else {
@@ -223,6 +231,9 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
                     println!("    {p}");
                 }
             }
+        }
+        if let Some(state) = &d.policy_state {
+            println!("  policy state: {state}");
         }
         if !logs.is_empty() {
             println!("  plugin log:");
@@ -298,28 +309,43 @@ impl Policy for SharedWasm {
     fn wants_expected_sizes(&mut self, set_id: &str) -> bool {
         self.lock().wants_expected_sizes(set_id)
     }
-    fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
-        self.lock().expects(set_id, entry)
+    fn expects(
+        &mut self,
+        set_id: &str,
+        entry: &str,
+        state: &mut Option<PolicyState>,
+    ) -> Result<bool, PolicyError> {
+        self.lock().expects(set_id, entry, state)
     }
     fn begin_batch(&mut self) -> bool {
         self.lock().begin_batch()
     }
-    fn on_upload(&mut self, u: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
-        self.lock().on_upload(u)
+    fn on_upload(
+        &mut self,
+        u: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<UploadVerdict, PolicyError> {
+        self.lock().on_upload(u, state)
     }
     fn entry_matches(
         &mut self,
         e: &ExpectedEntry<'_>,
         u: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
-        self.lock().entry_matches(e, u)
+        self.lock().entry_matches(e, u, state)
     }
-    fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
-        self.lock().decide(s)
+    fn decide(
+        &mut self,
+        s: &Summary<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<Decision, PolicyError> {
+        self.lock().decide(s, state)
     }
 }
 
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const SDK_EXACT_MATCH: &str = include_str!("../../../plugins/sdk/src/exact_match.rs");
 const WIT: &str = include_str!("../../../wit/reconcile.wit");
 
 /// Scaffolds a policy crate (with its own copy of the SDK and WIT) that
@@ -361,6 +387,10 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
                 .into(),
         ),
         ("vault-policy-sdk/src/lib.rs".into(), SDK_LIB.into()),
+        (
+            "vault-policy-sdk/src/exact_match.rs".into(),
+            SDK_EXACT_MATCH.into(),
+        ),
         ("sample/SAMPLE0000000001.manifest".into(), SAMPLE_LINES.join("\n") + "\n"),
         ("sample/events.jsonl".into(), sample_events()),
         ("vault-policy-sdk/wit/reconcile.wit".into(), WIT.into()),

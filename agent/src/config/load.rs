@@ -209,7 +209,7 @@ account = "123456789012"
         let e = parse_str("[reconcile]\npolicy = \"most-things\"\n").unwrap_err();
         assert!(
             e.starts_with(
-                "agent.toml:2:10: unknown reconcile policy \"most-things\"; bundled policies: exact-match, ignore-patterns, size-verified"
+                "agent.toml:2:10: unknown reconcile policy \"most-things\"; bundled policies: exact-match, ignore-patterns, marker, size-verified"
             ),
             "{e}"
         );

@@ -17,7 +17,9 @@ use tracing::{debug, error, info, warn};
 
 use super::manifest::ExpectedLine;
 use super::manifest_reader::{self, ManifestJob, ManifestReader, ReaderSettings};
-use super::policy::{Decision, ExpectedEntry, Policy, Summary, UploadVerdict, UploadView};
+use super::policy::{
+    Decision, ExpectedEntry, Policy, PolicyState, Summary, UploadVerdict, UploadView,
+};
 use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::notification::time::now_ms;
@@ -688,6 +690,7 @@ impl Core {
         set_id: &str,
         row: &mut EntryRecord,
         kind: Option<UploadKind>,
+        state: &mut Option<PolicyState>,
     ) -> Option<String> {
         let key = row.key.as_str();
         let up = row.upload.as_mut()?;
@@ -698,7 +701,7 @@ impl Core {
             });
         let mut note = None;
         let v = view(set_id, key, up, kind);
-        let mut verdict = match self.policy.on_upload(&v) {
+        let mut verdict = match self.policy.on_upload(&v, state) {
             Ok(UploadVerdict::Count) => Verdict::Count,
             Ok(UploadVerdict::Ignore) => Verdict::Ignore,
             Ok(UploadVerdict::Reject(reason)) => {
@@ -720,7 +723,7 @@ impl Core {
             && let Some(size) = row.expected
         {
             let expected = ExpectedEntry { entry: key, size };
-            match self.policy.entry_matches(&expected, &v) {
+            match self.policy.entry_matches(&expected, &v, state) {
                 Ok(m) => matched = m,
                 // Never deferred: it completes the judgment `on-upload` began.
                 Err(e) => {
@@ -793,11 +796,15 @@ impl Core {
             matched: false,
             modified: upload.modified,
         });
-        let note = self.judge(set_id, &mut row, Some(kind));
+        // The policy state travels with the dataset: taken for the calls,
+        // put back after (a failed transaction discards both).
+        let mut state = work.dataset(tx, set_id, now)?.policy_state.take();
+        let note = self.judge(set_id, &mut row, Some(kind), &mut state);
         tx.put_entry(&row)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
         let ds = work.dataset(tx, set_id, now)?;
+        ds.policy_state = state;
         ds.counts -= before;
         ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_seen_ms = ds.last_seen_ms.max(now);
@@ -868,14 +875,18 @@ impl Core {
         // the manifest stays unloaded and is read again at the next re-check.
         let total = lines.len();
         let mut expects_error = None;
-        lines.retain(|(key, _)| match self.policy.expects(set_id, key) {
-            Ok(keep) => keep,
-            Err(e) => {
-                expects_error.get_or_insert(e.to_string());
-                true
-            }
-        });
+        let mut state = ds.policy_state.take();
+        lines.retain(
+            |(key, _)| match self.policy.expects(set_id, key, &mut state) {
+                Ok(keep) => keep,
+                Err(e) => {
+                    expects_error.get_or_insert(e.to_string());
+                    true
+                }
+            },
+        );
         if let Some(message) = expects_error {
+            ds.policy_state = state;
             ds.note = Some(message);
             return Ok(());
         }
@@ -898,13 +909,14 @@ impl Core {
             counts -= EntryRecord::contribution(prev.as_ref());
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
-            if let Some(n) = self.judge(set_id, &mut row, None) {
+            if let Some(n) = self.judge(set_id, &mut row, None, &mut state) {
                 note = Some(n);
             }
             counts += EntryRecord::contribution(Some(&row));
             tx.put_entry(&row)?;
         }
         let ds = work.dataset(tx, set_id, now)?;
+        ds.policy_state = state;
         ds.counts = counts;
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
@@ -1020,12 +1032,13 @@ impl Core {
     ) -> StoreResult<()> {
         const PER_TICK: usize = 10_000;
         let rows = tx.unjudged_entries(set_id, PER_TICK)?;
+        let mut state = work.dataset(tx, set_id, now)?.policy_state.take();
         let mut delta_note = None;
         let mut counts_delta = (Counts::default(), Counts::default());
         self.deferred.remove(set_id);
         for mut row in rows {
             let before = EntryRecord::contribution(Some(&row));
-            let note = self.judge(set_id, &mut row, None);
+            let note = self.judge(set_id, &mut row, None, &mut state);
             if self.deferred.contains(set_id) {
                 // The policy's time is used: the rest waits for a later batch.
                 break;
@@ -1038,6 +1051,7 @@ impl Core {
             tx.put_entry(&row)?;
         }
         let ds = work.dataset(tx, set_id, now)?;
+        ds.policy_state = state;
         ds.counts -= counts_delta.0;
         ds.counts += counts_delta.1;
         ds.note = delta_note;
@@ -1071,7 +1085,7 @@ impl Core {
                         )
                     })))
                 } else {
-                    self.policy.decide(&summary)
+                    self.policy.decide(&summary, &mut ds.policy_state)
                 };
                 match decision {
                     Ok(Decision::Complete) => {

@@ -7,6 +7,9 @@
 //! - [`Policy::entry_matches`]: does an upload satisfy its manifest entry;
 //! - [`Policy::decide`]: complete, wait or fail, given the dataset's counters.
 //!
+//! Each hook about a dataset gets the dataset's [`PolicyState`] slot: what
+//! the policy keeps about it, stored with the dataset by the engine.
+//!
 //! The bundled policies are WebAssembly components (see `plugin`); the
 //! native [`ExactMatch`] is the same rule compiled in, used as the
 //! benchmark baseline. Both implement this trait, as does the per-set-id
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use crate::notification::UploadKind;
 
 pub use crate::config::policy_name::{NATIVE_EXACT_MATCH, is_plugin_path};
+pub use crate::store::{POLICY_STATE_BYTES, PolicyState};
 
 /// An upload as a policy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +110,12 @@ pub trait Policy: Send {
         false
     }
     /// Whether a manifest line takes part in the comparison.
-    fn expects(&mut self, _set_id: &str, _entry: &str) -> Result<bool, PolicyError> {
+    fn expects(
+        &mut self,
+        _set_id: &str,
+        _entry: &str,
+        _state: &mut Option<PolicyState>,
+    ) -> Result<bool, PolicyError> {
         Ok(true)
     }
     /// Called before each batch: the start of a new time budget, and the
@@ -118,13 +127,22 @@ pub trait Policy: Send {
     /// Gives the policy a way to wake the engine (when a replaced plugin
     /// file is ready to take effect).
     fn set_waker(&mut self, _wake: Arc<dyn Fn() + Send + Sync>) {}
-    fn on_upload(&mut self, upload: &UploadView<'_>) -> Result<UploadVerdict, PolicyError>;
+    fn on_upload(
+        &mut self,
+        upload: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<UploadVerdict, PolicyError>;
     fn entry_matches(
         &mut self,
         expected: &ExpectedEntry<'_>,
         upload: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError>;
-    fn decide(&mut self, summary: &Summary<'_>) -> Result<Decision, PolicyError>;
+    fn decide(
+        &mut self,
+        summary: &Summary<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<Decision, PolicyError>;
 }
 
 /// The reference's rule, with its directory fix: the set of notified entries
@@ -137,7 +155,11 @@ impl Policy for ExactMatch {
         NATIVE_EXACT_MATCH
     }
 
-    fn on_upload(&mut self, _: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
+    fn on_upload(
+        &mut self,
+        _: &UploadView<'_>,
+        _: &mut Option<PolicyState>,
+    ) -> Result<UploadVerdict, PolicyError> {
         Ok(UploadVerdict::Count)
     }
 
@@ -145,11 +167,16 @@ impl Policy for ExactMatch {
         &mut self,
         _: &ExpectedEntry<'_>,
         _: &UploadView<'_>,
+        _: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
         Ok(true)
     }
 
-    fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
+    fn decide(
+        &mut self,
+        s: &Summary<'_>,
+        _: &mut Option<PolicyState>,
+    ) -> Result<Decision, PolicyError> {
         Ok(exact_decision(s))
     }
 }
@@ -194,7 +221,7 @@ mod tests {
     #[test]
     fn exact_match_needs_equal_sets() {
         let mut p = ExactMatch;
-        assert_eq!(p.decide(&summary()).unwrap(), Decision::Complete);
+        assert_eq!(p.decide(&summary(), &mut None).unwrap(), Decision::Complete);
         let missing = Summary {
             missing: 1,
             matched: 2,
@@ -202,7 +229,7 @@ mod tests {
             ..summary()
         };
         assert_eq!(
-            p.decide(&missing).unwrap(),
+            p.decide(&missing, &mut None).unwrap(),
             Decision::Wait("1 of 3 manifest entries not uploaded yet".into())
         );
         let extra = Summary {
@@ -211,7 +238,7 @@ mod tests {
             ..summary()
         };
         assert_eq!(
-            p.decide(&extra).unwrap(),
+            p.decide(&extra, &mut None).unwrap(),
             Decision::Wait("1 uploads are not in the manifest".into())
         );
     }

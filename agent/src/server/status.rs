@@ -89,6 +89,7 @@ pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> R
     v["mismatched-paths"] = json!(detail.mismatched);
     v["unexpected-paths"] = json!(detail.unexpected);
     v["pending-paths"] = json!(detail.pending);
+    v["policy-state"] = json!(detail.record.policy_state);
     (StatusCode::OK, Json(v))
 }
 

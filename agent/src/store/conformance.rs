@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::{
     Committed, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, Outbox,
-    OutboxEvent, Store, StoreReader, UploadRecord, Verdict,
+    OutboxEvent, POLICY_STATE_BYTES, PolicyState, Store, StoreError, StoreReader, UploadRecord,
+    Verdict,
 };
 
 /// One backend, opened: what an agent gets from it.
@@ -58,6 +59,10 @@ pub fn run(backend: &Backend) {
             outbox_per_sink,
         ),
         ("claims: exactly one writer decides", one_claim_wins),
+        (
+            "policy state is replaced, cleared, and never lost to a concurrent writer",
+            policy_state_changes,
+        ),
     ];
     for (name, check) in checks {
         let open = (backend.fresh)();
@@ -90,6 +95,10 @@ fn dataset(set_id: &str) -> DatasetRecord {
     ds.manifest_seen_ms = Some(6);
     ds.deadline_ms = Some(1_000_000);
     ds.note = Some("waiting".into());
+    ds.policy_state = Some(PolicyState {
+        policy: "marker".into(),
+        value: b"seen".to_vec(),
+    });
     ds
 }
 
@@ -387,4 +396,51 @@ fn one_claim_wins(open: &Opener, shared: bool) {
     assert_eq!(pending[0].id, "claim-a");
     let detail = b.reader.dataset_detail("S", 10).unwrap().unwrap();
     assert_eq!(detail.record.state, DatasetState::Succeeded);
+}
+
+fn policy_state_changes(open: &Opener, shared: bool) {
+    let mut a = open();
+    commit_dataset(&mut *a.store, "S", &[]);
+    let write = |store: &mut dyn Store, state: Option<PolicyState>| {
+        let mut tx = store.begin().unwrap();
+        let mut ds = tx.dataset("S").unwrap().unwrap();
+        ds.policy_state = state;
+        tx.put_dataset(&ds).unwrap();
+        tx.commit()
+    };
+    // The largest value, binary.
+    let big = PolicyState {
+        policy: "p".into(),
+        value: (0..POLICY_STATE_BYTES).map(|i| i as u8).collect(),
+    };
+    write(&mut *a.store, Some(big.clone())).unwrap();
+    let read = |a: &Opened| a.reader.dataset_detail("S", 1).unwrap().unwrap().record;
+    assert_eq!(read(&open()).policy_state, Some(big.clone()));
+    write(&mut *a.store, None).unwrap();
+    assert_eq!(read(&open()).policy_state, None);
+    write(&mut *a.store, Some(big.clone())).unwrap();
+
+    if !shared {
+        return;
+    }
+    // Another agent read the state, then this one changed it: the other's
+    // write must not silently replace it (its batch runs again instead).
+    let mut b = open();
+    let mut late = b.store.begin().unwrap();
+    let mut ds = late.dataset("S").unwrap().unwrap();
+    let first = PolicyState {
+        policy: "p".into(),
+        value: b"first".to_vec(),
+    };
+    write(&mut *a.store, Some(first.clone())).unwrap();
+    ds.policy_state = Some(PolicyState {
+        policy: "p".into(),
+        value: b"second".to_vec(),
+    });
+    late.put_dataset(&ds).unwrap();
+    match late.commit() {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a write over a concurrent state change: {other:?}"),
+    }
+    assert_eq!(read(&a).policy_state, Some(first));
 }

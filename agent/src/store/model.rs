@@ -163,6 +163,61 @@ pub struct DatasetRecord {
     pub note: Option<String>,
     /// Agent clock of the last local change the share watcher saw.
     pub last_local_ms: Option<i64>,
+    /// What the dataset's policy keeps about it (plugin interface 0.2).
+    pub policy_state: Option<PolicyState>,
+}
+
+/// Longest policy state a dataset keeps.
+pub const POLICY_STATE_BYTES: usize = 4096;
+
+/// A policy's durable memory of one dataset: written in the same
+/// transaction as the call that changed it, so it survives restarts,
+/// reloads and traps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The policy that wrote it (its configured name): another policy
+    /// routed to the dataset later starts empty.
+    pub policy: String,
+    /// At most [`POLICY_STATE_BYTES`], never empty (an empty state is none).
+    pub value: Vec<u8>,
+}
+
+impl PolicyState {
+    /// The value as text, when it is UTF-8 (most policies keep text).
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+
+    pub fn hex(&self) -> String {
+        self.value.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// `{"policy", "bytes", "text" (if UTF-8), "hex"}` in `/status` and
+/// `plugin test --json`.
+impl serde::Serialize for PolicyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("policy", &self.policy)?;
+        map.serialize_entry("bytes", &self.value.len())?;
+        if let Some(text) = self.text() {
+            map.serialize_entry("text", text)?;
+        }
+        map.serialize_entry("hex", &self.hex())?;
+        map.end()
+    }
+}
+
+/// `marker: 3 bytes "yes"` (or the hex of a binary value).
+impl std::fmt::Display for PolicyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} bytes ", self.policy, self.value.len())?;
+        match self.text() {
+            Some(text) => write!(f, "{text:?}"),
+            None => write!(f, "0x{}", self.hex()),
+        }
+    }
 }
 
 impl DatasetRecord {
@@ -181,6 +236,7 @@ impl DatasetRecord {
             decided_ms: None,
             note: None,
             last_local_ms: None,
+            policy_state: None,
         }
     }
 

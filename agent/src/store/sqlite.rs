@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 
 use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, UploadRecord, Verdict,
+    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadRecord, Verdict,
 };
 use super::{
     Committed, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult, StoreTx,
@@ -22,7 +22,7 @@ use super::{
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
 const SCHEMA: &str = "
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     note TEXT,
     local_files INTEGER NOT NULL DEFAULT 0, local_bytes INTEGER NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0, pending_bytes INTEGER NOT NULL DEFAULT 0,
-    last_local_ms INTEGER
+    last_local_ms INTEGER,
+    policy_name TEXT, policy_state BLOB
 ) WITHOUT ROWID;
 -- One row per path: the reference's upload record (object_key, bucket, size,
 -- event_time; its setId is the key's top directory minus the suffix) and/or
@@ -70,7 +71,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, manifest_size, \
     manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
     ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, \
-    unjudged, local_files, local_bytes, pending, pending_bytes, last_local_ms";
+    unjudged, local_files, local_bytes, pending, pending_bytes, last_local_ms, policy_name, \
+    policy_state";
 
 /// The columns of an entry row, `$set` being the parameter that carries the
 /// set-id (rows do not store it: the key's top directory determines it).
@@ -117,6 +119,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE entries ADD COLUMN local_mtime INTEGER;
          ALTER TABLE entries ADD COLUMN local_dir INTEGER;
          ALTER TABLE entries ADD COLUMN local_seen INTEGER;",
+    ),
+    (
+        4,
+        "ALTER TABLE datasets ADD COLUMN policy_name TEXT;
+         ALTER TABLE datasets ADD COLUMN policy_state BLOB;",
     ),
 ];
 
@@ -364,7 +371,7 @@ impl StoreTx for SqliteTx<'_> {
         let sql = format!(
             "INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-             ?21, ?22, ?23, ?24, ?25)"
+             ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
         );
         let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
         let m = d.manifest.as_ref();
@@ -394,6 +401,8 @@ impl StoreTx for SqliteTx<'_> {
             d.counts.pending as i64,
             d.counts.pending_bytes as i64,
             d.last_local_ms,
+            d.policy_state.as_ref().map(|p| &p.policy),
+            d.policy_state.as_ref().map(|p| &p.value),
         ])
         .map_err(self.err())?;
         Ok(())
@@ -763,10 +772,28 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
             decided_ms: r.get(17)?,
             note: r.get(18)?,
             last_local_ms: r.get(24)?,
+            policy_state: match (
+                r.get::<_, Option<String>>(25)?,
+                r.get::<_, Option<Vec<u8>>>(26)?,
+            ) {
+                (Some(policy), Some(value)) if !value.is_empty() => {
+                    Some(PolicyState { policy, value })
+                }
+                _ => None,
+            },
         };
         Ok((record, state))
     };
     let (mut record, state) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(p) = &record.policy_state
+        && p.value.len() > POLICY_STATE_BYTES
+    {
+        return Err(StoreError::Corrupt(format!(
+            "dataset {}: a policy state of {} bytes (at most {POLICY_STATE_BYTES})",
+            record.set_id,
+            p.value.len()
+        )));
+    }
     record.state = DatasetState::parse(&state)
         .ok_or_else(|| StoreError::Corrupt(format!("dataset state {state:?}")))?;
     Ok(record)

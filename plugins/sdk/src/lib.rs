@@ -90,6 +90,31 @@ pub fn exact_decision(s: &Summary) -> Decision {
     }
 }
 
+/// What the policy keeps about the dataset of the current call: a small
+/// value ([`state::MAX_BYTES`] at most) the agent stores with the dataset,
+/// in the same transaction as the notification whose call set it. It
+/// survives agent restarts, plugin reloads and traps; keep here whatever a
+/// later call must know (a marker seen, a running total), never in the
+/// policy's own memory, which the agent may throw away at any time.
+///
+/// A call that fails (traps, panics, runs out of time) changes nothing.
+pub mod state {
+    /// The largest value [`set`] accepts.
+    pub const MAX_BYTES: usize = 4096;
+
+    /// The dataset's state: empty until set, and in `init` and
+    /// `wants_expected_sizes` (which are about no dataset).
+    pub fn get() -> Vec<u8> {
+        crate::bindings::vault::reconcile::state::get()
+    }
+
+    /// Replaces the dataset's state; an empty value clears it. Errors,
+    /// changing nothing, over [`MAX_BYTES`] or outside a dataset's call.
+    pub fn set(value: &[u8]) -> Result<(), String> {
+        crate::bindings::vault::reconcile::state::set(value)
+    }
+}
+
 /// Writes a line to the agent's log, attributed to this plugin.
 pub fn log(level: Level, message: &str) {
     bindings::vault::reconcile::host::log(level, message);

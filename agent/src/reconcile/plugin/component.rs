@@ -20,15 +20,12 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use super::host::bindings::exports::vault::reconcile::policy::Guest;
-use super::host::bindings::vault::reconcile::types as wit;
-use super::host::bindings::{ReconcilePolicy, ReconcilePolicyPre};
-use super::host::{HostState, Limits, LoadedFrom, PluginHost, SUPPORTED_PACKAGE, capped};
+use super::bindings::{BoundPolicy, PolicyPre};
+use super::host::{HostState, Limits, LoadedFrom, PluginHost, capped};
 use super::reloader::{self, Prepared, Reloader, Waker};
 use super::{HealthSlot, PluginError, PluginHealth, PluginSource};
-use crate::notification::UploadKind;
 use crate::reconcile::policy::{
-    Decision, ExpectedEntry, Policy, PolicyError, Summary, UploadVerdict, UploadView,
+    Decision, ExpectedEntry, Policy, PolicyError, PolicyState, Summary, UploadVerdict, UploadView,
 };
 
 pub const QUARANTINE_AFTER: u32 = 3;
@@ -47,9 +44,11 @@ pub struct CallStats {
 }
 
 struct Loaded {
-    pre: ReconcilePolicyPre<HostState>,
+    pre: PolicyPre,
+    /// The interface version the component was built against.
+    package: &'static str,
     /// None after a failed call: the next call instantiates afresh.
-    live: Option<(Store<HostState>, ReconcilePolicy)>,
+    live: Option<(Store<HostState>, BoundPolicy)>,
     wants_sizes: bool,
     sha256: String,
     loaded_from: LoadedFrom,
@@ -77,8 +76,6 @@ pub struct WasmPolicy {
     health: HealthSlot,
     capture_logs: bool,
     captured: Vec<String>,
-    /// Reused for every call, so a hook call allocates no strings here.
-    scratch: wit::Upload,
 }
 
 impl WasmPolicy {
@@ -108,7 +105,6 @@ impl WasmPolicy {
             health,
             capture_logs: false,
             captured: Vec::new(),
-            scratch: empty_upload(),
         };
         policy.loaded = reloader::prepare(&policy.host, &policy.name, &policy.source)
             .and_then(|prepared| policy.activate(prepared));
@@ -144,6 +140,7 @@ impl WasmPolicy {
     fn activate(&mut self, prepared: Prepared) -> Result<Loaded, PluginError> {
         let mut loaded = Loaded {
             pre: prepared.pre,
+            package: prepared.package,
             live: None,
             wants_sizes: false,
             sha256: prepared.sha256,
@@ -167,18 +164,17 @@ impl WasmPolicy {
     /// dataset). Err is the reason, for the operator.
     fn instantiate(
         &mut self,
-        pre: &ReconcilePolicyPre<HostState>,
-    ) -> Result<(Store<HostState>, ReconcilePolicy, bool), String> {
+        pre: &PolicyPre,
+    ) -> Result<(Store<HostState>, BoundPolicy, bool), String> {
         let mut store = self.host.new_store(&self.name);
         store.data_mut().captured = self.capture_logs.then(Vec::new);
         store.set_epoch_deadline(self.host.deadline_ticks());
         store.data_mut().begin_call();
-        let instance = pre
+        store.data_mut().state.enter_none();
+        let policy = pre
             .instantiate(&mut store)
             .map_err(|e| describe_failure(&self.host.limits, &store, &e))?;
-        let policy = instance.vault_reconcile_policy();
-        let settings = self.settings.clone();
-        match policy.call_init(&mut store, &settings) {
+        match policy.init(&mut store, &self.settings) {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 return Err(format!("init refused its settings: {}", capped(message)));
@@ -192,14 +188,14 @@ impl WasmPolicy {
         }
         store.set_epoch_deadline(self.host.deadline_ticks());
         // A trap here poisons the instance: it is not kept.
-        let wants_sizes = policy.call_wants_expected_sizes(&mut store).map_err(|e| {
+        let wants_sizes = policy.wants_expected_sizes(&mut store).map_err(|e| {
             format!(
                 "wants-expected-sizes failed: {}",
                 describe_failure(&self.host.limits, &store, &e)
             )
         })?;
         self.drain_captured(&mut store);
-        Ok((store, instance, wants_sizes))
+        Ok((store, policy, wants_sizes))
     }
 
     fn drain_captured(&mut self, store: &mut Store<HostState>) {
@@ -208,11 +204,14 @@ impl WasmPolicy {
         }
     }
 
-    /// Runs one hook under the limits, failing closed.
+    /// Runs one hook under the limits, failing closed. `state`: the
+    /// dataset's policy state, which the call may change (kept only if it
+    /// returns).
     fn call<T>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<T>,
+        state: &mut Option<PolicyState>,
+        f: impl FnOnce(&mut BoundPolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyError> {
         let fail = |policy: &WasmPolicy, message: String| {
             PolicyError::failed(policy.label(), call, message)
@@ -275,9 +274,14 @@ impl WasmPolicy {
         };
         store.set_epoch_deadline(self.host.deadline_ticks());
         store.data_mut().begin_call();
+        store.data_mut().state.enter(&self.name, state);
         let start = Instant::now();
-        let result = f(instance.vault_reconcile_policy(), store);
+        let result = f(instance, store);
         let elapsed = start.elapsed();
+        store
+            .data_mut()
+            .state
+            .leave(&self.name, state, result.is_ok());
         self.batch_spent += elapsed;
         self.batch_calls = self.batch_calls.saturating_add(1);
         self.stats.calls += 1;
@@ -366,13 +370,14 @@ impl WasmPolicy {
         reloaded
     }
 
-    /// "name (source, vault:reconcile@0.1.0, sha256 0123abcd)" for messages.
+    /// "name (source, vault:reconcile@0.2.0, sha256 0123abcd)" for messages.
     pub fn label(&self) -> String {
         match &self.loaded {
             Ok(l) => format!(
-                "{} ({}, {SUPPORTED_PACKAGE}, sha256 {})",
+                "{} ({}, {}, sha256 {})",
                 self.name,
                 self.source,
+                l.package,
                 &l.sha256[..12]
             ),
             Err(_) => format!("{} ({})", self.name, self.source),
@@ -450,35 +455,6 @@ fn describe_failure(limits: &Limits, store: &Store<HostState>, e: &wasmtime::Err
     }
 }
 
-fn empty_upload() -> wit::Upload {
-    wit::Upload {
-        set_id: String::new(),
-        object_key: String::new(),
-        entry: String::new(),
-        size: 0,
-        event_time: 0,
-        kind: wit::UploadKind::Data,
-    }
-}
-
-/// Copies a view into the reusable record (keeping its string buffers).
-fn fill(record: &mut wit::Upload, view: &UploadView<'_>) {
-    for (to, from) in [
-        (&mut record.set_id, view.set_id),
-        (&mut record.object_key, view.object_key),
-        (&mut record.entry, view.entry),
-    ] {
-        to.clear();
-        to.push_str(from);
-    }
-    record.size = view.size;
-    record.event_time = view.event_time;
-    record.kind = match view.kind {
-        UploadKind::Data => wit::UploadKind::Data,
-        UploadKind::Manifest => wit::UploadKind::Manifest,
-    };
-}
-
 impl Policy for WasmPolicy {
     fn name(&self) -> &str {
         &self.name
@@ -492,8 +468,13 @@ impl Policy for WasmPolicy {
         self.loaded.as_ref().is_ok_and(|l| l.wants_sizes)
     }
 
-    fn expects(&mut self, _set_id: &str, entry: &str) -> Result<bool, PolicyError> {
-        self.call("expects", |g, s| g.call_expects(s, entry))
+    fn expects(
+        &mut self,
+        _set_id: &str,
+        entry: &str,
+        state: &mut Option<PolicyState>,
+    ) -> Result<bool, PolicyError> {
+        self.call("expects", state, |p, s| p.expects(s, entry))
     }
 
     fn begin_batch(&mut self) -> bool {
@@ -517,53 +498,30 @@ impl Policy for WasmPolicy {
         }
     }
 
-    fn on_upload(&mut self, view: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
-        let mut arg = std::mem::replace(&mut self.scratch, empty_upload());
-        fill(&mut arg, view);
-        let verdict = self.call("on-upload", |g, s| g.call_on_upload(s, &arg));
-        self.scratch = arg;
-        Ok(match verdict? {
-            wit::UploadVerdict::Count => UploadVerdict::Count,
-            wit::UploadVerdict::Ignore => UploadVerdict::Ignore,
-            wit::UploadVerdict::Reject(reason) => UploadVerdict::Reject(capped(reason)),
-        })
+    fn on_upload(
+        &mut self,
+        view: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<UploadVerdict, PolicyError> {
+        self.call("on-upload", state, |p, s| p.on_upload(s, view))
     }
 
     fn entry_matches(
         &mut self,
         expected: &ExpectedEntry<'_>,
         view: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
-        let expected = wit::ExpectedEntry {
-            entry: expected.entry.to_owned(),
-            size: expected.size,
-        };
-        let mut arg = std::mem::replace(&mut self.scratch, empty_upload());
-        fill(&mut arg, view);
-        let matched = self.call("entry-matches", |g, s| {
-            g.call_entry_matches(s, &expected, &arg)
-        });
-        self.scratch = arg;
-        matched
+        self.call("entry-matches", state, |p, s| {
+            p.entry_matches(s, expected, view)
+        })
     }
 
-    fn decide(&mut self, s: &Summary<'_>) -> Result<Decision, PolicyError> {
-        let summary = wit::Summary {
-            set_id: s.set_id.to_owned(),
-            manifest_entries: s.manifest_entries,
-            received: s.received,
-            matched: s.matched,
-            mismatched: s.mismatched,
-            missing: s.missing,
-            unexpected: s.unexpected,
-            ignored: s.ignored,
-            rejected: s.rejected,
-        };
-        let decision = self.call("decide", |g, st| g.call_decide(st, &summary))?;
-        Ok(match decision {
-            wit::Decision::Complete => Decision::Complete,
-            wit::Decision::Wait(reason) => Decision::Wait(capped(reason)),
-            wit::Decision::Fail(reason) => Decision::Fail(capped(reason)),
-        })
+    fn decide(
+        &mut self,
+        summary: &Summary<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<Decision, PolicyError> {
+        self.call("decide", state, |p, s| p.decide(s, summary))
     }
 }

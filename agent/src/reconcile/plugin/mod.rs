@@ -6,9 +6,11 @@
 //! [`router`] picks a policy per set-id, and [`bundled`] holds the policies
 //! built from `plugins/` into the binary.
 
+mod bindings;
 pub mod bundled;
 pub mod compile_job;
 pub mod component;
+mod dataset_state;
 mod frozen_time;
 pub mod host;
 mod output;
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use component::{CallStats, WasmPolicy};
-pub use host::{Limits, PluginHost, SUPPORTED_PACKAGE};
+pub use host::{Limits, PluginHost, SUPPORTED_PACKAGE, SUPPORTED_PACKAGES};
 
 use crate::config::ReconcileSection;
 use crate::reconcile::policy::{self, ExactMatch, Policy};
@@ -50,10 +52,11 @@ pub enum PluginError {
     #[error("plugin {plugin}: does not compile: {message}")]
     Compile { plugin: String, message: String },
     #[error(
-        "plugin {plugin}: built for {found}, but this agent supports {SUPPORTED_PACKAGE} only; rebuild it against this agent's wit/"
+        "plugin {plugin}: built for {found}, but this agent supports {} only; rebuild it against this agent's wit/",
+        SUPPORTED_PACKAGES.join(", ")
     )]
     WrongVersion { plugin: String, found: String },
-    #[error("plugin {plugin}: missing export `vault:reconcile/policy` ({SUPPORTED_PACKAGE}); it exports {}", list(.exports))]
+    #[error("plugin {plugin}: missing export `vault:reconcile/policy` ({}); it exports {}", SUPPORTED_PACKAGES.join(", "), list(.exports))]
     MissingExport {
         plugin: String,
         exports: Vec<String>,

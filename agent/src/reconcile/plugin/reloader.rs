@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::host::bindings::ReconcilePolicyPre;
-use super::host::{HostState, LoadedFrom, PluginHost, hex};
+use super::bindings::PolicyPre;
+use super::host::{LoadedFrom, PluginHost, hex};
 use super::{PluginError, PluginSource};
 
 /// How often a plugin file is looked at.
@@ -26,7 +26,9 @@ pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// A component compiled, checked and linked, not yet instantiated.
 pub struct Prepared {
-    pub pre: ReconcilePolicyPre<HostState>,
+    pub pre: PolicyPre,
+    /// The interface version it was built against.
+    pub package: &'static str,
     pub sha256: String,
     pub loaded_from: LoadedFrom,
     pub started: Instant,
@@ -41,10 +43,11 @@ pub fn prepare(
     let started = Instant::now();
     let bytes = source.bytes(name, host.limits.component_bytes)?;
     let (component, loaded_from) = host.compile(name, &bytes)?;
-    host.check_world(name, &component)?;
-    let pre = host.instantiate_pre(name, &component)?;
+    let package = host.check_world(name, &component)?;
+    let pre = host.instantiate_pre(name, &component, package)?;
     Ok(Prepared {
         pre,
+        package,
         sha256: hex(&Sha256::digest(&bytes)),
         loaded_from,
         started,

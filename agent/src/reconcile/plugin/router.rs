@@ -2,7 +2,7 @@
 //! the first whose glob matches the set-id decides; otherwise the default.
 
 use crate::reconcile::policy::{
-    Decision, ExpectedEntry, Policy, PolicyError, Summary, UploadVerdict, UploadView,
+    Decision, ExpectedEntry, Policy, PolicyError, PolicyState, Summary, UploadVerdict, UploadView,
 };
 
 pub struct PolicyRouter {
@@ -41,8 +41,13 @@ impl Policy for PolicyRouter {
         self.route(set_id).wants_expected_sizes(set_id)
     }
 
-    fn expects(&mut self, set_id: &str, entry: &str) -> Result<bool, PolicyError> {
-        self.route(set_id).expects(set_id, entry)
+    fn expects(
+        &mut self,
+        set_id: &str,
+        entry: &str,
+        state: &mut Option<PolicyState>,
+    ) -> Result<bool, PolicyError> {
+        self.route(set_id).expects(set_id, entry, state)
     }
 
     fn begin_batch(&mut self) -> bool {
@@ -60,20 +65,30 @@ impl Policy for PolicyRouter {
         }
     }
 
-    fn on_upload(&mut self, upload: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
-        self.route(upload.set_id).on_upload(upload)
+    fn on_upload(
+        &mut self,
+        upload: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<UploadVerdict, PolicyError> {
+        self.route(upload.set_id).on_upload(upload, state)
     }
 
     fn entry_matches(
         &mut self,
         expected: &ExpectedEntry<'_>,
         upload: &UploadView<'_>,
+        state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
-        self.route(upload.set_id).entry_matches(expected, upload)
+        self.route(upload.set_id)
+            .entry_matches(expected, upload, state)
     }
 
-    fn decide(&mut self, summary: &Summary<'_>) -> Result<Decision, PolicyError> {
-        self.route(summary.set_id).decide(summary)
+    fn decide(
+        &mut self,
+        summary: &Summary<'_>,
+        state: &mut Option<PolicyState>,
+    ) -> Result<Decision, PolicyError> {
+        self.route(summary.set_id).decide(summary, state)
     }
 }
 
@@ -88,17 +103,26 @@ mod tests {
         fn name(&self) -> &str {
             self.0
         }
-        fn on_upload(&mut self, _: &UploadView<'_>) -> Result<UploadVerdict, PolicyError> {
+        fn on_upload(
+            &mut self,
+            _: &UploadView<'_>,
+            _: &mut Option<PolicyState>,
+        ) -> Result<UploadVerdict, PolicyError> {
             Ok(UploadVerdict::Ignore)
         }
         fn entry_matches(
             &mut self,
             _: &ExpectedEntry<'_>,
             _: &UploadView<'_>,
+            _: &mut Option<PolicyState>,
         ) -> Result<bool, PolicyError> {
             Ok(false)
         }
-        fn decide(&mut self, _: &Summary<'_>) -> Result<Decision, PolicyError> {
+        fn decide(
+            &mut self,
+            _: &Summary<'_>,
+            _: &mut Option<PolicyState>,
+        ) -> Result<Decision, PolicyError> {
             Ok(Decision::Fail("named".into()))
         }
     }

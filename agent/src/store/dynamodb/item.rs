@@ -15,13 +15,17 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::store::{
     Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent,
-    StoreError, StoreResult, UploadRecord, Verdict,
+    POLICY_STATE_BYTES, PolicyState, StoreError, StoreResult, UploadRecord, Verdict,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
 
 pub const PK: &str = "setId";
 pub const SK: &str = "objectKey";
+/// A dataset's policy state: the policy that wrote it, and the value.
+pub const POLICY_NAME: &str = "policyName";
+pub const POLICY_STATE: &str = "policyState";
+
 /// The sort key of a dataset's state item.
 pub const DATASET_SK: &str = "#dataset/";
 /// One item per dataset not yet decided (sort key: the set-id).
@@ -181,7 +185,31 @@ pub fn dataset_from_item(item: &Item) -> StoreResult<DatasetRecord> {
         decided_ms: get_n(item, "decidedMs")?,
         note: get_s(item, "note").map(str::to_owned),
         last_local_ms: get_n(item, "lastLocalMs")?,
+        policy_state: policy_state_from_item(item, set_id)?,
     })
+}
+
+fn policy_state_from_item(item: &Item, set_id: &str) -> StoreResult<Option<PolicyState>> {
+    let value = match item.get(POLICY_STATE) {
+        Some(AttributeValue::B(blob)) => blob.as_ref(),
+        Some(_) => {
+            return Err(StoreError::Corrupt(format!(
+                "dataset {set_id}: {POLICY_STATE} is not binary"
+            )));
+        }
+        None => return Ok(None),
+    };
+    if value.len() > POLICY_STATE_BYTES {
+        return Err(StoreError::Corrupt(format!(
+            "dataset {set_id}: a policy state of {} bytes (at most {POLICY_STATE_BYTES})",
+            value.len()
+        )));
+    }
+    let policy = required(get_s(item, POLICY_NAME), item, POLICY_NAME)?;
+    Ok((!value.is_empty()).then(|| PolicyState {
+        policy: policy.to_owned(),
+        value: value.to_vec(),
+    }))
 }
 
 pub fn outbox_item(ev: &OutboxEvent, sinks: &[String]) -> Item {

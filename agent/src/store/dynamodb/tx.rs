@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use tracing::debug;
 
@@ -26,7 +27,8 @@ use super::item::{
 };
 use super::table::{TRANSACTION_MAX, Table, TransactFailure, build_error};
 use crate::store::{
-    Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, StoreError, StoreResult, StoreTx,
+    Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, PolicyState, StoreError,
+    StoreResult, StoreTx,
 };
 
 /// An entry as read (with its version) and as this batch left it.
@@ -488,6 +490,7 @@ fn dataset_update(
     put: Option<&DatasetRecord>,
 ) -> StoreResult<Option<Update>> {
     let mut u = UpdateBuilder::default();
+    let mut condition = None;
     for (name, delta) in Counts::NAMES.iter().zip(unit.delta) {
         if delta != 0 {
             u.add(name, delta);
@@ -536,16 +539,61 @@ fn dataset_update(
         {
             u.set("lastLocalMs", n(t));
         }
+        if ds.policy_state != old.policy_state {
+            condition = Some(policy_state_update(
+                &mut u,
+                old.policy_state.as_ref(),
+                ds.policy_state.as_ref(),
+            ));
+        }
     } else if base.is_none() && unit.last {
         u.set_if_absent("firstSeenMs", n(crate::notification::time::now_ms()));
     }
     if u.is_empty() {
         return Ok(None);
     }
-    u.finish(table, key(unit.set_id, DATASET_SK))
-        .build()
-        .map(Some)
-        .map_err(|e| build_error(table, e))
+    let update = u.finish(table, key(unit.set_id, DATASET_SK));
+    match condition {
+        Some(c) => update.condition_expression(c),
+        None => update,
+    }
+    .build()
+    .map(Some)
+    .map_err(|e| build_error(table, e))
+}
+
+/// Writes a dataset's new policy state, on the condition that the stored
+/// one is still what this batch read: two agents judging the same dataset
+/// at once must not overwrite each other's state (the loser's batch runs
+/// again on fresh reads). Returns the condition.
+fn policy_state_update(
+    u: &mut UpdateBuilder,
+    old: Option<&PolicyState>,
+    new: Option<&PolicyState>,
+) -> String {
+    let (name_attr, value_attr) = (u.name(item::POLICY_NAME), u.name(item::POLICY_STATE));
+    let condition = match old {
+        Some(p) => {
+            let value = u.value(AttributeValue::B(Blob::new(p.value.clone())));
+            let name = u.value(s(&p.policy));
+            format!("{value_attr} = {value} AND {name_attr} = {name}")
+        }
+        None => format!("attribute_not_exists({value_attr})"),
+    };
+    match new {
+        Some(p) => {
+            u.set(item::POLICY_NAME, s(&p.policy));
+            u.set(
+                item::POLICY_STATE,
+                AttributeValue::B(Blob::new(p.value.clone())),
+            );
+        }
+        None => {
+            u.remove(item::POLICY_NAME);
+            u.remove(item::POLICY_STATE);
+        }
+    }
+    condition
 }
 
 /// An `UpdateExpression` with placeholders for every name and value (some

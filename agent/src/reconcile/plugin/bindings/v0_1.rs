@@ -1,0 +1,6 @@
+//! `vault:reconcile@0.1.0` (`wit/0.1.0/`): the first interface, without
+//! policy state.
+
+wasmtime::component::bindgen!({ path: "../wit/0.1.0", world: "reconcile-policy" });
+
+version_module!();
