@@ -11,6 +11,7 @@ mod manifests;
 #[path = "../moto.rs"]
 mod moto;
 mod plugins;
+mod policy_state;
 mod reconcile;
 mod shared;
 

@@ -416,7 +416,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
         ("MISS", "missing export `vault:reconcile/policy`"),
         (
             "VERS",
-            "built for vault:reconcile@0.9.0, but this agent supports vault:reconcile@0.1.0",
+            "built for vault:reconcile@0.9.0, but this agent supports vault:reconcile@0.2.0, vault:reconcile@0.1.0 only",
         ),
         ("JUNK", "not a WebAssembly file"),
         (
@@ -685,7 +685,8 @@ fn plugin_test_and_new_guide_a_first_time_author() {
     let out = test("exact-macth", &events);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("the bundled ones are exact-match, ignore-patterns, size-verified"),
+        text(&out)
+            .contains("the bundled ones are exact-match, ignore-patterns, marker, size-verified"),
         "{}",
         text(&out)
     );

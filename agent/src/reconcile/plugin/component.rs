@@ -110,7 +110,7 @@ impl WasmPolicy {
             .and_then(|prepared| policy.activate(prepared));
         match &policy.loaded {
             Ok(l) => tracing::info!(
-                plugin = %policy.name, source = %policy.source, sha256 = &l.sha256[..12],
+                plugin = %policy.name, source = %policy.source, interface = l.package, sha256 = &l.sha256[..12],
                 from = ?l.loaded_from, load_ms = l.load_time.as_secs_f64() * 1e3, "policy plugin loaded"
             ),
             Err(e) => {
