@@ -5,6 +5,7 @@
 //!
 //!     cargo bench -p vault-agent --bench replay -- [--notifications N] [--datasets D]
 //!         [--sync full|normal] [--batch B] [--policy exact-match|exact-match-native|...]
+//!         [--metrics on|off]
 //!
 //! Each dataset has 100 sub-directories; notifications arrive in a random
 //! order (directory keys with their S3 `/`), each manifest at a random place
@@ -40,6 +41,10 @@ struct Args {
     /// A bundled policy, exact-match-native, or a .wasm path.
     #[arg(long, default_value = "exact-match")]
     policy: String,
+    /// Prometheus metrics ([http] metrics), on as shipped; off to measure
+    /// what they cost.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    metrics: String,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -133,8 +138,9 @@ fn main() {
     let last_batch: Vec<usize> = last_position.iter().map(|p| p / args.batch).collect();
 
     let config_text = format!(
-        "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\nmetrics = {}\n\
          [store]\nsync = \"{}\"\n[reconcile]\npolicy = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
+        args.metrics == "on",
         if args.sync() == SyncMode::Full {
             "full"
         } else {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceConfig, StoreBackend, WatchKind};
 use crate::health::Health;
@@ -69,6 +69,9 @@ impl Agent {
         }
         prepare_state_dir(&config.agent.state_dir, Some(&config.share.path))?;
         let state_lock = state_lock::lock(&config.agent.state_dir)?;
+        if config.http.metrics && crate::telemetry::install().is_none() {
+            warn!("cannot install the metrics recorder; /metrics stays empty");
+        }
         let aws = load_aws(config).await;
         let mut sinks = Vec::new();
         for sink_config in &config.sinks {
@@ -165,6 +168,12 @@ impl Agent {
             policies: policy_health,
             health: health.clone(),
             share: share_status,
+            read_key: config
+                .http
+                .api_key
+                .as_ref()
+                .filter(|_| *config.http.protect_reads.get_ref())
+                .map(|k| k.0.clone()),
         };
         let mut source_routes = Vec::new();
         if let SourceConfig::Http = config.source {

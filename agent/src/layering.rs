@@ -4,8 +4,9 @@
 
 /// Top-level modules by layer. A new module must be placed here.
 pub const LAYERS: &[&[&str]] = &[
-    // Contracts and utilities: the inbound notification, logging, retries.
-    &["notification", "logging", "backoff"],
+    // Contracts and utilities: the inbound notification, logging, retries,
+    // metric names.
+    &["notification", "logging", "backoff", "telemetry"],
     // The outbound events and their outbox; health reporting.
     &["outbound", "health"],
     // The sink kinds, each with its settings, and the dispatcher.

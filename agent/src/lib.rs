@@ -28,6 +28,7 @@ pub mod share;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod telemetry;
 pub mod watcher;
 
 pub use agent::Agent;

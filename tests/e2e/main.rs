@@ -8,6 +8,7 @@ mod crash;
 mod hardening;
 mod http;
 mod manifests;
+mod metrics;
 #[path = "../moto.rs"]
 mod moto;
 mod plugins;

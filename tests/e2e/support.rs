@@ -359,8 +359,17 @@ fn client() -> reqwest::Client {
 
 /// GET returning (status, body), or None if nothing answers.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
+    http_get_with(url, &[])
+}
+
+/// GET with request headers.
+pub fn http_get_with(url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     runtime().block_on(async {
-        let resp = client().get(url).send().await.ok()?;
+        let mut req = client().get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.ok()?;
         let code = resp.status().as_u16();
         Some((code, resp.text().await.unwrap_or_default()))
     })

@@ -241,6 +241,11 @@ pub struct HttpSection {
     /// Most connections open at once; at the cap the longest-idle one is
     /// closed for a new one.
     pub max_connections: NonZeroU32,
+    /// Also require the API key for `/metrics` and `/status` (hosts on
+    /// shared networks); `/healthz` stays open for probes.
+    pub protect_reads: toml::Spanned<bool>,
+    /// Serve Prometheus metrics at `/metrics` (and count them).
+    pub metrics: bool,
 }
 
 impl Default for HttpSection {
@@ -251,6 +256,8 @@ impl Default for HttpSection {
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             max_connections: NonZeroU32::new(1024).expect("1024 is not zero"),
+            protect_reads: toml::Spanned::new(0..0, false),
+            metrics: true,
         }
     }
 }

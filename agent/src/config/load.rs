@@ -98,6 +98,12 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
         }
         _ => {}
     }
+    if *config.http.protect_reads.get_ref() && config.http.api_key.is_none() {
+        return Err(at(
+            Some(config.http.protect_reads.span()),
+            "[http] protect_reads = true needs an api_key to protect them with".into(),
+        ));
+    }
     for sink in &config.sinks {
         if let Err(message) = sink.get_ref().settings().validate() {
             return Err(at(Some(sink.span()), message));
@@ -283,6 +289,17 @@ account = "123456789012"
     }
 
     /// Every error the loader gives after parsing, with where it points.
+    #[test]
+    fn protect_reads_needs_an_api_key() {
+        let e = parse_str("[http]\nprotect_reads = true\n").unwrap_err();
+        assert_eq!(
+            e,
+            "agent.toml:2:17: [http] protect_reads = true needs an api_key to protect them with"
+        );
+        let c = parse_str("[http]\napi_key = \"k\"\nprotect_reads = true\n").unwrap();
+        assert!(*c.http.protect_reads.get_ref());
+    }
+
     #[test]
     fn every_semantic_error_names_its_line_and_column() {
         let cases = [

@@ -29,6 +29,7 @@ use crate::store::{
     Committed, Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
     OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadRecord, Verdict,
 };
+use crate::telemetry;
 
 /// Most commands folded into one transaction.
 const MAX_COMMANDS_PER_BATCH: usize = 512;
@@ -410,6 +411,7 @@ impl Engine {
             Ok(revisit) => {
                 health.clear("store");
                 for (reply, receipt) in replies {
+                    count_notifications(&receipt);
                     let _ = reply.send(Ok(receipt));
                 }
                 if !revisit.is_empty()
@@ -445,6 +447,7 @@ impl Engine {
             let mut work = Work::default();
             match self.apply(steps, &mut work, now_ms()) {
                 Err(StoreError::Conflict(reason)) => {
+                    metrics::counter!(telemetry::DYNAMODB_CONFLICTS).increment(1);
                     let attempt = backoff.attempts() + 1;
                     if attempt > 3 {
                         warn!(attempt, %reason, "batch conflicted with another agent; running it again on fresh reads");
@@ -465,6 +468,8 @@ impl Engine {
             ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
+        metrics::counter!(telemetry::BATCHES).increment(1);
+        metrics::histogram!(telemetry::COMMIT_SECONDS).record(started.elapsed());
         // A claim another writer won first: the dataset stays decided, but
         // the event and its log line are the other's.
         let lost = &committed.lost_claims;
@@ -614,6 +619,20 @@ impl Work {
 
     fn count(&mut self, name: &'static str) {
         *self.counters.entry(name).or_default() += 1;
+    }
+}
+
+/// Accepted notifications by kind, once committed.
+fn count_notifications(receipt: &IngestReceipt) {
+    for (kind, n) in [
+        ("data", receipt.data),
+        ("manifest", receipt.manifests),
+        ("outside", receipt.outside),
+        ("other", receipt.other),
+    ] {
+        if n > 0 {
+            metrics::counter!(telemetry::NOTIFICATIONS, "kind" => kind).increment(n as u64);
+        }
     }
 }
 
@@ -1161,6 +1180,11 @@ impl Core {
                 && let Some(ds) = work.touched.get(&event.set_id)
             {
                 log_decision(ds, &event.detail_type);
+                metrics::counter!(telemetry::DECISIONS, "outcome" => ds.state.as_str())
+                    .increment(1);
+                let latency_ms = ds.decided_ms.unwrap_or(ds.last_seen_ms) - ds.last_seen_ms;
+                metrics::histogram!(telemetry::DECISION_LATENCY_SECONDS)
+                    .record(latency_ms.max(0) as f64 / 1e3);
             }
         }
         for (set_id, key, manifest_time) in work.manifest_reads.drain(..) {

@@ -134,6 +134,10 @@ impl Coordinator {
         manifest_time: i64,
         result: Result<Vec<manifest::ExpectedLine>, String>,
     ) -> bool {
+        metrics::counter!(crate::telemetry::MANIFEST_READS).increment(1);
+        if result.is_err() {
+            metrics::counter!(crate::telemetry::MANIFEST_READ_FAILURES).increment(1);
+        }
         self.commands
             .blocking_send(Command::ManifestRead {
                 set_id,

@@ -2,13 +2,16 @@
 //! and the routes of HTTP sources.
 
 pub mod listener;
+mod prometheus;
 mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::health::Health;
@@ -27,19 +30,62 @@ pub struct AppState {
     pub policies: PolicyHealth,
     pub health: Health,
     pub share: ShareStatus,
+    /// `[http] protect_reads`: the API key `/status` and `/metrics` need.
+    pub read_key: Option<String>,
 }
 
-/// Health and status, plus the routes of the sources that take HTTP.
+/// Health, status and metrics, plus the routes of the sources that take
+/// HTTP; every request is counted by route and status.
 pub fn router(state: AppState, sources: Vec<Router>) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
+    let reads = Router::new()
         .route("/status", get(status::all))
         .route("/status/{set_id}", get(status::one))
+        .route("/metrics", get(prometheus::render))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_read_key,
+        ));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(reads)
         .with_state(state);
     for routes in sources {
         router = router.merge(routes);
     }
-    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    router
+        .layer(middleware::from_fn(count_request))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// With `[http] protect_reads`, reads need the API key as writes do.
+async fn require_read_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match &state.read_key {
+        Some(key) if !crate::sources::http::authorized(req.headers(), key) => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({
+                "error": "missing or wrong API key ([http] protect_reads): send it as `x-api-key` or `Authorization: Bearer`"
+            })),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Counts a request by its route pattern (never the raw path: a set-id is
+/// no label) and status.
+async fn count_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    metrics::counter!(
+        crate::telemetry::HTTP_REQUESTS,
+        "route" => route,
+        "status" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    response
 }
 
 /// 200 when healthy; 503 with `{"reasons": [...]}` naming every problem.

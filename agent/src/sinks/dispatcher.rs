@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::Sink;
 use crate::backoff::Backoff;
+use crate::notification::time::now_ms;
 use crate::outbound::{Outbox, OutboxEvent, OutboxResult};
+use crate::telemetry;
 
 const BATCH: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -69,6 +71,7 @@ pub async fn run(
         let events = match read(&outbox, move |o| o.pending(&sink_name, BATCH)).await {
             Some(events) if !events.is_empty() => events,
             _ => {
+                metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone()).set(0.0);
                 tokio::select! {
                     _ = wake.changed() => {}
                     _ = cancel.cancelled() => {}
@@ -77,6 +80,10 @@ pub async fn run(
                 continue;
             }
         };
+        // How long the oldest event this sink lacks has waited.
+        let oldest = events.iter().map(|e| e.created_ms).min().unwrap_or(0);
+        let lag = (now_ms() - oldest).max(0) as f64 / 1e3;
+        metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone()).set(lag);
         let wanted: Vec<OutboxEvent> = events
             .iter()
             .filter(|e| sink.wants(&e.detail_type))
@@ -85,6 +92,8 @@ pub async fn run(
         if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &cancel).await {
             return;
         }
+        metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name.clone())
+            .increment(wanted.len() as u64);
         let sink_name = name.clone();
         let count = events.len();
         // Every event read is done, delivered or not wanted. If recording
@@ -106,6 +115,8 @@ async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], cancel: &Cancellat
         match result {
             Ok(()) => return true,
             Err(e) => {
+                metrics::counter!(telemetry::SINK_FAILURES, "sink" => sink.name().to_owned())
+                    .increment(1);
                 warn!(error = %e, attempt = backoff.attempts() + 1, "delivery failed; will retry");
                 if !backoff.wait(cancel).await {
                     return false;

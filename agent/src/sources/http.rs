@@ -23,6 +23,7 @@ static REFUSALS_LOGGED: RateLimit = RateLimit::new(20, Duration::from_secs(60));
 
 use crate::notification::parse_body;
 use crate::reconcile::{EngineError, EngineHandle};
+use crate::telemetry;
 
 /// What `POST /events` needs.
 #[derive(Clone)]
@@ -49,6 +50,7 @@ async fn post_events(
     if let Some(expected) = state.api_key.as_deref()
         && !authorized(&headers, expected)
     {
+        metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "unauthorized").increment(1);
         if let Some(held_back) = REFUSALS_LOGGED.allow() {
             warn!(%peer, held_back, "refused a request without the right API key (401)");
         }
@@ -62,6 +64,7 @@ async fn post_events(
     let notifications = match parse_body(&body) {
         Ok(n) => n,
         Err(e) => {
+            metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "malformed").increment(1);
             if let Some(held_back) = REFUSALS_LOGGED.allow() {
                 warn!(%peer, error = %e, bytes = body.len(), held_back, "refused a malformed request body (400)");
             }
@@ -73,14 +76,19 @@ async fn post_events(
     };
     match state.engine.ingest(notifications).await {
         Ok(receipt) => (StatusCode::ACCEPTED, Json(json!(receipt))),
-        Err(e @ EngineError::Store(_)) | Err(e @ EngineError::Stopped) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": e.to_string(), "retry": true})),
-        ),
+        Err(e @ EngineError::Store(_)) | Err(e @ EngineError::Stopped) => {
+            metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "store").increment(1);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": e.to_string(), "retry": true})),
+            )
+        }
     }
 }
 
-fn authorized(headers: &HeaderMap, expected: &str) -> bool {
+/// Whether the request carries the API key (also used by the server for
+/// `[http] protect_reads`).
+pub fn authorized(headers: &HeaderMap, expected: &str) -> bool {
     presented_key(headers).is_some_and(|given| {
         !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
     })

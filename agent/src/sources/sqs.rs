@@ -21,6 +21,7 @@ use tracing::{debug, error, warn};
 
 use crate::notification::parse_body;
 use crate::reconcile::EngineHandle;
+use crate::telemetry;
 
 const WAIT_SECONDS: i32 = 20;
 const BATCH: i32 = 10;
@@ -62,6 +63,7 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
+        metrics::counter!(telemetry::SQS_RECEIVED).increment(messages.len() as u64);
         handle_batch(&client, &queue_url, visibility_secs, &engine, messages).await;
     }
 }
@@ -133,14 +135,20 @@ async fn extend_visibility(
         .send()
         .await
     {
-        Ok(out) if !out.failed().is_empty() => warn!(
-            failed = out.failed().len(),
-            "could not extend the visibility of some messages"
-        ),
-        Ok(_) => debug!(
-            messages = messages.len(),
-            "visibility extended for a slow batch"
-        ),
+        Ok(out) if !out.failed().is_empty() => {
+            metrics::counter!(telemetry::SQS_EXTENDED).increment(out.successful().len() as u64);
+            warn!(
+                failed = out.failed().len(),
+                "could not extend the visibility of some messages"
+            )
+        }
+        Ok(out) => {
+            metrics::counter!(telemetry::SQS_EXTENDED).increment(out.successful().len() as u64);
+            debug!(
+                messages = messages.len(),
+                "visibility extended for a slow batch"
+            )
+        }
         Err(e) => {
             warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not extend message visibility")
         }
@@ -167,6 +175,7 @@ async fn delete(client: &Client, queue_url: &str, messages: &[&Message]) {
         .await
     {
         Ok(out) => {
+            metrics::counter!(telemetry::SQS_DELETED).increment(out.successful().len() as u64);
             for failed in out.failed() {
                 // Recorded already; it will be received again and deduplicated.
                 warn!(

@@ -155,6 +155,16 @@ pub trait StoreReader: Send + Sync {
         }
         Ok(totals.into_iter().collect())
     }
+    /// Pending local files and their bytes, over the datasets not decided.
+    fn pending_totals(&self) -> StoreResult<(u64, u64)> {
+        Ok(self
+            .datasets()?
+            .iter()
+            .filter(|d| !d.state.is_decided())
+            .fold((0, 0), |(f, b), d| {
+                (f + d.counts.pending, b + d.counts.pending_bytes)
+            }))
+    }
     /// One dataset with up to `limit` example paths per problem list.
     fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>>;
     fn counters(&self) -> StoreResult<Vec<(String, i64)>>;

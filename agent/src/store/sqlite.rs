@@ -589,6 +589,17 @@ impl StoreReader for SqliteReader {
         })
     }
 
+    fn pending_totals(&self) -> StoreResult<(u64, u64)> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(pending), 0), coalesce(sum(pending_bytes), 0) FROM datasets \
+                 WHERE state IN ('collecting', 'reconciling')",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        })
+    }
+
     fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>> {
         let dataset_dir = format!("{set_id}{}", self.job_dir_suffix);
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 use crate::notification::Classifier;
 use crate::notification::time::now_ms;
 use crate::reconcile::{EngineHandle, LocalChange};
+use crate::telemetry;
 
 /// How long events are gathered before they are stat'ed and sent.
 const GATHER: Duration = Duration::from_millis(50);
@@ -217,6 +218,7 @@ impl State {
 
     /// Scans a dataset in full, then forgets entries the scan did not see.
     fn rescan(&mut self, dir: &Path) {
+        metrics::counter!(telemetry::WATCHER_RESCANS).increment(1);
         let started = now_ms();
         self.scan(dir, started);
         let Some((set_id, _)) =
@@ -250,6 +252,7 @@ impl State {
     }
 
     fn handle(&mut self, batch: Vec<notify::Result<Event>>) {
+        metrics::counter!(telemetry::WATCHER_EVENTS).increment(batch.len() as u64);
         let share = self.settings.share.clone();
         let mut touched: Vec<PathBuf> = Vec::new();
         let mut new_dirs: Vec<PathBuf> = Vec::new();
@@ -265,6 +268,7 @@ impl State {
                 }
             };
             if event.need_rescan() {
+                metrics::counter!(telemetry::WATCHER_OVERFLOWS).increment(1);
                 warn!("the watch queue overflowed; rescanning the datasets");
                 rescan_all = true;
             }

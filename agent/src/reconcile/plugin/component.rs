@@ -27,6 +27,7 @@ use super::{HealthSlot, PluginError, PluginHealth, PluginSource};
 use crate::reconcile::policy::{
     Decision, ExpectedEntry, Policy, PolicyError, PolicyState, Summary, UploadVerdict, UploadView,
 };
+use crate::telemetry;
 
 pub const QUARANTINE_AFTER: u32 = 3;
 pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
@@ -76,6 +77,27 @@ pub struct WasmPolicy {
     health: HealthSlot,
     capture_logs: bool,
     captured: Vec<String>,
+    metrics: PluginMetrics,
+}
+
+/// Handles registered once per plugin, so a call pays no metric lookup.
+struct PluginMetrics {
+    calls: metrics::Counter,
+    failures: metrics::Counter,
+    quarantines: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl PluginMetrics {
+    fn new(policy: &str) -> PluginMetrics {
+        let label = || ("policy", policy.to_owned());
+        PluginMetrics {
+            calls: metrics::counter!(telemetry::PLUGIN_CALLS, &[label()]),
+            failures: metrics::counter!(telemetry::PLUGIN_FAILURES, &[label()]),
+            quarantines: metrics::counter!(telemetry::PLUGIN_QUARANTINES, &[label()]),
+            duration: metrics::histogram!(telemetry::PLUGIN_CALL_SECONDS, &[label()]),
+        }
+    }
 }
 
 impl WasmPolicy {
@@ -105,6 +127,7 @@ impl WasmPolicy {
             health,
             capture_logs: false,
             captured: Vec::new(),
+            metrics: PluginMetrics::new(name),
         };
         policy.loaded = reloader::prepare(&policy.host, &policy.name, &policy.source)
             .and_then(|prepared| policy.activate(prepared));
@@ -285,6 +308,8 @@ impl WasmPolicy {
         self.batch_spent += elapsed;
         self.batch_calls = self.batch_calls.saturating_add(1);
         self.stats.calls += 1;
+        self.metrics.calls.increment(1);
+        self.metrics.duration.record(elapsed);
         self.stats.total += elapsed;
         self.stats.slowest = self.stats.slowest.max(elapsed);
         self.stats.peak_memory = self.stats.peak_memory.max(store.data().limiter.peak);
@@ -329,11 +354,13 @@ impl WasmPolicy {
                 1
             }
         };
+        self.metrics.failures.increment(1);
         let error = PolicyError::failed(self.label(), call, message);
         tracing::error!(error = %error, failures_in_a_row = in_a_row, "policy call failed; failing closed");
         self.last_error = Some(error.to_string());
         if in_a_row >= QUARANTINE_AFTER {
             self.quarantined_until = Some(Instant::now() + QUARANTINE_FOR);
+            self.metrics.quarantines.increment(1);
             self.failures_in_a_row.clear();
             tracing::error!(plugin = %self.name, for_secs = QUARANTINE_FOR.as_secs(), "policy plugin quarantined");
         }

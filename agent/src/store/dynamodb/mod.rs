@@ -58,7 +58,7 @@ pub(crate) async fn open_datasets(table: &Table) -> StoreResult<Vec<DatasetRecor
     for found in table.batch_get(keys).await? {
         let ds = item::dataset_from_item(&found)?;
         if ds.state.is_decided() {
-            table.count(1);
+            table.count("DeleteItem");
             // Best effort: the next listing tries again.
             let _ = table
                 .client()

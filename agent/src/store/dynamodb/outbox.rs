@@ -77,7 +77,7 @@ impl Outbox for DynamoReader {
     fn hold(&self, sink: &str, ttl: Duration) -> OutboxResult<bool> {
         let table = &self.table;
         let now = now_ms();
-        table.count(1);
+        table.count("UpdateItem");
         let result = table.block(
             table
                 .client()
@@ -126,7 +126,7 @@ impl Outbox for DynamoReader {
     fn delivered(&self, sink: &str, events: &[OutboxEvent]) -> OutboxResult<()> {
         let table = &self.table;
         for event in events {
-            table.count(1);
+            table.count("UpdateItem");
             let out = table.block(
                 table
                     .client()
@@ -154,7 +154,7 @@ impl Outbox for DynamoReader {
             if !attributes.contains_key("pending") {
                 // Every sink has it. Conditional, in case a sink was added
                 // back in the meantime.
-                table.count(1);
+                table.count("DeleteItem");
                 table
                     .block(
                         table

@@ -61,7 +61,7 @@ impl Table {
             requests: Arc::default(),
             counters: Arc::default(),
         };
-        table.count(1);
+        table.count("DescribeTable");
         let described = table
             .client
             .describe_table()
@@ -117,8 +117,11 @@ impl Table {
         &self.client
     }
 
-    pub fn count(&self, requests: u64) {
-        self.requests.fetch_add(requests, Ordering::Relaxed);
+    /// Counts one request of `operation` (for `/status` and `/metrics`).
+    pub fn count(&self, operation: &'static str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::DYNAMODB_REQUESTS, "operation" => operation)
+            .increment(1);
     }
 
     pub fn requests(&self) -> u64 {
@@ -132,7 +135,7 @@ impl Table {
 
     /// One item, as of the latest write.
     pub async fn get(&self, partition: &str, sort: &str) -> StoreResult<Option<Item>> {
-        self.count(1);
+        self.count("GetItem");
         let out = self
             .client
             .get_item()
@@ -153,7 +156,7 @@ impl Table {
             let mut todo = chunk.to_vec();
             let mut backoff = self.backoff();
             while !todo.is_empty() {
-                self.count(1);
+                self.count("BatchGetItem");
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(todo))
                     .consistent_read(true)
@@ -199,7 +202,7 @@ impl Table {
                 .collect::<StoreResult<Vec<_>>>()?;
             let mut backoff = self.backoff();
             while !requests.is_empty() {
-                self.count(1);
+                self.count("BatchWriteItem");
                 let out = self
                     .client
                     .batch_write_item()
@@ -231,7 +234,7 @@ impl Table {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            self.count(1);
+            self.count("Query");
             let mut values =
                 HashMap::from([(":pk".to_owned(), AttributeValue::S(partition.into()))]);
             let mut request = self
@@ -268,7 +271,7 @@ impl Table {
     pub async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactFailure> {
         let mut backoff = self.backoff();
         loop {
-            self.count(1);
+            self.count("TransactWriteItems");
             let result = self
                 .client
                 .transact_write_items()
