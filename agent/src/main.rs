@@ -71,9 +71,16 @@ struct StatusArgs {
     /// The agent's base URL, e.g. http://127.0.0.1:8787.
     #[arg(long)]
     url: Option<String>,
+    /// The API key, for an agent with `[http] protect_reads` (with --config
+    /// it is read from the config).
+    #[arg(long, env = "VAULT_AGENT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// One dataset, with example paths of what it waits for.
     #[arg(long)]
     set_id: Option<String>,
+    /// A live view, redrawn every second; q or Ctrl-C quits.
+    #[arg(long, conflicts_with_all = ["set_id", "pending", "json"])]
+    watch: bool,
     /// List the paths of a dataset still pending (written here, not yet confirmed).
     #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
     pending: Option<String>,
@@ -252,17 +259,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut api_key = args.api_key;
     let base = match (args.url, args.config) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(path)) => cli::status::url_for(config::load(&path)?.http.listen),
+        (None, Some(path)) => {
+            let http = config::load(&path)?.http;
+            if *http.protect_reads.get_ref() {
+                api_key = api_key.or(http.api_key.map(|k| k.0));
+            }
+            cli::status::url_for(http.listen)
+        }
         (None, None) => cli::status::url_for(config::Config::default().http.listen),
     };
+    if args.watch {
+        cli::watch::run(&base, api_key.as_deref()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mode = match (args.set_id, args.pending) {
         (Some(id), _) => cli::status::Mode::Dataset(id),
         (None, Some(id)) => cli::status::Mode::Pending(id),
         (None, None) => cli::status::Mode::All,
     };
-    cli::status::run(&base, mode, args.json).await?;
+    cli::status::run(&base, api_key.as_deref(), mode, args.json).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -247,3 +247,90 @@ fn completions_are_printed_for_each_shell() {
         assert!(text.contains("check-config"), "{shell}: subcommands listed");
     }
 }
+
+/// A tmux server of the test's own (its own socket), killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Tmux {
+        Tmux(format!("vault-agent-test-{}", std::process::id()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .output()
+            .expect("tmux runs the terminal test (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "watch"])
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+/// `status --watch` in a real pseudo-terminal: it shows progress, redraws
+/// as uploads arrive, and quits on q.
+#[test]
+fn status_watch_redraws_in_a_terminal_and_quits_on_q() {
+    use std::time::Duration;
+
+    use crate::support::{file_names, wait_until};
+
+    let env = Env::new("");
+    let agent = env.start();
+    let lines = env.write_dataset("WATCH000000001", &file_names(3));
+    let (last, first) = lines.split_at(1);
+    let post = |lines: &[String]| {
+        let events: Vec<serde_json::Value> = lines.iter().map(|l| env.upload_for(l)).collect();
+        assert_eq!(agent.post(&serde_json::json!(events).to_string()).0, 202);
+    };
+    post(first);
+
+    let tmux = Tmux::new();
+    let command = format!(
+        "{BIN} status --watch --url {}; echo WATCH-EXITED; sleep 60",
+        agent.base
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "watch",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &command,
+    ]);
+    wait_until(
+        "the live view shows the dataset uploading",
+        Duration::from_secs(30),
+        || {
+            let screen = tmux.screen();
+            screen.contains("WATCH000000001")
+                && screen.contains("reconciling")
+                && screen.contains("(q to quit)")
+        },
+    );
+    post(last);
+    wait_until(
+        "the live view redraws with the dataset done",
+        Duration::from_secs(30),
+        || {
+            let screen = tmux.screen();
+            screen.contains("succeeded") && screen.contains("[####################]")
+        },
+    );
+    tmux.run(&["send-keys", "-t", "watch", "q"]);
+    wait_until("q quits the live view", Duration::from_secs(30), || {
+        tmux.screen().contains("WATCH-EXITED")
+    });
+}

@@ -51,6 +51,24 @@ fn metrics_are_valid_prometheus_and_count_what_happened() {
     assert_eq!(http_get(&url).unwrap().0, 401);
     assert_eq!(http_get(&format!("{}/status", agent.base)).unwrap().0, 401);
     assert_eq!(http_get(&format!("{}/healthz", agent.base)).unwrap().0, 200);
+    // The status command takes the key from the config, or says what it needs.
+    let table = crate::support::run_ok([
+        "status".as_ref(),
+        "--config".as_ref(),
+        env.config_path().as_os_str(),
+    ]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("METRICS0000001"));
+    let refused = Command::new(crate::support::BIN)
+        .args(["status", "--url", &agent.base])
+        .env_remove("VAULT_AGENT_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("protect_reads") && said.contains("--api-key"),
+        "{said}"
+    );
 
     // The sink's delivery is counted once the dispatcher records it.
     let mut text = String::new();

@@ -27,39 +27,33 @@ pub enum Mode {
 /// Datasets asked for per page.
 const PAGE: usize = 1000;
 
-pub async fn run(base: &str, mode: Mode, json: bool) -> anyhow::Result<()> {
+/// `api_key`: sent when the agent protects its reads (`[http] protect_reads`).
+pub async fn run(base: &str, api_key: Option<&str>, mode: Mode, json: bool) -> anyhow::Result<()> {
     match mode {
+        Mode::All if json => {
+            let whole = fetch_all(base, api_key).await?;
+            println!("{}", serde_json::to_string_pretty(&whole)?);
+            Ok(())
+        }
         Mode::All => {
             let mut after: Option<String> = None;
-            let mut all = Vec::new();
             let mut first = true;
             loop {
-                let page = fetch_page(base, after.as_deref()).await?;
+                let page = fetch_page(base, api_key, after.as_deref()).await?;
                 let datasets = page["datasets"].as_array().cloned().unwrap_or_default();
-                if json {
-                    all.extend(datasets);
-                } else {
-                    print_rows(&datasets, first);
-                    first = false;
-                }
+                print_rows(&datasets, first);
+                first = false;
                 match page["next"].as_str() {
                     Some(next) => after = Some(next.to_owned()),
                     None => {
-                        if json {
-                            let mut whole = page.clone();
-                            whole["datasets"] = Value::Array(all);
-                            whole["next"] = Value::Null;
-                            println!("{}", serde_json::to_string_pretty(&whole)?);
-                        } else {
-                            print_footer(&page);
-                        }
+                        print_footer(&page);
                         return Ok(());
                     }
                 }
             }
         }
         Mode::Dataset(id) => {
-            let detail = fetch(base, Some(&id)).await?;
+            let detail = fetch_with(base, api_key, Some(&id)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
@@ -68,7 +62,7 @@ pub async fn run(base: &str, mode: Mode, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Mode::Pending(id) => {
-            let detail = fetch(base, Some(&id)).await?;
+            let detail = fetch_with(base, api_key, Some(&id)).await?;
             if json {
                 let pending = serde_json::json!({
                     "set-id": id,
@@ -101,13 +95,38 @@ pub async fn run(base: &str, mode: Mode, json: bool) -> anyhow::Result<()> {
     }
 }
 
-async fn fetch_page(base: &str, after: Option<&str>) -> anyhow::Result<Value> {
+/// Every page of `/status` as one answer (the last page's totals, every
+/// page's datasets).
+pub async fn fetch_all(base: &str, api_key: Option<&str>) -> anyhow::Result<Value> {
+    let mut after: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let mut page = fetch_page(base, api_key, after.as_deref()).await?;
+        if let Some(datasets) = page["datasets"].as_array_mut() {
+            all.append(datasets);
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => {
+                page["datasets"] = Value::Array(all);
+                page["next"] = Value::Null;
+                return Ok(page);
+            }
+        }
+    }
+}
+
+async fn fetch_page(
+    base: &str,
+    api_key: Option<&str>,
+    after: Option<&str>,
+) -> anyhow::Result<Value> {
     let mut url = format!("{base}/status?limit={PAGE}");
     if let Some(a) = after {
         url.push_str("&after=");
         url.push_str(&percent_encode(a));
     }
-    get(&url).await
+    get(&url, api_key).await
 }
 
 /// Set-ids are printable, but a query string still needs `&`, `#`, `%`,
@@ -168,15 +187,27 @@ fn print_dataset(d: &Value) {
 }
 
 pub async fn fetch(base: &str, set_id: Option<&str>) -> anyhow::Result<Value> {
+    fetch_with(base, None, set_id).await
+}
+
+async fn fetch_with(
+    base: &str,
+    api_key: Option<&str>,
+    set_id: Option<&str>,
+) -> anyhow::Result<Value> {
     let url = match set_id {
         Some(id) => format!("{base}/status/{}", percent_encode(id)),
         None => format!("{base}/status"),
     };
-    get(&url).await
+    get(&url, api_key).await
 }
 
-async fn get(url: &str) -> anyhow::Result<Value> {
-    let response = reqwest::get(url).await.with_context(|| {
+async fn get(url: &str, api_key: Option<&str>) -> anyhow::Result<Value> {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(key) = api_key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.with_context(|| {
         format!("cannot reach the agent at {url}; is `vault-agent run` running?")
     })?;
     let code = response.status();
@@ -184,6 +215,12 @@ async fn get(url: &str) -> anyhow::Result<Value> {
         .text()
         .await
         .context("reading the agent's answer")?;
+    if code == reqwest::StatusCode::UNAUTHORIZED {
+        bail!(
+            "{url} answered {code}: the agent protects its reads ([http] protect_reads); \
+             give its key with --api-key (or VAULT_AGENT_API_KEY), or --config with its config"
+        );
+    }
     if !code.is_success() {
         bail!("{url} answered {code}: {body}");
     }
