@@ -9,7 +9,6 @@
 //! HTTP route); a set-id is never a label.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -88,11 +87,6 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// The installed recorder's handle, if any.
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE.get().and_then(Option::as_ref)
-}
-
-/// Seconds, for histograms.
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 fn describe() {
