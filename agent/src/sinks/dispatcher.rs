@@ -33,6 +33,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let name = sink.name().to_owned();
+    // Registered once: the loop pays no metric lookup.
+    let lag_gauge = metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone());
+    let delivered = metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name.clone());
+    let failures = metrics::counter!(telemetry::SINK_FAILURES, "sink" => name.clone());
     let mut held_until: Option<Instant> = None;
     loop {
         if cancel.is_cancelled() {
@@ -71,7 +75,7 @@ pub async fn run(
         let events = match read(&outbox, move |o| o.pending(&sink_name, BATCH)).await {
             Some(events) if !events.is_empty() => events,
             _ => {
-                metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone()).set(0.0);
+                lag_gauge.set(0.0);
                 tokio::select! {
                     _ = wake.changed() => {}
                     _ = cancel.cancelled() => {}
@@ -83,17 +87,16 @@ pub async fn run(
         // How long the oldest event this sink lacks has waited.
         let oldest = events.iter().map(|e| e.created_ms).min().unwrap_or(0);
         let lag = (now_ms() - oldest).max(0) as f64 / 1e3;
-        metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone()).set(lag);
+        lag_gauge.set(lag);
         let wanted: Vec<OutboxEvent> = events
             .iter()
             .filter(|e| sink.wants(&e.detail_type))
             .cloned()
             .collect();
-        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &cancel).await {
+        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &failures, &cancel).await {
             return;
         }
-        metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name.clone())
-            .increment(wanted.len() as u64);
+        delivered.increment(wanted.len() as u64);
         let sink_name = name.clone();
         let count = events.len();
         // Every event read is done, delivered or not wanted. If recording
@@ -105,7 +108,12 @@ pub async fn run(
 
 /// Retries until delivered (true) or shutting down (false). A delivery
 /// in flight is dropped on shutdown: its events stay in the outbox.
-async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], cancel: &CancellationToken) -> bool {
+async fn deliver(
+    sink: &mut dyn Sink,
+    events: &[OutboxEvent],
+    failures: &metrics::Counter,
+    cancel: &CancellationToken,
+) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         let result = tokio::select! {
@@ -115,8 +123,7 @@ async fn deliver(sink: &mut dyn Sink, events: &[OutboxEvent], cancel: &Cancellat
         match result {
             Ok(()) => return true,
             Err(e) => {
-                metrics::counter!(telemetry::SINK_FAILURES, "sink" => sink.name().to_owned())
-                    .increment(1);
+                failures.increment(1);
                 warn!(error = %e, attempt = backoff.attempts() + 1, "delivery failed; will retry");
                 if !backoff.wait(cancel).await {
                     return false;
