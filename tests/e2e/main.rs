@@ -17,6 +17,7 @@ mod reconcile;
 mod shared;
 
 mod sinks;
+mod status_page;
 mod store;
 mod support;
 mod watcher;

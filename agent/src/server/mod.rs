@@ -1,7 +1,8 @@
-//! The agent's HTTP server (always on at `[http] listen`): health, status,
-//! and the routes of HTTP sources.
+//! The agent's HTTP server (always on at `[http] listen`): health, status
+//! (JSON, Prometheus, and the page at `/`), and the routes of HTTP sources.
 
 pub mod listener;
+mod page;
 mod prometheus;
 mod status;
 
@@ -47,6 +48,7 @@ pub fn router(state: AppState, sources: Vec<Router>) -> Router {
         ));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
+        .merge(page::routes())
         .merge(reads)
         .with_state(state);
     for routes in sources {

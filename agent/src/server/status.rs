@@ -20,15 +20,51 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Most datasets one page may hold, whatever the client asks.
 pub const MAX_LIMIT: usize = 1000;
 
+/// Most recent decisions one reply may list.
+pub const MAX_RECENT: usize = 100;
+
 #[derive(Debug, serde::Deserialize)]
 pub struct Page {
     limit: Option<usize>,
     after: Option<String>,
+    /// `set-id` (the default) or `active`: datasets still uploading first.
+    order: Option<String>,
+    /// Also list this many of the latest decisions (`recent-decisions`).
+    recent: Option<usize>,
 }
 
-/// One page of datasets in set-id order, with totals by state; `next` is
-/// the `after` of the following page (absent on the last).
+/// One page of datasets with totals by state; `next` is the `after` of
+/// the following page (absent on the last). In set-id order, or with
+/// `order=active` the undecided datasets first (then `next` is a cursor
+/// of its own: `a:<set-id>` or `d:<set-id>`).
 pub async fn all(State(state): State<AppState>, Query(page): Query<Page>) -> Reply {
+    let active_first = match page.order.as_deref() {
+        None | Some("set-id") => false,
+        Some("active") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"error": format!("unknown order {other:?}: use `set-id` or `active`")}),
+                ),
+            );
+        }
+    };
+    let cursor = match (active_first, page.after.as_deref()) {
+        (true, Some(after)) => match ActiveCursor::parse(after) {
+            Some(c) => Some(c),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        json!({"error": "with order=active, `after` is the `next` of the previous page (a:<set-id> or d:<set-id>)"}),
+                    ),
+                );
+            }
+        },
+        _ => None,
+    };
+    let recent = page.recent.unwrap_or(0).min(MAX_RECENT);
     let reader = state.reader.clone();
     let policies: Vec<Value> = {
         let health = state.policies.lock().unwrap_or_else(|p| p.into_inner());
@@ -38,12 +74,19 @@ pub async fn all(State(state): State<AppState>, Query(page): Query<Page>) -> Rep
     let share = state.share.clone();
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let result = tokio::task::spawn_blocking(move || -> crate::store::StoreResult<Value> {
-        // One more than asked tells whether another page follows.
-        let mut records = reader.datasets_page(page.after.as_deref(), limit + 1)?;
-        let next = (records.len() > limit).then(|| {
-            records.truncate(limit);
-            records.last().map(|d| d.set_id.clone())
-        });
+        let (records, next) = if active_first {
+            active_first_page(&*reader, cursor, limit)?
+        } else {
+            // One more than asked tells whether another page follows.
+            let mut records = reader.datasets_page(page.after.as_deref(), limit + 1)?;
+            let next = (records.len() > limit)
+                .then(|| {
+                    records.truncate(limit);
+                    records.last().map(|d| d.set_id.clone())
+                })
+                .flatten();
+            (records, next)
+        };
         let datasets: Vec<Value> = records.iter().map(dataset_json).collect();
         let totals: serde_json::Map<String, Value> = reader
             .dataset_totals()?
@@ -55,18 +98,92 @@ pub async fn all(State(state): State<AppState>, Query(page): Query<Page>) -> Rep
             .into_iter()
             .map(|(k, v)| (k, json!(v)))
             .collect();
-        Ok(json!({
+        let mut reply = json!({
+            // The page counts down to deadlines from the agent's clock.
+            "now": format_event_time(crate::notification::time::now_ms()),
             "datasets": datasets,
-            "next": next.flatten(),
+            "next": next,
             "totals": totals,
             "counters": counters,
             "policies": policies,
             "share": share.describe(),
             "health": health,
-        }))
+        });
+        if recent > 0 {
+            let decisions: Vec<Value> = reader
+                .recent_decisions(recent)?
+                .iter()
+                .map(dataset_json)
+                .collect();
+            reply["recent-decisions"] = json!(decisions);
+        }
+        Ok(reply)
     })
     .await;
     reply(result)
+}
+
+/// Where an `order=active` page starts: among the undecided datasets, or
+/// among the decided ones (which follow them), after a set-id.
+struct ActiveCursor {
+    active: bool,
+    after: String,
+}
+
+impl ActiveCursor {
+    fn parse(text: &str) -> Option<Self> {
+        let (phase, after) = text.split_once(':')?;
+        let active = match phase {
+            "a" => true,
+            "d" => false,
+            _ => return None,
+        };
+        Some(ActiveCursor {
+            active,
+            after: after.to_owned(),
+        })
+    }
+}
+
+/// One page of the undecided datasets then the decided ones, each part in
+/// set-id order, and the cursor of the next page.
+fn active_first_page(
+    reader: &dyn crate::store::StoreReader,
+    cursor: Option<ActiveCursor>,
+    limit: usize,
+) -> crate::store::StoreResult<(Vec<DatasetRecord>, Option<String>)> {
+    let cursor = cursor.unwrap_or(ActiveCursor {
+        active: true,
+        after: String::new(),
+    });
+    let after = |c: &ActiveCursor| (!c.after.is_empty()).then(|| c.after.clone());
+    let mut records = Vec::new();
+    let mut decided_after = None;
+    if cursor.active {
+        records = reader.datasets_page_by_activity(true, after(&cursor).as_deref(), limit + 1)?;
+        if records.len() > limit {
+            records.truncate(limit);
+            let last = records.last().map(|d| d.set_id.clone()).unwrap_or_default();
+            return Ok((records, Some(format!("a:{last}"))));
+        }
+    } else {
+        decided_after = after(&cursor);
+    }
+    let room = limit - records.len();
+    let mut decided =
+        reader.datasets_page_by_activity(false, decided_after.as_deref(), room + 1)?;
+    let more = decided.len() > room;
+    decided.truncate(room);
+    let next = more.then(|| {
+        let last = decided
+            .last()
+            .map(|d| d.set_id.clone())
+            .or(decided_after)
+            .unwrap_or_default();
+        format!("d:{last}")
+    });
+    records.extend(decided);
+    Ok((records, next))
 }
 
 pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> Reply {

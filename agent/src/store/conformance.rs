@@ -63,6 +63,10 @@ pub fn run(backend: &Backend) {
             "policy state is replaced, cleared, and never lost to a concurrent writer",
             policy_state_changes,
         ),
+        (
+            "pages by activity and recent decisions are ordered",
+            activity_orders,
+        ),
     ];
     for (name, check) in checks {
         let open = (backend.fresh)();
@@ -443,4 +447,50 @@ fn policy_state_changes(open: &Opener, shared: bool) {
         other => panic!("a write over a concurrent state change: {other:?}"),
     }
     assert_eq!(read(&a).policy_state, Some(first));
+}
+
+fn activity_orders(open: &Opener, _shared: bool) {
+    let mut a = open();
+    for (set_id, state, decided_ms) in [
+        ("A", DatasetState::Reconciling, None),
+        ("B", DatasetState::Succeeded, Some(10)),
+        ("C", DatasetState::Collecting, None),
+        ("D", DatasetState::TimedOut, Some(20)),
+    ] {
+        let mut ds = dataset(set_id);
+        ds.state = state;
+        ds.decided_ms = decided_ms;
+        let mut tx = a.store.begin().unwrap();
+        tx.dataset(set_id).unwrap();
+        tx.put_dataset(&ds).unwrap();
+        tx.commit().unwrap();
+    }
+    let ids = |v: Vec<DatasetRecord>| v.into_iter().map(|d| d.set_id).collect::<Vec<_>>();
+    let r = &a.reader;
+    assert_eq!(
+        ids(r.datasets_page_by_activity(true, None, 10).unwrap()),
+        ["A", "C"]
+    );
+    assert_eq!(
+        ids(r.datasets_page_by_activity(true, Some("A"), 10).unwrap()),
+        ["C"]
+    );
+    assert_eq!(
+        ids(r.datasets_page_by_activity(true, None, 1).unwrap()),
+        ["A"]
+    );
+    // A backend that lists decided datasets at all lists them in order.
+    let lists_decided = r.datasets().unwrap().iter().any(|d| d.set_id == "B");
+    let decided = ids(r.datasets_page_by_activity(false, None, 10).unwrap());
+    let recent = ids(r.recent_decisions(10).unwrap());
+    if lists_decided {
+        assert_eq!(decided, ["B", "D"]);
+        assert_eq!(recent, ["D", "B"]);
+        assert_eq!(ids(r.recent_decisions(1).unwrap()), ["D"]);
+    } else {
+        assert!(
+            decided.is_empty() && recent.is_empty(),
+            "{decided:?} {recent:?}"
+        );
+    }
 }

@@ -147,6 +147,36 @@ pub trait StoreReader: Send + Sync {
         all.truncate(limit);
         Ok(all)
     }
+    /// Like [`StoreReader::datasets_page`], over the datasets not decided
+    /// (`active`) or the decided ones: the status page lists the active
+    /// ones first.
+    fn datasets_page_by_activity(
+        &self,
+        active: bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DatasetRecord>> {
+        let mut all = self.datasets()?;
+        all.retain(|d| {
+            d.state.is_decided() != active && after.is_none_or(|a| d.set_id.as_str() > a)
+        });
+        all.sort_by(|a, b| a.set_id.cmp(&b.set_id));
+        all.truncate(limit);
+        Ok(all)
+    }
+    /// Up to `limit` decided datasets, the latest decision first (each
+    /// decision is one reconcile event).
+    fn recent_decisions(&self, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
+        let mut all = self.datasets()?;
+        all.retain(|d| d.state.is_decided());
+        all.sort_by(|a, b| {
+            b.decided_ms
+                .cmp(&a.decided_ms)
+                .then(a.set_id.cmp(&b.set_id))
+        });
+        all.truncate(limit);
+        Ok(all)
+    }
     /// How many datasets are in each state.
     fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
         let mut totals = std::collections::BTreeMap::<String, u64>::new();

@@ -549,6 +549,21 @@ impl SqliteReader {
         })
     }
 
+    /// The datasets a parameterised `SELECT {DATASET_COLUMNS}` returns.
+    fn query_page(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> StoreResult<Vec<DatasetRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn.prepare(sql).map_err(sqlite_error(&self.path))?;
+        let rows = stmt
+            .query_map(params, |r| Ok(dataset_from_row(r)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sqlite_error(&self.path))?;
+        rows.into_iter().collect()
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
         let conn = self
             .conn
@@ -566,18 +581,32 @@ impl StoreReader for SqliteReader {
     }
 
     fn datasets_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let sql = format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > ?1 ORDER BY set_id LIMIT ?2"
         );
-        let mut stmt = conn.prepare(&sql).map_err(sqlite_error(&self.path))?;
-        let rows = stmt
-            .query_map(params![after.unwrap_or(""), limit as i64], |r| {
-                Ok(dataset_from_row(r))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(sqlite_error(&self.path))?;
-        rows.into_iter().collect()
+        self.query_page(&sql, params![after.unwrap_or(""), limit as i64])
+    }
+
+    fn datasets_page_by_activity(
+        &self,
+        active: bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DatasetRecord>> {
+        let not = if active { "" } else { "NOT" };
+        let sql = format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > ?1 \
+             AND {not} (state IN ('collecting', 'reconciling')) ORDER BY set_id LIMIT ?2"
+        );
+        self.query_page(&sql, params![after.unwrap_or(""), limit as i64])
+    }
+
+    fn recent_decisions(&self, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
+        let sql = format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE decided_ms IS NOT NULL \
+             ORDER BY decided_ms DESC, set_id LIMIT ?1"
+        );
+        self.query_page(&sql, params![limit as i64])
     }
 
     fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
