@@ -264,3 +264,63 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "eta-seconds": eta,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DatasetState, Store, memory::MemoryStore};
+
+    fn store_with(active: usize, decided: usize) -> MemoryStore {
+        let mut store = MemoryStore::new();
+        for i in 0..active + decided {
+            let set_id = format!("S{i:03}");
+            let mut ds = DatasetRecord::new(&set_id, 1);
+            if i >= active {
+                ds.state = DatasetState::Succeeded;
+                ds.decided_ms = Some(i as i64);
+            }
+            let mut tx = store.begin().unwrap();
+            tx.dataset(&set_id).unwrap();
+            tx.put_dataset(&ds).unwrap();
+            tx.commit().unwrap();
+        }
+        store
+    }
+
+    /// Follows `next` to the end; returns the set-ids of each page.
+    fn pages(store: &MemoryStore, limit: usize) -> Vec<Vec<String>> {
+        let mut cursor = None;
+        let mut pages = Vec::new();
+        loop {
+            let (records, next) = active_first_page(store, cursor, limit).unwrap();
+            pages.push(records.into_iter().map(|d| d.set_id).collect());
+            match next {
+                Some(n) => cursor = Some(ActiveCursor::parse(&n).unwrap()),
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn active_first_pages_cover_every_dataset_once_in_order() {
+        for (active, decided, limit) in [(3, 4, 3), (3, 3, 3), (0, 5, 2), (5, 0, 5), (2, 2, 10)] {
+            let store = store_with(active, decided);
+            let pages = pages(&store, limit);
+            let seen: Vec<String> = pages.concat();
+            let all: Vec<String> = (0..active + decided).map(|i| format!("S{i:03}")).collect();
+            assert_eq!(seen, all, "{active} active, {decided} decided, by {limit}");
+            assert!(pages.iter().all(|p| p.len() <= limit), "{pages:?}");
+            assert!(
+                pages.iter().rev().skip(1).all(|p| p.len() == limit),
+                "{pages:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cursor_from_elsewhere_is_refused() {
+        assert!(ActiveCursor::parse("S001").is_none());
+        assert!(ActiveCursor::parse("x:S001").is_none());
+        assert!(ActiveCursor::parse("d:").is_some());
+    }
+}
