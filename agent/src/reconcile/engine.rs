@@ -814,6 +814,7 @@ impl Core {
             verdict: Verdict::Unjudged,
             matched: false,
             modified: upload.modified,
+            listed: false,
         });
         // The policy state travels with the dataset: taken for the calls,
         // put back after (a failed transaction discards both).

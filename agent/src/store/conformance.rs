@@ -67,6 +67,10 @@ pub fn run(backend: &Backend) {
             "pages by activity and recent decisions are ordered",
             activity_orders,
         ),
+        (
+            "listed uploads round trip, and one writer claims a listing",
+            listing_claims,
+        ),
     ];
     for (name, check) in checks {
         let open = (backend.fresh)();
@@ -117,6 +121,7 @@ fn entry(set_id: &str, name: &str, verdict: Verdict) -> EntryRecord {
             verdict,
             matched: true,
             modified: Some(1_619_863_100),
+            listed: false,
         }),
         expected: Some(Some(9)),
         local: Some(LocalFile {
@@ -493,4 +498,43 @@ fn activity_orders(open: &Opener, _shared: bool) {
             "{decided:?} {recent:?}"
         );
     }
+}
+
+fn listing_claims(open: &Opener, shared: bool) {
+    let mut a = open();
+    let mut listed = entry("S", "a", Verdict::Count);
+    listed.upload.as_mut().unwrap().listed = true;
+    commit_dataset(&mut *a.store, "S", std::slice::from_ref(&listed));
+    let claim = |store: &mut dyn Store, at: i64| {
+        let mut tx = store.begin().unwrap();
+        let mut ds = tx.dataset("S").unwrap().unwrap();
+        ds.listing_ms = Some(at);
+        ds.listed_entries += 1;
+        tx.put_dataset(&ds).unwrap();
+        tx.commit()
+    };
+    claim(&mut *a.store, 100).unwrap();
+    let mut tx = a.store.begin().unwrap();
+    assert_eq!(tx.entry("S", &listed.key).unwrap(), Some(listed.clone()));
+    let ds = tx.dataset("S").unwrap().unwrap();
+    assert_eq!((ds.listing_ms, ds.listed_entries), (Some(100), 1));
+    drop(tx);
+    if !shared {
+        return;
+    }
+    // Two agents read the same claim; the first to claim anew wins, the
+    // other's batch runs again (and then sees the new claim).
+    let mut b = open();
+    let mut late = b.store.begin().unwrap();
+    let mut ds = late.dataset("S").unwrap().unwrap();
+    claim(&mut *a.store, 200).unwrap();
+    ds.listing_ms = Some(201);
+    late.put_dataset(&ds).unwrap();
+    match late.commit() {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a second claim over a concurrent one: {other:?}"),
+    }
+    let mut tx = b.store.begin().unwrap();
+    let ds = tx.dataset("S").unwrap().unwrap();
+    assert_eq!((ds.listing_ms, ds.listed_entries), (Some(200), 2));
 }

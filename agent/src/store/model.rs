@@ -165,6 +165,11 @@ pub struct DatasetRecord {
     pub last_local_ms: Option<i64>,
     /// What the dataset's policy keeps about it (plugin interface 0.2).
     pub policy_state: Option<PolicyState>,
+    /// When an agent last claimed the listing of this dataset's S3 prefix
+    /// (`[reconcile] verify`): one agent lists a dataset at a time.
+    pub listing_ms: Option<i64>,
+    /// Uploads recorded from S3 listings rather than notifications.
+    pub listed_entries: u64,
 }
 
 /// Longest policy state a dataset keeps.
@@ -237,6 +242,8 @@ impl DatasetRecord {
             note: None,
             last_local_ms: None,
             policy_state: None,
+            listing_ms: None,
+            listed_entries: 0,
         }
     }
 
@@ -302,6 +309,9 @@ pub struct UploadRecord {
     pub matched: bool,
     /// The notification's `modification-time` (epoch seconds), if given.
     pub modified: Option<i64>,
+    /// Recorded from an S3 listing, not a notification (then `event_time`
+    /// is the object's LastModified and `size` its listed size).
+    pub listed: bool,
 }
 
 /// A file or directory as the share watcher last saw it on this host.

@@ -22,7 +22,7 @@ use super::{
 use crate::config::SyncMode;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
 const SCHEMA: &str = "
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     local_files INTEGER NOT NULL DEFAULT 0, local_bytes INTEGER NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0, pending_bytes INTEGER NOT NULL DEFAULT 0,
     last_local_ms INTEGER,
-    policy_name TEXT, policy_state BLOB
+    policy_name TEXT, policy_state BLOB,
+    listing_ms INTEGER, listed_entries INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 -- One row per path: the reference's upload record (object_key, bucket, size,
 -- event_time; its setId is the key's top directory minus the suffix) and/or
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS entries (
     verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0,
     in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER,
     modified INTEGER,
-    local_size INTEGER, local_mtime INTEGER, local_dir INTEGER, local_seen INTEGER
+    local_size INTEGER, local_mtime INTEGER, local_dir INTEGER, local_seen INTEGER,
+    listed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,7 +74,7 @@ const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, man
     manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
     ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, \
     unjudged, local_files, local_bytes, pending, pending_bytes, last_local_ms, policy_name, \
-    policy_state";
+    policy_state, listing_ms, listed_entries";
 
 /// The columns of an entry row, `$set` being the parameter that carries the
 /// set-id (rows do not store it: the key's top directory determines it).
@@ -83,7 +85,7 @@ macro_rules! entry_columns {
             "key, ",
             $set,
             ", object_key, bucket, size, event_time, verdict, matched, in_manifest, \
-             expected_size, modified, local_size, local_mtime, local_dir, local_seen"
+             expected_size, modified, local_size, local_mtime, local_dir, local_seen, listed"
         )
     };
 }
@@ -124,6 +126,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         "ALTER TABLE datasets ADD COLUMN policy_name TEXT;
          ALTER TABLE datasets ADD COLUMN policy_state BLOB;",
+    ),
+    (
+        5,
+        "ALTER TABLE datasets ADD COLUMN listing_ms INTEGER;
+         ALTER TABLE datasets ADD COLUMN listed_entries INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE entries ADD COLUMN listed INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 
@@ -337,6 +345,7 @@ impl SqliteTx<'_> {
             e.local.map(|l| l.mtime),
             e.local.map(|l| l.is_dir),
             e.local.map(|l| l.seen_ms),
+            u.is_some_and(|u| u.listed),
         ])
         .map_err(self.err())
     }
@@ -371,7 +380,7 @@ impl StoreTx for SqliteTx<'_> {
         let sql = format!(
             "INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-             ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
         );
         let mut stmt = self.tx.prepare_cached(&sql).map_err(self.err())?;
         let m = d.manifest.as_ref();
@@ -403,6 +412,8 @@ impl StoreTx for SqliteTx<'_> {
             d.last_local_ms,
             d.policy_state.as_ref().map(|p| &p.policy),
             d.policy_state.as_ref().map(|p| &p.value),
+            d.listing_ms,
+            d.listed_entries as i64,
         ])
         .map_err(self.err())?;
         Ok(())
@@ -431,11 +442,12 @@ impl StoreTx for SqliteTx<'_> {
     fn put_entry(&mut self, e: &EntryRecord) -> StoreResult<()> {
         const INSERT: &str = "INSERT INTO entries (key, object_key, bucket, size, event_time, \
              verdict, matched, in_manifest, expected_size, modified, local_size, local_mtime, \
-             local_dir, local_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+             local_dir, local_seen, listed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+             ?13, ?14, ?15)";
         const UPDATE: &str = "UPDATE entries SET object_key = ?2, bucket = ?3, size = ?4, \
              event_time = ?5, verdict = ?6, matched = ?7, in_manifest = ?8, expected_size = ?9, \
-             modified = ?10, local_size = ?11, local_mtime = ?12, local_dir = ?13, local_seen = ?14 \
-             WHERE key = ?1";
+             modified = ?10, local_size = ?11, local_mtime = ?12, local_dir = ?13, local_seen = ?14, \
+             listed = ?15 WHERE key = ?1";
         if self.absent.remove(&e.key) {
             return self.write_entry(INSERT, e).map(drop);
         }
@@ -821,6 +833,8 @@ fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
                 }
                 _ => None,
             },
+            listing_ms: r.get(27)?,
+            listed_entries: r.get::<_, i64>(28)? as u64,
         };
         Ok((record, state))
     };
@@ -854,6 +868,7 @@ fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
                 verdict: Verdict::Count,
                 matched: r.get(7)?,
                 modified: r.get(10)?,
+                listed: r.get(15)?,
             }),
             None => None,
         };
@@ -929,6 +944,7 @@ mod tests {
                 verdict: Verdict::Ignore,
                 matched: true,
                 modified: Some(1_619_863_100),
+                listed: false,
             }),
             expected: Some(None),
             local: Some(LocalFile {

@@ -25,6 +25,8 @@ pub const SK: &str = "objectKey";
 /// A dataset's policy state: the policy that wrote it, and the value.
 pub const POLICY_NAME: &str = "policyName";
 pub const POLICY_STATE: &str = "policyState";
+/// When an agent claimed the listing of the dataset's S3 prefix.
+pub const LISTING_MS: &str = "listingMs";
 
 /// The sort key of a dataset's state item.
 pub const DATASET_SK: &str = "#dataset/";
@@ -98,6 +100,9 @@ pub fn entry_item(e: &EntryRecord, ver: i64) -> Item {
         if let Some(m) = u.modified {
             item.insert("modifiedTime".into(), n(m));
         }
+        if u.listed {
+            item.insert("listed".into(), AttributeValue::Bool(true));
+        }
     }
     if let Some(expected) = e.expected {
         item.insert("inManifest".into(), AttributeValue::Bool(true));
@@ -130,6 +135,7 @@ pub fn entry_from_item(item: &Item) -> StoreResult<(EntryRecord, i64)> {
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown verdict code {code}")))?,
             matched: get_bool(item, "matched"),
             modified: get_n(item, "modifiedTime")?,
+            listed: get_bool(item, "listed"),
         });
     }
     if get_bool(item, "inManifest") {
@@ -186,6 +192,8 @@ pub fn dataset_from_item(item: &Item) -> StoreResult<DatasetRecord> {
         note: get_s(item, "note").map(str::to_owned),
         last_local_ms: get_n(item, "lastLocalMs")?,
         policy_state: policy_state_from_item(item, set_id)?,
+        listing_ms: get_n(item, LISTING_MS)?,
+        listed_entries: get_n(item, "listedEntries")?.unwrap_or(0),
     })
 }
 
@@ -248,6 +256,7 @@ mod tests {
             verdict: Verdict::Count,
             matched: true,
             modified: Some(1_699_999_999),
+            listed: true,
         });
         e.expected = Some(Some(0));
         e.local = Some(LocalFile {

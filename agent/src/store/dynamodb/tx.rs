@@ -546,6 +546,22 @@ fn dataset_update(
                 ds.policy_state.as_ref(),
             ));
         }
+        if ds.listing_ms != old.listing_ms
+            && let Some(t) = ds.listing_ms
+        {
+            // A claim: only if no other agent claimed since this batch read.
+            let claim = listing_claim(&mut u, old.listing_ms, t);
+            condition = Some(match condition {
+                Some(c) => format!("({c}) AND ({claim})"),
+                None => claim,
+            });
+        }
+        if ds.listed_entries != old.listed_entries {
+            u.add(
+                "listedEntries",
+                ds.listed_entries as i64 - old.listed_entries as i64,
+            );
+        }
     } else if base.is_none() && unit.last {
         u.set_if_absent("firstSeenMs", n(crate::notification::time::now_ms()));
     }
@@ -593,6 +609,21 @@ fn policy_state_update(
             u.remove(item::POLICY_STATE);
         }
     }
+    condition
+}
+
+/// Claims a dataset's listing at `at`, on the condition that the stored
+/// claim is still the one this batch read. Returns the condition.
+fn listing_claim(u: &mut UpdateBuilder, old: Option<i64>, at: i64) -> String {
+    let attr = u.name(item::LISTING_MS);
+    let condition = match old {
+        Some(t) => {
+            let value = u.value(n(t));
+            format!("{attr} = {value}")
+        }
+        None => format!("attribute_not_exists({attr})"),
+    };
+    u.set(item::LISTING_MS, n(at));
     condition
 }
 
