@@ -41,6 +41,9 @@ enum Command {
     },
     /// Show the datasets of a running agent.
     Status(StatusArgs),
+    /// Compare a dataset's manifest with the S3 listing of its prefix
+    /// (read-only; no agent needed). Exit 0: complete, 1: incomplete, 2: error.
+    Verify(VerifyArgs),
     /// Write a dataset's manifest (reference format, crash-safe).
     Seal(SealArgs),
     /// Copy a directory onto the share as a dataset, then write its manifest.
@@ -85,6 +88,24 @@ struct StatusArgs {
     #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
     pending: Option<String>,
     /// Print the JSON the agent answered.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The dataset: lists s3://BUCKET/<SET-ID><job_dir_suffix>/.
+    set_id: String,
+    /// The bucket behind the share (default: `[share] bucket` of --config).
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Take the share, suffixes, bucket and AWS settings from this config.
+    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Compare with this manifest instead of the one on the share.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -249,6 +270,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { config } => cli::check_config::run(&config).await,
         Command::Status(args) => status(args).await,
+        Command::Verify(args) => Ok(verify(args).await),
         Command::Seal(args) => seal(args),
         Command::Vault(args) => vault(args).await,
         Command::GenData(args) => gen_data(args),
@@ -282,6 +304,40 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     cli::status::run(&base, api_key.as_deref(), mode, args.json).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when S3 holds the dataset, 1 when it does not, 2 when it could
+/// not tell (an error, not an answer).
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let result = async {
+        let config = match &args.config {
+            Some(path) => config::load(path)?,
+            None => config::Config::default(),
+        };
+        #[cfg(feature = "aws")]
+        return cli::verify::run(cli::verify::VerifyArgs {
+            set_id: args.set_id,
+            bucket: args.bucket,
+            config,
+            manifest: args.manifest,
+            json: args.json,
+        })
+        .await;
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = (config, args);
+            anyhow::bail!("this build has no AWS support (built without the `aws` feature)")
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn gen_data(args: GenDataArgs) -> anyhow::Result<ExitCode> {

@@ -40,6 +40,9 @@ pub const WATCHER_OVERFLOWS: &str = "vault_agent_watcher_overflows_total";
 pub const MANIFEST_READS: &str = "vault_agent_manifest_reads_total";
 pub const MANIFEST_READ_FAILURES: &str = "vault_agent_manifest_read_failures_total";
 pub const HTTP_REQUESTS: &str = "vault_agent_http_requests_total";
+pub const S3_LIST_REQUESTS: &str = "vault_agent_s3_list_requests_total";
+pub const S3_LIST_FAILURES: &str = "vault_agent_s3_list_failures_total";
+pub const LISTED_UPLOADS: &str = "vault_agent_listed_uploads_total";
 pub const BUILD_INFO: &str = "vault_agent_build_info";
 
 /// Histogram buckets (seconds): a commit is milliseconds, a plugin call
@@ -167,5 +170,17 @@ fn describe() {
         "Manifest reads that failed or timed out (retried at the next re-check)"
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by route and status");
+    describe_counter!(
+        S3_LIST_REQUESTS,
+        "S3 ListObjectsV2 requests (one per page of up to 1,000 keys)"
+    );
+    describe_counter!(
+        S3_LIST_FAILURES,
+        "Dataset listings that failed (logged; retried at the next re-check)"
+    );
+    describe_counter!(
+        LISTED_UPLOADS,
+        "Uploads recorded from an S3 listing because their notification never came"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
 }

@@ -63,6 +63,9 @@ pub struct ShareSection {
     /// Longest one manifest read may take (a hung NFS server) before its
     /// dataset is noted as unreadable and the read retried later.
     pub manifest_read_timeout: HumanDuration,
+    /// The S3 bucket behind the share: where `verify` and `[reconcile]
+    /// verify` list a dataset no notification has named a bucket for.
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -88,6 +91,7 @@ impl Default for ShareSection {
             seal_after: None,
             max_manifest_bytes: ByteCount(1 << 30),
             manifest_read_timeout: HumanDuration(Duration::from_secs(10)),
+            bucket: None,
         }
     }
 }
@@ -119,6 +123,28 @@ pub struct ReconcileSection {
     pub plugin_compile_timeout: HumanDuration,
     /// Most memory compiling a component may use, in MiB.
     pub plugin_compile_memory_mb: NonZeroU32,
+    /// Cross-check datasets against the S3 listing of their prefix: `off`,
+    /// `before-timeout`, or `periodic`. Absent: `before-timeout` when the
+    /// agent uses AWS (an SQS source, an EventBridge sink, the DynamoDB
+    /// store, or `[aws]` settings), else `off`.
+    pub verify: Option<VerifyMode>,
+    /// With `verify = "periodic"`: how often a waiting dataset is listed...
+    pub verify_every: HumanDuration,
+    /// ...once it has waited this long since its first notification.
+    pub verify_after: HumanDuration,
+    /// Most S3 listing requests per second, over all datasets.
+    pub verify_requests_per_second: NonZeroU32,
+}
+
+/// When the agent lists a dataset's S3 prefix (see `[reconcile] verify`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyMode {
+    Off,
+    /// Once, when a dataset would time out.
+    BeforeTimeout,
+    /// Also every `verify_every` while a dataset waits past `verify_after`.
+    Periodic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +178,10 @@ impl Default for ReconcileSection {
             plugin_max_size: ByteCount(16 << 20),
             plugin_compile_timeout: HumanDuration(Duration::from_secs(30)),
             plugin_compile_memory_mb: NonZeroU32::new(1024).expect("1024 is not zero"),
+            verify: None,
+            verify_every: HumanDuration(Duration::from_secs(600)),
+            verify_after: HumanDuration(Duration::from_secs(3600)),
+            verify_requests_per_second: NonZeroU32::new(20).expect("20 is not zero"),
         }
     }
 }
@@ -182,7 +212,26 @@ impl Config {
                 users.push(format!("[[sink]] {}", sink.get_ref().name()));
             }
         }
+        if matches!(
+            self.reconcile.verify,
+            Some(VerifyMode::BeforeTimeout | VerifyMode::Periodic)
+        ) {
+            users.push("[reconcile] verify".to_owned());
+        }
         users
+    }
+
+    /// `[reconcile] verify` as it applies: when absent, `before-timeout`
+    /// for an agent that uses AWS anyway (it has credentials and a region),
+    /// `off` for one that does not (a laptop, the demo).
+    pub fn verify_mode(&self) -> VerifyMode {
+        match self.reconcile.verify {
+            Some(mode) => mode,
+            None if cfg!(feature = "aws") && !self.aws_users().is_empty() => {
+                VerifyMode::BeforeTimeout
+            }
+            None => VerifyMode::Off,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod values;
 
 pub use file::{
     AgentSection, AwsSection, Config, HttpSection, ReconcileSection, RouteConfig, ShareSection,
-    SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, WatchKind,
+    SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, VerifyMode, WatchKind,
 };
 pub use load::{ConfigError, load, parse};
 pub use values::{ApiKey, ByteCount, HumanDuration, PolicySettings, Suffix};

@@ -4,4 +4,6 @@
 
 pub mod http;
 #[cfg(feature = "aws")]
+pub mod s3_listing;
+#[cfg(feature = "aws")]
 pub mod sqs;

@@ -1,0 +1,171 @@
+//! The S3 listing of a dataset's prefix: the cross-check for notifications
+//! that never arrived (`vault-agent verify`, `[reconcile] verify`). Each
+//! listing follows every ListObjectsV2 page (1,000 keys each); requests
+//! from all listings share one rate limit, so a burst of deadlines cannot
+//! flood the bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use tokio::sync::Mutex;
+
+use crate::config::AwsSection;
+use crate::telemetry;
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// LastModified, epoch milliseconds.
+    pub last_modified_ms: i64,
+}
+
+/// Every object under a prefix, and what listing them took.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub objects: Vec<ListedObject>,
+    pub requests: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listing s3://{bucket}/{prefix} failed: {message}")]
+pub struct ListingError {
+    pub bucket: String,
+    pub prefix: String,
+    pub message: String,
+}
+
+/// Lists prefixes, at most `rate` requests per second over all listings.
+#[derive(Clone)]
+pub struct S3Lister {
+    client: Client,
+    pace: Arc<Pace>,
+}
+
+impl S3Lister {
+    pub async fn new(aws: &AwsSection, rate: u32) -> S3Lister {
+        let sdk = crate::aws::sdk_config(aws).await;
+        let mut config = aws_sdk_s3::config::Builder::from(&sdk);
+        if sdk.endpoint_url().is_some() {
+            // Emulators (and most S3-compatible stores) serve path-style URLs.
+            config = config.force_path_style(true);
+        }
+        S3Lister {
+            client: Client::from_conf(config.build()),
+            pace: Arc::new(Pace::new(rate)),
+        }
+    }
+
+    /// Every object under `prefix`, page after page; `progress` is told the
+    /// running count after each page.
+    pub async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Listing, ListingError> {
+        let mut listing = Listing::default();
+        let mut token: Option<String> = None;
+        loop {
+            self.pace.wait().await;
+            listing.requests += 1;
+            metrics::counter!(telemetry::S3_LIST_REQUESTS).increment(1);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    metrics::counter!(telemetry::S3_LIST_FAILURES).increment(1);
+                    let message = match e.code() {
+                        Some(code) => format!("{code}: {}", e.message().unwrap_or_default()),
+                        None => DisplayErrorContext(&e).to_string(),
+                    };
+                    ListingError {
+                        bucket: bucket.to_owned(),
+                        prefix: prefix.to_owned(),
+                        message,
+                    }
+                })?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                listing.objects.push(ListedObject {
+                    key: key.to_owned(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    last_modified_ms: object
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0),
+                });
+            }
+            progress(listing.objects.len());
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => return Ok(listing),
+            }
+        }
+    }
+}
+
+/// Spaces requests at least `1/rate` apart (a token bucket of one).
+struct Pace {
+    every: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Pace {
+        Pace {
+            every: Duration::from_secs(1) / rate.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(Instant::now());
+            *next = at + self.every;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_are_paced_across_listings() {
+        let pace = Arc::new(Pace::new(20));
+        let start = Instant::now();
+        // Two listings at once share the pace: the 6th request waits for 5
+        // slots of 50 ms (a busy machine only makes it later).
+        let a = tokio::spawn({
+            let pace = pace.clone();
+            async move {
+                for _ in 0..3 {
+                    pace.wait().await;
+                }
+            }
+        });
+        for _ in 0..3 {
+            pace.wait().await;
+        }
+        a.await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}
