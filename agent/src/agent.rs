@@ -111,6 +111,7 @@ impl Agent {
             max_manifest_bytes: config.share.max_manifest_bytes.0,
             manifest_read_timeout: config.share.manifest_read_timeout.0,
             health: health.clone(),
+            verify: verify_settings(config).await,
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(store, policy, settings, outbox_tx);
@@ -235,6 +236,35 @@ async fn load_aws(config: &Config) -> Option<AwsConfig> {
     }
     #[cfg(feature = "aws")]
     return Some(crate::aws::sdk_config(&config.aws).await);
+    // Refused by the preflight check.
+    #[cfg(not(feature = "aws"))]
+    None
+}
+
+/// `[reconcile] verify` as the engine needs it (None: off).
+async fn verify_settings(config: &Config) -> Option<crate::reconcile::listing::VerifySettings> {
+    use crate::config::VerifyMode;
+    let mode = config.verify_mode();
+    if mode == VerifyMode::Off {
+        return None;
+    }
+    #[cfg(feature = "aws")]
+    {
+        let r = &config.reconcile;
+        let lister = crate::sources::s3_listing::S3Lister::new(
+            &config.aws,
+            r.verify_requests_per_second.get(),
+        )
+        .await;
+        info!(mode = ?mode, "datasets are cross-checked against their S3 listing");
+        Some(crate::reconcile::listing::VerifySettings {
+            lister: std::sync::Arc::new(lister),
+            periodic: (mode == VerifyMode::Periodic)
+                .then_some((r.verify_every.0, r.verify_after.0)),
+            recheck: r.wait.0,
+            default_bucket: config.share.bucket.clone(),
+        })
+    }
     // Refused by the preflight check.
     #[cfg(not(feature = "aws"))]
     None

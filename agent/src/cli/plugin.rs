@@ -140,6 +140,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     let store = MemoryStore::new();
     let reader = store.reader();
     let settings = EngineSettings {
+        verify: None,
         share_path: share,
         classifier: classifier.clone(),
         deadline: Duration::from_secs(24 * 3600),

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use super::listing::{self, ListedObject, ListingJob, Listings, VerifySettings};
 use super::manifest::ExpectedLine;
 use super::manifest_reader::{self, ManifestJob, ManifestReader, ReaderSettings};
 use super::policy::{
@@ -90,6 +91,12 @@ pub enum Command {
         set_id: String,
         scan_started_ms: i64,
     },
+    /// The S3 listing of a dataset's prefix, for the claim made at `claimed_ms`.
+    Listed {
+        set_id: String,
+        claimed_ms: i64,
+        result: Result<Vec<ListedObject>, String>,
+    },
     /// Periodic re-check: deadlines, manifests not yet readable, decisions.
     Tick,
     /// Commit what is queued, then stop.
@@ -119,6 +126,11 @@ enum Step {
     LocalPrune {
         set_id: String,
         scan_started_ms: i64,
+    },
+    Listed {
+        set_id: String,
+        claimed_ms: i64,
+        result: Result<Vec<ListedObject>, String>,
     },
     Tick,
     /// Datasets whose policy calls were deferred by the policy's time budget.
@@ -239,6 +251,8 @@ pub struct EngineSettings {
     pub manifest_read_timeout: Duration,
     /// Where the engine reports its progress and store failures.
     pub health: Health,
+    /// `[reconcile] verify`: cross-check against S3 listings (None: off).
+    pub verify: Option<VerifySettings>,
 }
 
 /// Everything the engine owns besides the store.
@@ -252,6 +266,8 @@ struct Core {
     /// used its time): batches of their own continue them, taking turns
     /// with batches of commands.
     deferred: HashSet<String>,
+    /// The listing worker, with `[reconcile] verify`.
+    listings: Option<Listings>,
 }
 
 /// One transaction's worth of changes, acted on once committed.
@@ -270,6 +286,18 @@ struct Work {
     manifests_loaded: Vec<(String, usize, usize)>,
     /// Uploads applied (logged once committed).
     uploads_seen: Vec<(UploadKind, String, String, u64)>,
+    /// Listings claimed: started once committed.
+    listings: Vec<ListingJob>,
+    /// Listings applied in this batch, by set-id.
+    listed: HashMap<String, ListingOutcome>,
+}
+
+/// What applying one dataset's listing found.
+struct ListingOutcome {
+    objects: usize,
+    recorded: u64,
+    /// Manifest entries S3 does not hold either.
+    lacking: Vec<String>,
 }
 
 pub struct Engine {
@@ -304,6 +332,10 @@ impl Engine {
             max_bytes: settings.max_manifest_bytes,
             timeout: settings.manifest_read_timeout,
         };
+        let listings = settings
+            .verify
+            .as_ref()
+            .map(|v| listing::spawn(v, tx.clone()));
         let manifest_reader = manifest_reader::spawn(reader_settings, tx, settings.health.clone());
         let core = Core {
             policy,
@@ -311,6 +343,7 @@ impl Engine {
             reading: HashSet::new(),
             manifest_reader,
             deferred: HashSet::new(),
+            listings,
         };
         (
             Engine {
@@ -388,6 +421,15 @@ impl Engine {
                 } => Step::LocalPrune {
                     set_id,
                     scan_started_ms,
+                },
+                Command::Listed {
+                    set_id,
+                    claimed_ms,
+                    result,
+                } => Step::Listed {
+                    set_id,
+                    claimed_ms,
+                    result,
                 },
                 // Re-checks queued while a batch ran are one re-check.
                 Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
@@ -550,6 +592,14 @@ impl Engine {
                     self.core
                         .prune_local(&mut *tx, work, set_id, *scan_started_ms, now)?;
                 }
+                Step::Listed {
+                    set_id,
+                    claimed_ms,
+                    result,
+                } => {
+                    self.core
+                        .apply_listing(&mut *tx, work, set_id, *claimed_ms, result, now)?;
+                }
             }
         }
         self.core.ingest(&mut *tx, work, uploads, now)?;
@@ -692,7 +742,7 @@ impl Core {
                     entry,
                     kind,
                 } => {
-                    self.apply_upload(tx, work, upload, set_id, entry, *kind, now)?;
+                    self.apply_upload(tx, work, upload, set_id, entry, *kind, false, now)?;
                 }
             }
         }
@@ -765,6 +815,7 @@ impl Core {
         set_id: &str,
         entry: &str,
         kind: UploadKind,
+        listed: bool,
         now: i64,
     ) -> StoreResult<()> {
         // The batch may run again on a conflict: log once it commits.
@@ -814,7 +865,7 @@ impl Core {
             verdict: Verdict::Unjudged,
             matched: false,
             modified: upload.modified,
-            listed: false,
+            listed,
         });
         // The policy state travels with the dataset: taken for the calls,
         // put back after (a failed transaction discards both).
@@ -1003,6 +1054,20 @@ impl Core {
         open: &[DatasetRecord],
         now: i64,
     ) -> StoreResult<()> {
+        if let Some((every, after)) = self.settings.verify.as_ref().and_then(|v| v.periodic) {
+            let (every, after) = (every.as_millis() as i64, after.as_millis() as i64);
+            for d in open {
+                let due = now - d.first_seen_ms >= after
+                    && d.listing_ms.is_none_or(|t| now - t >= every)
+                    && d.deadline_ms.is_none_or(|deadline| deadline > now);
+                if due {
+                    let mut jobs = Vec::new();
+                    let ds = work.dataset(tx, &d.set_id, now)?;
+                    self.claim_listing(ds, &mut jobs, now);
+                    work.listings.extend(jobs);
+                }
+            }
+        }
         let reconciling: Vec<&str> = open
             .iter()
             .filter(|d| d.state == DatasetState::Reconciling)
@@ -1154,7 +1219,9 @@ impl Core {
                     }
                 }
             }
-            if ds.deadline_ms.is_some_and(|d| d <= now) {
+            if ds.deadline_ms.is_some_and(|d| d <= now)
+                && self.may_time_out(ds, work.listed.get(&ds.set_id), &mut work.listings, now)
+            {
                 close(
                     ds,
                     DatasetState::TimedOut,
@@ -1164,6 +1231,147 @@ impl Core {
                 );
             }
         }
+    }
+
+    /// Whether a dataset past its deadline times out now. With `verify`,
+    /// not before its prefix was listed (claimed here) and the listing
+    /// applied, or one re-check has passed without it.
+    fn may_time_out(
+        &self,
+        ds: &mut DatasetRecord,
+        listed: Option<&ListingOutcome>,
+        listings: &mut Vec<ListingJob>,
+        now: i64,
+    ) -> bool {
+        let Some(verify) = &self.settings.verify else {
+            return true;
+        };
+        let deadline = ds.deadline_ms.unwrap_or(now);
+        if let Some(outcome) = listed
+            && ds.counts.unjudged == 0
+        {
+            // Listed, recorded and judged, still not complete.
+            if !outcome.lacking.is_empty() {
+                ds.note = Some(lacking_note(&outcome.lacking, outcome.objects));
+            }
+            return true;
+        }
+        match ds.listing_ms.filter(|t| *t >= deadline) {
+            None => !self.claim_listing(ds, listings, now),
+            Some(claimed) if now >= claimed + verify.recheck.as_millis() as i64 => {
+                if !ds
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("S3 listing failed"))
+                {
+                    ds.note = Some(
+                        "the S3 listing of the dataset did not finish within one re-check".into(),
+                    );
+                }
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Claims the listing of a dataset's prefix (started once committed);
+    /// false if its bucket is unknown.
+    fn claim_listing(
+        &self,
+        ds: &mut DatasetRecord,
+        listings: &mut Vec<ListingJob>,
+        now: i64,
+    ) -> bool {
+        let Some(verify) = &self.settings.verify else {
+            return false;
+        };
+        let dir = self.settings.classifier.dataset_dir(&ds.set_id);
+        let Some(job) = verify.job_for(ds, dir, now) else {
+            return false;
+        };
+        ds.listing_ms = Some(now);
+        if ds.deadline_ms.is_some_and(|d| d <= now) {
+            ds.note = Some(format!(
+                "deadline passed; listing s3://{}/{} before timing out",
+                job.bucket, job.prefix
+            ));
+        }
+        listings.push(job);
+        true
+    }
+
+    /// Records the objects a listing found that no notification announced,
+    /// as uploads marked `listed`; they reconcile as usual.
+    fn apply_listing(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        claimed_ms: i64,
+        result: &Result<Vec<ListedObject>, String>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let ds = work.dataset(tx, set_id, now)?;
+        if ds.state.is_decided() || ds.listing_ms != Some(claimed_ms) {
+            // Decided meanwhile, or claimed again since (a newer listing).
+            return Ok(());
+        }
+        let objects = match result {
+            Ok(objects) => objects,
+            Err(message) => {
+                warn!(set_id, error = %message, "S3 listing failed; the dataset times out at the next re-check unless a notification completes it");
+                ds.note = Some(format!("S3 listing failed: {message}"));
+                return Ok(());
+            }
+        };
+        let mut found = Vec::new();
+        for o in objects {
+            if let Classification::Dataset {
+                set_id: owner,
+                entry,
+                kind,
+            } = self.settings.classifier.classify(&o.key)
+                && owner == set_id
+            {
+                found.push((o, entry, kind));
+            }
+        }
+        let keys: Vec<(&str, &str)> = found.iter().map(|(_, e, _)| (set_id, e.as_str())).collect();
+        prefetch_entries(tx, &keys)?;
+        let bucket = listing_bucket(work, tx, set_id, now, &self.settings.verify)?;
+        let mut recorded = 0;
+        for (object, entry, kind) in &found {
+            if tx.entry(set_id, entry)?.is_some_and(|e| e.upload.is_some()) {
+                continue; // notified: the notification is the record
+            }
+            let upload = ObjectUpload {
+                event_id: String::new(),
+                bucket: bucket.clone(),
+                key: object.key.clone(),
+                size: object.size,
+                event_time: object.last_modified_ms.div_euclid(1000),
+                modified: None,
+            };
+            self.apply_upload(tx, work, &upload, set_id, entry, *kind, true, now)?;
+            recorded += 1;
+        }
+        let lacking: Vec<String> = tx
+            .manifest_entries(set_id)?
+            .into_iter()
+            .filter(|e| e.upload.is_none())
+            .map(|e| e.key)
+            .collect();
+        let ds = work.dataset(tx, set_id, now)?;
+        ds.listed_entries += recorded;
+        work.listed.insert(
+            set_id.to_owned(),
+            ListingOutcome {
+                objects: objects.len(),
+                recorded,
+                lacking,
+            },
+        );
+        Ok(())
     }
 
     /// After a commit: update the cache and start the manifest reads.
@@ -1186,6 +1394,24 @@ impl Core {
                 let latency_ms = ds.decided_ms.unwrap_or(ds.last_seen_ms) - ds.last_seen_ms;
                 metrics::histogram!(telemetry::DECISION_LATENCY_SECONDS)
                     .record(latency_ms.max(0) as f64 / 1e3);
+            }
+        }
+        for (set_id, outcome) in &work.listed {
+            info!(
+                set_id,
+                listed = outcome.objects,
+                recorded_from_listing = outcome.recorded,
+                lacking = outcome.lacking.len(),
+                "S3 listing applied"
+            );
+            metrics::counter!(telemetry::LISTED_UPLOADS).increment(outcome.recorded);
+        }
+        if let Some(listings) = &self.listings {
+            for job in work.listings.drain(..) {
+                info!(set_id = %job.set_id, bucket = %job.bucket, prefix = %job.prefix, "listing the dataset's S3 prefix");
+                if !listings.start(job) {
+                    error!("the S3 listing worker has stopped");
+                }
             }
         }
         for (set_id, key, manifest_time) in work.manifest_reads.drain(..) {
@@ -1218,6 +1444,45 @@ fn manifest_read(ds: &DatasetRecord) -> (String, String, i64) {
         .map(|m| (m.key.clone(), m.event_time))
         .unwrap_or_default();
     (ds.set_id.clone(), key, time)
+}
+
+/// The bucket of a dataset's listing: its manifest's, else `[share] bucket`.
+fn listing_bucket(
+    work: &mut Work,
+    tx: &mut dyn StoreTx,
+    set_id: &str,
+    now: i64,
+    verify: &Option<VerifySettings>,
+) -> StoreResult<String> {
+    let ds = work.dataset(tx, set_id, now)?;
+    Ok(ds
+        .manifest
+        .as_ref()
+        .map(|m| m.bucket.clone())
+        .filter(|b| !b.is_empty())
+        .or_else(|| verify.as_ref().and_then(|v| v.default_bucket.clone()))
+        .unwrap_or_default())
+}
+
+/// A Timeout's note after a listing: what S3 lacks, by name (the first few).
+fn lacking_note(lacking: &[String], listed: usize) -> String {
+    const NAMED: usize = 5;
+    let names = lacking
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = lacking.len().saturating_sub(NAMED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "S3 lacks {} manifest entries (listed {listed} objects): {names}{more}",
+        lacking.len()
+    )
 }
 
 /// Decides a dataset once and for all, queueing its one event.
@@ -1264,6 +1529,7 @@ fn log_decision(ds: &DatasetRecord, detail_type: &str) {
     match ds.state {
         DatasetState::Succeeded => info!(
             set_id = %ds.set_id, entries = ds.manifest_entries, ms_after_last_upload = since_last,
+            from_listing = ds.listed_entries,
             "{detail_type}"
         ),
         _ => warn!(
@@ -1503,6 +1769,7 @@ mod tests {
             max_manifest_bytes: 1 << 20,
             manifest_read_timeout: Duration::from_secs(60),
             health: Health::default(),
+            verify: None,
         }
     }
 

@@ -262,6 +262,8 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "pending-bytes": d.counts.pending_bytes,
         "upload-rate-bytes-per-second": rate,
         "eta-seconds": eta,
+        // Uploads recorded from an S3 listing, their notification lost.
+        "listed-entries": d.listed_entries,
     })
 }
 

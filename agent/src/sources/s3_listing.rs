@@ -16,14 +16,7 @@ use tokio::sync::Mutex;
 use crate::config::AwsSection;
 use crate::telemetry;
 
-/// One object of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedObject {
-    pub key: String,
-    pub size: u64,
-    /// LastModified, epoch milliseconds.
-    pub last_modified_ms: i64,
-}
+pub use crate::reconcile::listing::ListedObject;
 
 /// Every object under a prefix, and what listing them took.
 #[derive(Debug, Clone, Default)]
@@ -112,6 +105,23 @@ impl S3Lister {
                 _ => return Ok(listing),
             }
         }
+    }
+}
+
+impl crate::reconcile::listing::PrefixLister for S3Lister {
+    fn list<'a>(
+        &'a self,
+        bucket: &'a str,
+        prefix: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            self.list(bucket, prefix, |_| {})
+                .await
+                .map(|l| l.objects)
+                .map_err(|e| e.message)
+        })
     }
 }
 
