@@ -203,7 +203,7 @@ account = "123456789012"
     fn errors_carry_line_and_column() {
         assert_eq!(
             parse_str("[share]\npath = \"/x\"\nsufix = \"-j\"\n").unwrap_err(),
-            "agent.toml:3:1: unknown field `sufix`, expected one of `path`, `job_dir_suffix`, `manifest_suffix`, `watch`, `poll_interval`, `seal_after`, `max_manifest_bytes`, `manifest_read_timeout`"
+            "agent.toml:3:1: unknown field `sufix`, expected one of `path`, `job_dir_suffix`, `manifest_suffix`, `watch`, `poll_interval`, `seal_after`, `max_manifest_bytes`, `manifest_read_timeout`, `bucket`"
         );
         let e = parse_str("[reconcile]\nwait = \"30 parsecs\"\n").unwrap_err();
         assert!(
