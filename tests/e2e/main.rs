@@ -20,4 +20,5 @@ mod sinks;
 mod status_page;
 mod store;
 mod support;
+mod verify;
 mod watcher;

@@ -268,6 +268,8 @@ struct Core {
     deferred: HashSet<String>,
     /// The listing worker, with `[reconcile] verify`.
     listings: Option<Listings>,
+    /// Why each dataset's last listing failed (for its Timeout's note).
+    listing_failures: HashMap<String, String>,
 }
 
 /// One transaction's worth of changes, acted on once committed.
@@ -344,6 +346,7 @@ impl Engine {
             manifest_reader,
             deferred: HashSet::new(),
             listings,
+            listing_failures: HashMap::new(),
         };
         (
             Engine {
@@ -1237,15 +1240,16 @@ impl Core {
     /// not before its prefix was listed (claimed here) and the listing
     /// applied, or one re-check has passed without it.
     fn may_time_out(
-        &self,
+        &mut self,
         ds: &mut DatasetRecord,
         listed: Option<&ListingOutcome>,
         listings: &mut Vec<ListingJob>,
         now: i64,
     ) -> bool {
-        let Some(verify) = &self.settings.verify else {
+        let Some(recheck) = self.settings.verify.as_ref().map(|v| v.recheck) else {
             return true;
         };
+        let failure = self.listing_failures.remove(&ds.set_id);
         let deadline = ds.deadline_ms.unwrap_or(now);
         if let Some(outcome) = listed
             && ds.counts.unjudged == 0
@@ -1258,19 +1262,21 @@ impl Core {
         }
         match ds.listing_ms.filter(|t| *t >= deadline) {
             None => !self.claim_listing(ds, listings, now),
-            Some(claimed) if now >= claimed + verify.recheck.as_millis() as i64 => {
-                if !ds
-                    .note
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("S3 listing failed"))
-                {
-                    ds.note = Some(
-                        "the S3 listing of the dataset did not finish within one re-check".into(),
-                    );
-                }
+            Some(claimed) if now >= claimed + recheck.as_millis() as i64 => {
+                ds.note = Some(match failure {
+                    Some(message) => format!("S3 listing failed: {message}"),
+                    None => {
+                        "the S3 listing of the dataset did not finish within one re-check".into()
+                    }
+                });
                 true
             }
-            Some(_) => false,
+            Some(_) => {
+                if let Some(message) = failure {
+                    self.listing_failures.insert(ds.set_id.clone(), message);
+                }
+                false
+            }
         }
     }
 
@@ -1319,8 +1325,10 @@ impl Core {
         let objects = match result {
             Ok(objects) => objects,
             Err(message) => {
-                warn!(set_id, error = %message, "S3 listing failed; the dataset times out at the next re-check unless a notification completes it");
+                warn!(set_id, error = %message, "S3 listing failed; listed again later (past its deadline, the dataset times out after one re-check)");
                 ds.note = Some(format!("S3 listing failed: {message}"));
+                self.listing_failures
+                    .insert(set_id.to_owned(), message.clone());
                 return Ok(());
             }
         };
@@ -1396,7 +1404,13 @@ impl Core {
                     .record(latency_ms.max(0) as f64 / 1e3);
             }
         }
+        for ds in work.touched.values() {
+            if ds.state.is_decided() {
+                self.listing_failures.remove(&ds.set_id);
+            }
+        }
         for (set_id, outcome) in &work.listed {
+            self.listing_failures.remove(set_id);
             info!(
                 set_id,
                 listed = outcome.objects,

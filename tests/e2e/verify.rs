@@ -1,0 +1,260 @@
+//! Lost notifications heal: datasets cross-checked against the S3 listing
+//! of their prefix, on moto's S3. The agent records objects never notified
+//! as listed uploads and decides as usual; `vault-agent verify` answers the
+//! same question from the command line.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::moto::Moto;
+use crate::support::{BIN, Env, file_names, wait_until};
+
+const BUCKET: &str = "vault-bucket";
+const TIME: &str = "2021-05-01T10:00:00Z";
+
+fn s3_client(moto: &Moto, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+    let sdk = rt.block_on(moto.sdk());
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Puts each manifest line as the gateway writes it: a directory as an
+/// empty `key/` object, a file with its bytes on the share.
+async fn put_lines(s3: &aws_sdk_s3::Client, share: &Path, lines: &[&String]) {
+    for line in lines {
+        let path = share.join(line);
+        let (key, body) = if path.is_dir() {
+            (format!("{line}/"), Vec::new())
+        } else {
+            (line.to_string(), std::fs::read(&path).unwrap())
+        };
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The gateway's notification for a line, from `bucket`.
+fn notification(env: &Env, line: &str, bucket: &str) -> Value {
+    let mut event = env.upload_for(line);
+    event["detail"]["bucket-name"] = json!(bucket);
+    event
+}
+
+fn aws_config(moto: &Moto, reconcile: &str, store: &str) -> String {
+    format!(
+        "[reconcile]\n{reconcile}\n{store}\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    )
+}
+
+/// `vault-agent verify` with the env's config: (exit code, stdout).
+fn verify(env: &Env, moto: &Moto, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("verify")
+        .args(args)
+        .arg("--config")
+        .arg(env.config_path())
+        .envs(moto.envs())
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "verify failed ({code}): {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, stdout)
+}
+
+#[test]
+fn lost_notifications_heal_through_the_listing_and_what_s3_lacks_times_out_by_name() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let s3 = s3_client(&moto, &rt);
+    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    // Periodic listings after 1 s; deadlines 20 s away.
+    let mut env = Env::new(&aws_config(
+        &moto,
+        "wait = \"500ms\"\niterations = 40\nverify = \"periodic\"\nverify_after = \"1s\"\nverify_every = \"1s\"",
+        "",
+    ))
+    .with_share(&format!("bucket = \"{BUCKET}\""));
+    env.envs = moto.envs();
+    let agent = env.start();
+
+    // HEALS: every object in S3, 30% of its notifications never sent (the
+    // manifest's among those sent).
+    let heals = "HealsByListing01";
+    let lines = env.write_dataset(heals, &file_names(20));
+    rt.block_on(put_lines(
+        &s3,
+        &env.share(),
+        &lines.iter().collect::<Vec<_>>(),
+    ));
+    let lost: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.ends_with(".manifest"))
+        .step_by(3)
+        .collect();
+    let sent: Vec<Value> = lines
+        .iter()
+        .filter(|l| !lost.contains(l))
+        .map(|l| notification(&env, l, BUCKET))
+        .collect();
+    assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+
+    // LACKS: one file never reached S3 (nor was notified).
+    let lacks = "LacksOneObject01";
+    let lines = env.write_dataset(lacks, &file_names(4));
+    let absent = lines.iter().find(|l| l.ends_with(".dat")).unwrap().clone();
+    let present: Vec<&String> = lines.iter().filter(|l| **l != absent).collect();
+    rt.block_on(put_lines(&s3, &env.share(), &present));
+    let sent: Vec<Value> = present
+        .iter()
+        .map(|l| notification(&env, l, BUCKET))
+        .collect();
+    assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+
+    // DENIED: its bucket cannot be listed; it must not hold up the others.
+    let denied = "ListingFails0001";
+    let lines = env.write_dataset(denied, &file_names(2));
+    let sent: Vec<Value> = lines
+        .iter()
+        .skip(1)
+        .map(|l| notification(&env, l, "no-such-bucket"))
+        .collect();
+    assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+
+    // The healed dataset succeeds long before its deadline.
+    let events = env.wait_for_events(heals, 1, Duration::from_secs(60));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+    let status = agent.status(Some(heals));
+    assert_eq!(status["listed-entries"], lost.len(), "{status}");
+    let deadline = status["deadline"].as_str().unwrap().to_owned();
+    assert!(
+        status["decided"].as_str().unwrap() < deadline.as_str(),
+        "{status}"
+    );
+    // Its records show which entries came from the listing.
+    let db = rusqlite::Connection::open_with_flags(
+        env.dir.path().join("state/vault-agent.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let listed: Vec<String> = db
+        .prepare("SELECT key FROM entries WHERE listed = 1 AND key LIKE 'HealsByListing01%' ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut expected: Vec<String> = lost.iter().map(|l| l.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(agent.logs().contains("S3 listing applied"));
+
+    // The incomplete one times out at its deadline, naming what S3 lacks.
+    let events = env.wait_for_events(lacks, 1, Duration::from_secs(90));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Timeout"
+    );
+    let note = agent.status(Some(lacks))["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        note.contains("S3 lacks 1 manifest entries") && note.contains(&absent),
+        "{note}"
+    );
+    // The unlistable one times out too, saying why.
+    let events = env.wait_for_events(denied, 1, Duration::from_secs(90));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Timeout"
+    );
+    let note = agent.status(Some(denied))["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        note.contains("S3 listing failed") && note.contains("NoSuchBucket"),
+        "{note}"
+    );
+
+    // `verify` says the same from the command line.
+    assert_eq!(verify(&env, &moto, &[heals]).0, 0);
+    let (code, out) = verify(&env, &moto, &[lacks, "--json"]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["missing"], json!([absent]));
+    assert_eq!(report["unexpected"], json!([]));
+    assert_eq!(report["bucket"], BUCKET);
+    assert_eq!(report["prefix"], format!("{lacks}-vaultjob/"));
+    assert_eq!(report["list-requests"], 1);
+}
+
+#[test]
+fn verify_follows_every_page_of_a_large_prefix() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let s3 = s3_client(&moto, &rt);
+    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    let mut env =
+        Env::new(&aws_config(&moto, "", "")).with_share(&format!("bucket = \"{BUCKET}\""));
+    env.envs = moto.envs();
+    env.start_config();
+    // 1,050 files: two pages of ListObjectsV2.
+    let set_id = "ManyObjects00001";
+    let names: Vec<String> = (0..1050).map(|i| format!("f{i:05}.bin")).collect();
+    let lines = env.write_dataset(set_id, &names);
+    rt.block_on(put_lines(
+        &s3,
+        &env.share(),
+        &lines.iter().collect::<Vec<_>>(),
+    ));
+    let (code, out) = verify(&env, &moto, &[set_id, "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["listed-objects"], lines.len());
+    assert_eq!(report["list-requests"], 2);
+    // A local file whose size differs from its object is named.
+    std::fs::write(
+        env.share().join(&lines[5]),
+        b"rewritten, longer than before",
+    )
+    .unwrap();
+    let (code, out) = verify(&env, &moto, &[set_id]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("size in S3 differs from the share (1)") && out.contains(&lines[5]),
+        "{out}"
+    );
+}
