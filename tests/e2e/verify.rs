@@ -10,10 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::moto::Moto;
-use crate::support::{BIN, Env, file_names, wait_until};
+use crate::support::{BIN, Env, file_names};
 
 const BUCKET: &str = "vault-bucket";
-const TIME: &str = "2021-05-01T10:00:00Z";
 
 fn s3_client(moto: &Moto, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
     let sdk = rt.block_on(moto.sdk());
@@ -257,4 +256,72 @@ fn verify_follows_every_page_of_a_large_prefix() {
         out.contains("size in S3 differs from the share (1)") && out.contains(&lines[5]),
         "{out}"
     );
+}
+
+/// The sum of a counter over agents' `/metrics`.
+fn counter(agents: &[&crate::support::AgentProcess], name: &str) -> f64 {
+    agents
+        .iter()
+        .map(|a| {
+            let (_, text) = crate::support::http_get(&format!("{}/metrics", a.base)).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+#[test]
+fn two_agents_on_the_shared_store_list_a_dataset_once_and_send_one_event() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let s3 = s3_client(&moto, &rt);
+    let ddb = aws_sdk_dynamodb::Client::new(&rt.block_on(moto.sdk()));
+    rt.block_on(async {
+        s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+        crate::moto::create_table(&ddb, "vault-agent").await;
+    });
+    // Deadline 2 s after the manifest; listing only before a timeout.
+    let mut env = Env::new(&aws_config(
+        &moto,
+        "wait = \"250ms\"\niterations = 8\nverify = \"before-timeout\"",
+        "[store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"",
+    ));
+    env.envs = moto.envs();
+    let a = env.start_with_state("state-a");
+    let b = env.start_with_state("state-b");
+    let set_ids = ["SharedListing001", "SharedListing002", "SharedListing003"];
+    for (i, set_id) in set_ids.iter().enumerate() {
+        let lines = env.write_dataset(set_id, &file_names(6));
+        rt.block_on(put_lines(
+            &s3,
+            &env.share(),
+            &lines.iter().collect::<Vec<_>>(),
+        ));
+        // A third of the notifications lost; the rest reach either agent.
+        let sent: Vec<Value> = lines
+            .iter()
+            .enumerate()
+            .filter(|(j, l)| j % 3 != 1 || l.ends_with(".manifest"))
+            .map(|(_, l)| notification(&env, l, BUCKET))
+            .collect();
+        let agent = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+    }
+    for set_id in set_ids {
+        let events = env.wait_for_events(set_id, 1, Duration::from_secs(90));
+        assert_eq!(
+            events[0]["detail-type"],
+            "File Upload Reconciliation Successful"
+        );
+    }
+    // Both agents re-check every dataset; one listed each (one page each).
+    let listed = counter(&[&a, &b], "vault_agent_s3_list_requests_total");
+    assert_eq!(listed, set_ids.len() as f64);
+    // Later re-checks send nothing more.
+    std::thread::sleep(Duration::from_secs(2));
+    for set_id in set_ids {
+        assert_eq!(env.events_for(set_id).len(), 1, "{set_id}");
+        assert!(a.status(Some(set_id))["listed-entries"].as_u64().unwrap() > 0);
+    }
 }
