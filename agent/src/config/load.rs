@@ -150,6 +150,26 @@ mod tests {
     }
 
     #[test]
+    fn verify_defaults_to_before_timeout_only_for_an_agent_that_uses_aws() {
+        use crate::config::VerifyMode;
+        assert_eq!(parse_str("").unwrap().verify_mode(), VerifyMode::Off);
+        let dynamo = "[store]\nbackend = \"dynamodb\"\ntable = \"t\"\n";
+        let expected = if cfg!(feature = "aws") {
+            VerifyMode::BeforeTimeout
+        } else {
+            VerifyMode::Off
+        };
+        assert_eq!(parse_str(dynamo).unwrap().verify_mode(), expected);
+        let off = format!("{dynamo}[reconcile]\nverify = \"off\"\n");
+        assert_eq!(parse_str(&off).unwrap().verify_mode(), VerifyMode::Off);
+        let periodic = parse_str("[reconcile]\nverify = \"periodic\"\n").unwrap();
+        assert_eq!(periodic.verify_mode(), VerifyMode::Periodic);
+        assert!(periodic.aws_users().contains(&"[reconcile] verify".to_owned()));
+        let e = parse_str("[reconcile]\nverify = \"always\"\n").unwrap_err();
+        assert!(e.starts_with("agent.toml:2:10: "), "{e}");
+    }
+
+    #[test]
     fn empty_file_gives_reference_defaults() {
         let c = parse_str("").unwrap();
         assert_eq!(c.reconcile.wait.0, Duration::from_secs(30));
