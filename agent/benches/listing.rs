@@ -37,7 +37,11 @@ fn main() {
                 .force_path_style(true)
                 .build(),
         );
-        s3.create_bucket().bucket(BUCKET).send().await.expect("bucket");
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("bucket");
         let aws = AwsSection {
             region: "us-east-1".into(),
             endpoint_url: Some(moto.endpoint.clone()),
@@ -45,7 +49,10 @@ fn main() {
         };
         // No pacing in the way: the figure is one listing's own cost.
         let lister = S3Lister::new(&aws, 10_000).await;
-        println!("{:>9} {:>9} {:>8} {:>10}", "objects", "requests", "target", "seconds");
+        println!(
+            "{:>9} {:>9} {:>8} {:>10}",
+            "objects", "requests", "target", "seconds"
+        );
         for (i, &n) in sizes.iter().enumerate() {
             let prefix = format!("BENCH{i:011}-vaultjob/");
             fill(&s3, &prefix, n).await;

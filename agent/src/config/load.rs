@@ -164,7 +164,11 @@ mod tests {
         assert_eq!(parse_str(&off).unwrap().verify_mode(), VerifyMode::Off);
         let periodic = parse_str("[reconcile]\nverify = \"periodic\"\n").unwrap();
         assert_eq!(periodic.verify_mode(), VerifyMode::Periodic);
-        assert!(periodic.aws_users().contains(&"[reconcile] verify".to_owned()));
+        assert!(
+            periodic
+                .aws_users()
+                .contains(&"[reconcile] verify".to_owned())
+        );
         let e = parse_str("[reconcile]\nverify = \"always\"\n").unwrap_err();
         assert!(e.starts_with("agent.toml:2:10: "), "{e}");
     }
