@@ -5,7 +5,7 @@
 //!
 //!     cargo bench -p vault-agent --bench replay -- [--notifications N] [--datasets D]
 //!         [--sync full|normal] [--batch B] [--policy exact-match|exact-match-native|...]
-//!         [--metrics on|off]
+//!         [--metrics on|off] [--verify off|before-timeout|periodic]
 //!
 //! Each dataset has 100 sub-directories; notifications arrive in a random
 //! order (directory keys with their S3 `/`), each manifest at a random place
@@ -45,6 +45,10 @@ struct Args {
     /// what they cost.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     metrics: String,
+    /// `[reconcile] verify`: the S3 cross-check. Nothing times out here,
+    /// so it should cost nothing (its S3 endpoint is never called).
+    #[arg(long, default_value = "off", value_parser = ["off", "before-timeout", "periodic"])]
+    verify: String,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -139,14 +143,16 @@ fn main() {
 
     let config_text = format!(
         "[agent]\nstate_dir = \"state\"\n[share]\npath = \"share\"\n[http]\nlisten = \"127.0.0.1:0\"\nmetrics = {}\n\
-         [store]\nsync = \"{}\"\n[reconcile]\npolicy = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n",
+         [store]\nsync = \"{}\"\n[reconcile]\npolicy = \"{}\"\nverify = \"{}\"\n[[sink]]\nkind = \"file\"\npath = \"events.jsonl\"\n\
+         [aws]\nendpoint_url = \"http://127.0.0.1:9\"\n",
         args.metrics == "on",
         if args.sync() == SyncMode::Full {
             "full"
         } else {
             "normal"
         },
-        args.policy
+        args.policy,
+        args.verify
     );
     let (runtime, agent) = common::start_agent(&config_text, tmp.path());
     let engine = agent.engine().clone();
@@ -253,8 +259,8 @@ fn main() {
     assert_eq!(successes, args.datasets, "one Successful event per dataset");
 
     println!(
-        "replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}, policy {}",
-        args.datasets, args.batch, args.sync, args.policy
+        "replay: {total} notifications, {} datasets x {per_dataset} entries, batch {}, sync {:?}, policy {}, metrics {}, verify {}",
+        args.datasets, args.batch, args.sync, args.policy, args.metrics, args.verify
     );
     println!(
         "  throughput        {:>10.0} notifications/s ({:.2} s)",
