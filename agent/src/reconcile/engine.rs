@@ -1652,10 +1652,14 @@ mod tests {
 
     impl Harness {
         fn new(kind: Kind, deadline: Duration) -> Harness {
+            Self::with_verify(kind, deadline, None)
+        }
+
+        fn with_verify(kind: Kind, deadline: Duration, verify: Option<VerifySettings>) -> Harness {
             let (share, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let share_path = share.path().to_owned();
             let (open, keep) = storage(kind, state.path());
-            let (handle, opened, thread) = Self::start(&open, &share_path, deadline);
+            let (handle, opened, thread) = Self::start(&open, &share_path, deadline, verify);
             Harness {
                 _dirs: (share, state),
                 _keep: keep,
@@ -1673,16 +1677,19 @@ mod tests {
             open: &Opener,
             share: &Path,
             deadline: Duration,
+            verify: Option<VerifySettings>,
         ) -> (
             EngineHandle,
             (Arc<dyn StoreReader>, Arc<dyn Outbox>),
             std::thread::JoinHandle<()>,
         ) {
             let opened = tokio::task::block_in_place(open);
+            let mut settings = settings(share, deadline);
+            settings.verify = verify;
             let (engine, handle) = Engine::new(
                 opened.store,
                 Box::new(ExactMatch),
-                settings(share, deadline),
+                settings,
                 watch::channel(0).0,
             );
             (
@@ -1695,7 +1702,8 @@ mod tests {
         async fn restart(&mut self, deadline: Duration) {
             self.handle.shutdown().await;
             self.thread.take().unwrap().join().unwrap();
-            let (handle, (reader, outbox), thread) = Self::start(&self.open, &self.share, deadline);
+            let (handle, (reader, outbox), thread) =
+                Self::start(&self.open, &self.share, deadline, None);
             (self.handle, self.reader, self.outbox, self.thread) =
                 (handle, reader, outbox, Some(thread));
         }
@@ -2009,5 +2017,81 @@ mod tests {
                 .is_some_and(|d| d.state == DatasetState::Succeeded)
         })
         .await;
+    }
+
+    /// Lists from a fixed table; a prefix it lacks hangs forever (a
+    /// listing that never answers).
+    struct TableLister(HashMap<String, Vec<ListedObject>>);
+
+    impl listing::PrefixLister for TableLister {
+        fn list<'a>(
+            &'a self,
+            _bucket: &'a str,
+            prefix: &'a str,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>,
+        > {
+            let found = self.0.get(prefix).cloned();
+            Box::pin(async move {
+                match found {
+                    Some(objects) => Ok(objects),
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_listing_heals_its_dataset_and_a_hung_one_holds_only_its_own_for_one_recheck() {
+        let object = |key: &str| ListedObject {
+            key: key.into(),
+            size: 1,
+            last_modified_ms: 5_000,
+        };
+        let lister = TableLister(HashMap::from([(
+            "Heals-vaultjob/".to_owned(),
+            vec![object("Heals-vaultjob/"), object("Heals-vaultjob/b")],
+        )]));
+        let verify = VerifySettings {
+            lister: Arc::new(lister),
+            periodic: None,
+            recheck: Duration::from_millis(200),
+            default_bucket: None,
+        };
+        let h = Harness::with_verify(Kind::Sqlite, Duration::from_millis(100), Some(verify));
+        for set_id in ["Heals", "Hangs"] {
+            let lines = h.write_dataset(set_id, &["a", "b"]);
+            for l in lines.iter().filter(|l| !l.ends_with("/b")) {
+                h.send(l, 1, 5).await;
+            }
+        }
+        // Re-checks until both are decided (generously: a busy machine).
+        let start = Instant::now();
+        while h.events().len() < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                h.events()
+            );
+            h.handle.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outcome = |set_id: &str| h.dataset(set_id).unwrap();
+        let heals = outcome("Heals");
+        assert_eq!(heals.state, DatasetState::Succeeded);
+        assert_eq!(heals.listed_entries, 1);
+        let entry = h.entry("Heals", "Heals-vaultjob/b").unwrap();
+        assert!(entry.upload.unwrap().listed);
+        let hangs = outcome("Hangs");
+        assert_eq!(hangs.state, DatasetState::TimedOut);
+        // Its listing gave up, or the re-check came first: either way it
+        // waited one re-check and says why.
+        let note = hangs.note.clone().unwrap();
+        assert!(
+            note.contains("S3 listing") && note.contains("within"),
+            "{note}"
+        );
+        let claimed = hangs.listing_ms.unwrap();
+        assert!(hangs.decided_ms.unwrap() >= claimed + 200, "{hangs:?}");
     }
 }

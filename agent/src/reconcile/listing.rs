@@ -130,7 +130,13 @@ pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> List
             let lister = lister.clone();
             let commands = commands.clone();
             tokio::spawn(async move {
-                let result = list_with_retries(&*lister, &job, give_up_after).await;
+                // A listing that never answers must not keep its slot.
+                let result = tokio::time::timeout(
+                    give_up_after,
+                    list_with_retries(&*lister, &job, give_up_after),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {give_up_after:?}")));
                 drop(slot);
                 let _ = commands
                     .send(Command::Listed {
