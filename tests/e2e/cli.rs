@@ -196,6 +196,12 @@ fn the_example_configs_are_valid() {
                 stdout.contains("store      dynamodb table vault-upload-records"),
                 "{stdout}"
             );
+            assert!(
+                stdout.contains("verify     before-timeout: list a dataset's prefix in the manifest's bucket, else vault-gateway-bucket"),
+                "{stdout}"
+            );
+        } else {
+            assert!(stdout.contains("verify     off"), "{stdout}");
         }
     }
 }

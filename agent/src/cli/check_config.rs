@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{self, Config, SourceConfig, StoreBackend};
+use crate::config::{self, Config, SourceConfig, StoreBackend, VerifyMode};
 use crate::reconcile::plugin::{self, PolicyHealth};
 
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -70,6 +70,25 @@ fn describe(c: &Config) {
             route.set_ids.get_ref(),
             route.policy.get_ref()
         );
+    }
+    let bucket = c
+        .share
+        .bucket
+        .as_deref()
+        .map_or("the manifest's bucket".to_owned(), |b| {
+            format!("the manifest's bucket, else {b}")
+        });
+    match c.verify_mode() {
+        VerifyMode::Off => println!("  verify     off (no S3 listing)"),
+        VerifyMode::BeforeTimeout => {
+            println!(
+                "  verify     before-timeout: list a dataset's prefix in {bucket} before it times out"
+            )
+        }
+        VerifyMode::Periodic => println!(
+            "  verify     periodic: every {} after {} waiting, and before a timeout; in {bucket}",
+            c.reconcile.verify_every, c.reconcile.verify_after
+        ),
     }
     match (c.store.backend(), c.store.table()) {
         (StoreBackend::Dynamodb, Some(table)) => {
