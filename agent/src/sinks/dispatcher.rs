@@ -21,55 +21,54 @@ use crate::telemetry;
 const BATCH: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a hold on a sink lasts without renewal: how long events may
-/// wait after their delivering agent dies.
-const LEASE: Duration = Duration::from_secs(15);
+/// wait after their delivering agent dies. One delivery attempt may take a
+/// third of it (PutEvents answers in well under a second).
+const LEASE: Duration = Duration::from_secs(30);
 /// How often to look for events nobody woke this dispatcher for.
 const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(
+    sink: Box<dyn Sink>,
+    outbox: Arc<dyn Outbox>,
+    wake: watch::Receiver<i64>,
+    cancel: CancellationToken,
+) {
+    run_with_lease(sink, outbox, wake, cancel, LEASE).await
+}
+
+async fn run_with_lease(
     mut sink: Box<dyn Sink>,
     outbox: Arc<dyn Outbox>,
     mut wake: watch::Receiver<i64>,
     cancel: CancellationToken,
+    lease: Duration,
 ) {
     let name = sink.name().to_owned();
     // Registered once: the loop pays no metric lookup.
     let lag_gauge = metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone());
     let delivered = metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name.clone());
     let failures = metrics::counter!(telemetry::SINK_FAILURES, "sink" => name.clone());
-    let mut held_until: Option<Instant> = None;
+    let mut hold = Hold {
+        outbox: outbox.clone(),
+        sink: name.clone(),
+        lease,
+        until: None,
+    };
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        // Renew at half-time; a hold about to run out is not used.
-        let renew =
-            held_until.is_none_or(|t| t.saturating_duration_since(Instant::now()) < LEASE / 2);
-        if renew {
-            let asked = Instant::now();
-            let sink_name = name.clone();
-            match read(&outbox, move |o| o.hold(&sink_name, LEASE)).await {
-                Some(true) => {
-                    if held_until.is_none() {
-                        debug!(sink = %name, "this agent delivers to the sink");
-                    }
-                    held_until = Some(asked + LEASE);
+        // Renew at half-time.
+        match hold.keep(lease / 2).await {
+            Some(true) => {}
+            Some(false) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = cancel.cancelled() => {}
                 }
-                Some(false) => {
-                    if held_until.take().is_some() {
-                        info!(sink = %name, "another agent delivers to the sink now");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(LEASE / 3) => {}
-                        _ = cancel.cancelled() => {}
-                    }
-                    continue;
-                }
-                None => {
-                    held_until = None;
-                    continue;
-                }
+                continue;
             }
+            None => continue,
         }
         let sink_name = name.clone();
         let events = match read(&outbox, move |o| o.pending(&sink_name, BATCH)).await {
@@ -93,8 +92,13 @@ pub async fn run(
             .filter(|e| sink.wants(&e.detail_type))
             .cloned()
             .collect();
-        if !wanted.is_empty() && !deliver(sink.as_mut(), &wanted, &failures, &cancel).await {
-            return;
+        if !wanted.is_empty() {
+            match deliver(sink.as_mut(), &wanted, &mut hold, &failures, &cancel).await {
+                Delivery::Done => {}
+                // Another agent has the sink now; it delivers these.
+                Delivery::HoldLost => continue,
+                Delivery::Cancelled => return,
+            }
         }
         delivered.increment(wanted.len() as u64);
         let sink_name = name.clone();
@@ -106,29 +110,90 @@ pub async fn run(
     }
 }
 
-/// Retries until delivered (true) or shutting down (false). A delivery
-/// in flight is dropped on shutdown: its events stay in the outbox.
+/// This agent's right to deliver to a sink (a lease in a shared outbox;
+/// always granted by an outbox only this agent uses).
+struct Hold {
+    outbox: Arc<dyn Outbox>,
+    sink: String,
+    lease: Duration,
+    until: Option<Instant>,
+}
+
+impl Hold {
+    /// Whether this agent holds the sink for at least `needed` more,
+    /// renewing the lease when less is left; None if the outbox failed.
+    async fn keep(&mut self, needed: Duration) -> Option<bool> {
+        let left = |until: Option<Instant>| {
+            until.map_or(Duration::ZERO, |t| {
+                t.saturating_duration_since(Instant::now())
+            })
+        };
+        if left(self.until) >= needed {
+            return Some(true);
+        }
+        let asked = Instant::now();
+        let (sink, lease) = (self.sink.clone(), self.lease);
+        match read(&self.outbox, move |o| o.hold(&sink, lease)).await {
+            Some(true) => {
+                if self.until.is_none() {
+                    debug!(sink = %self.sink, "this agent delivers to the sink");
+                }
+                self.until = Some(asked + self.lease);
+                // A renewal that itself took most of the lease is no hold.
+                Some(left(self.until) >= needed)
+            }
+            Some(false) => {
+                if self.until.take().is_some() {
+                    info!(sink = %self.sink, "another agent delivers to the sink now");
+                }
+                Some(false)
+            }
+            None => {
+                self.until = None;
+                None
+            }
+        }
+    }
+}
+
+enum Delivery {
+    Done,
+    HoldLost,
+    Cancelled,
+}
+
+/// Retries until delivered, the hold is lost, or shutdown. Each attempt
+/// starts with two thirds of a lease held and is cut after one third, so
+/// the lease never runs out while an attempt is in flight: no second agent
+/// can deliver the same events meanwhile. A delivery dropped on shutdown
+/// or cut leaves its events in the outbox.
 async fn deliver(
     sink: &mut dyn Sink,
     events: &[OutboxEvent],
+    hold: &mut Hold,
     failures: &metrics::Counter,
     cancel: &CancellationToken,
-) -> bool {
+) -> Delivery {
     let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+    let attempt_limit = hold.lease / 3;
     loop {
+        match hold.keep(hold.lease * 2 / 3).await {
+            Some(true) => {}
+            Some(false) | None => return Delivery::HoldLost,
+        }
         let result = tokio::select! {
-            r = sink.deliver(events) => r,
-            _ = cancel.cancelled() => return false,
+            r = tokio::time::timeout(attempt_limit, sink.deliver(events)) => r,
+            _ = cancel.cancelled() => return Delivery::Cancelled,
         };
-        match result {
-            Ok(()) => return true,
-            Err(e) => {
-                failures.increment(1);
-                warn!(error = %e, attempt = backoff.attempts() + 1, "delivery failed; will retry");
-                if !backoff.wait(cancel).await {
-                    return false;
-                }
-            }
+        let error = match result {
+            Ok(Ok(())) => return Delivery::Done,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {attempt_limit:?}"),
+        };
+        failures.increment(1);
+        warn!(error = %error, attempt = backoff.attempts() + 1, "delivery failed; will retry");
+        if !backoff.wait(cancel).await {
+            return Delivery::Cancelled;
         }
     }
 }
@@ -146,5 +211,119 @@ async fn read<O: ?Sized + Send + Sync + 'static, T: Send + 'static>(
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(all(test, feature = "aws"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::Store;
+    use crate::store::dynamodb::DynamoStore;
+    use crate::test_moto::{Moto, create_table};
+
+    /// Records what it delivered; its first delivery takes `first_takes`
+    /// (a stalled PutEvents), the rest are instant.
+    struct Recording {
+        delivered: Arc<Mutex<Vec<String>>>,
+        first_takes: Option<Duration>,
+    }
+
+    impl Sink for Recording {
+        fn name(&self) -> &str {
+            "shared-sink"
+        }
+
+        fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> super::super::DeliverFuture<'a> {
+            Box::pin(async move {
+                if let Some(wait) = self.first_takes.take() {
+                    tokio::time::sleep(wait).await;
+                }
+                let mut delivered = self.delivered.lock().unwrap();
+                delivered.extend(events.iter().map(|e| e.id.clone()));
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stalled_delivery_never_lets_a_second_agent_deliver_the_same_event() {
+        let lease = Duration::from_secs(3);
+        let moto = Moto::start();
+        let client = aws_sdk_dynamodb::Client::new(&moto.sdk().await);
+        create_table(&client, "vault-agent").await;
+        let sinks = vec!["shared-sink".to_owned()];
+        let mut a = DynamoStore::open(client.clone(), "vault-agent", sinks.clone())
+            .await
+            .unwrap();
+        let b = DynamoStore::open(client, "vault-agent", sinks)
+            .await
+            .unwrap();
+        let event = OutboxEvent {
+            seq: 0,
+            id: "event-1".into(),
+            set_id: "S".into(),
+            detail_type: crate::outbound::SUCCESSFUL.into(),
+            payload: "{}".into(),
+            created_ms: now_ms(),
+        };
+        tokio::task::block_in_place(|| {
+            let mut tx = a.begin().unwrap();
+            tx.push_event(&event).unwrap();
+            tx.commit().unwrap();
+        });
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let (_wake_tx, wake) = watch::channel(0);
+        let stalled = Recording {
+            delivered: delivered.clone(),
+            first_takes: Some(lease * 3),
+        };
+        let outbox_a: Arc<dyn Outbox> = Arc::new(a.reader());
+        let outbox_b: Arc<dyn Outbox> = Arc::new(b.reader());
+        tokio::spawn(run_with_lease(
+            Box::new(stalled),
+            outbox_a.clone(),
+            wake.clone(),
+            cancel.clone(),
+            lease,
+        ));
+        // Agent A holds the sink and is delivering; then agent B starts.
+        let start = Instant::now();
+        while tokio::task::block_in_place(|| outbox_b.hold("shared-sink", Duration::ZERO).unwrap())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "A never took the sink"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fast = Recording {
+            delivered: delivered.clone(),
+            first_takes: None,
+        };
+        tokio::spawn(run_with_lease(
+            Box::new(fast),
+            outbox_b.clone(),
+            wake,
+            cancel.clone(),
+            lease,
+        ));
+        // Until the event left the outbox, then long enough for the stalled
+        // delivery to have finished too.
+        let start = Instant::now();
+        while !tokio::task::block_in_place(|| outbox_a.pending("shared-sink", 10).unwrap())
+            .is_empty()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "never delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(lease * 4).await;
+        cancel.cancel();
+        assert_eq!(*delivered.lock().unwrap(), ["event-1"]);
     }
 }
