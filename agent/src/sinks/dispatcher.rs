@@ -21,9 +21,8 @@ use crate::telemetry;
 const BATCH: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a hold on a sink lasts without renewal: how long events may
-/// wait after their delivering agent dies. One delivery attempt may take a
-/// third of it (PutEvents answers in well under a second).
-const LEASE: Duration = Duration::from_secs(30);
+/// wait after their delivering agent dies.
+const LEASE: Duration = Duration::from_secs(15);
 /// How often to look for events nobody woke this dispatcher for.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -93,11 +92,24 @@ async fn run_with_lease(
             .cloned()
             .collect();
         if !wanted.is_empty() {
-            match deliver(sink.as_mut(), &wanted, &mut hold, &failures, &cancel).await {
-                Delivery::Done => {}
-                // Another agent has the sink now; it delivers these.
-                Delivery::HoldLost => continue,
-                Delivery::Cancelled => return,
+            let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+            let done = loop {
+                match attempt(sink.as_mut(), &wanted, &mut hold, &cancel).await {
+                    Attempt::Done => break true,
+                    Attempt::Failed(error) => {
+                        failures.increment(1);
+                        warn!(sink = %name, %error, attempt = backoff.attempts() + 1, "delivery failed; will retry");
+                        if !backoff.wait(&cancel).await {
+                            return;
+                        }
+                    }
+                    // Another agent may hold the sink now; it delivers these.
+                    Attempt::HoldLost => break false,
+                    Attempt::Cancelled => return,
+                }
+            };
+            if !done {
+                continue;
             }
         }
         delivered.increment(wanted.len() as u64);
@@ -123,14 +135,15 @@ impl Hold {
     /// Whether this agent holds the sink for at least `needed` more,
     /// renewing the lease when less is left; None if the outbox failed.
     async fn keep(&mut self, needed: Duration) -> Option<bool> {
-        let left = |until: Option<Instant>| {
-            until.map_or(Duration::ZERO, |t| {
-                t.saturating_duration_since(Instant::now())
-            })
-        };
-        if left(self.until) >= needed {
+        if self.left() >= needed {
             return Some(true);
         }
+        // A renewal that itself took most of the lease is no hold.
+        self.renew().await.map(|held| held && self.left() >= needed)
+    }
+
+    /// Takes or renews the lease; None if the outbox failed.
+    async fn renew(&mut self) -> Option<bool> {
         let asked = Instant::now();
         let (sink, lease) = (self.sink.clone(), self.lease);
         match read(&self.outbox, move |o| o.hold(&sink, lease)).await {
@@ -139,8 +152,7 @@ impl Hold {
                     debug!(sink = %self.sink, "this agent delivers to the sink");
                 }
                 self.until = Some(asked + self.lease);
-                // A renewal that itself took most of the lease is no hold.
-                Some(left(self.until) >= needed)
+                Some(true)
             }
             Some(false) => {
                 if self.until.take().is_some() {
@@ -154,46 +166,65 @@ impl Hold {
             }
         }
     }
+
+    fn left(&self) -> Duration {
+        self.until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
 }
 
-enum Delivery {
+enum Attempt {
     Done,
+    Failed(String),
+    /// The lease could not be kept: the attempt was dropped before it ran out.
     HoldLost,
     Cancelled,
 }
 
-/// Retries until delivered, the hold is lost, or shutdown. Each attempt
-/// starts with two thirds of a lease held and is cut after one third, so
-/// the lease never runs out while an attempt is in flight: no second agent
-/// can deliver the same events meanwhile. A delivery dropped on shutdown
-/// or cut leaves its events in the outbox.
-async fn deliver(
+/// One delivery attempt, with the sink held all along: the lease is renewed
+/// every third of it while the sink works, and the attempt is dropped if a
+/// renewal fails or has not answered with a third of the lease left. So no
+/// second agent can deliver the same events while this one is, however
+/// slow the sink. A dropped attempt leaves its events in the outbox.
+async fn attempt(
     sink: &mut dyn Sink,
     events: &[OutboxEvent],
     hold: &mut Hold,
-    failures: &metrics::Counter,
     cancel: &CancellationToken,
-) -> Delivery {
-    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
-    let attempt_limit = hold.lease / 3;
+) -> Attempt {
+    let lease = hold.lease;
+    match hold.keep(lease * 2 / 3).await {
+        Some(true) => {}
+        Some(false) | None => return Attempt::HoldLost,
+    }
+    let delivery = sink.deliver(events);
+    tokio::pin!(delivery);
     loop {
-        match hold.keep(hold.lease * 2 / 3).await {
-            Some(true) => {}
-            Some(false) | None => return Delivery::HoldLost,
-        }
-        let result = tokio::select! {
-            r = tokio::time::timeout(attempt_limit, sink.deliver(events)) => r,
-            _ = cancel.cancelled() => return Delivery::Cancelled,
+        let Some(until) = hold.until else {
+            return Attempt::HoldLost;
         };
-        let error = match result {
-            Ok(Ok(())) => return Delivery::Done,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {attempt_limit:?}"),
+        let renew_at = until.checked_sub(lease * 2 / 3).unwrap_or(until);
+        let give_up_at = until.checked_sub(lease / 3).unwrap_or(until);
+        let renewal = async {
+            tokio::time::sleep_until(renew_at.into()).await;
+            tokio::time::timeout_at(give_up_at.into(), hold.renew()).await
         };
-        failures.increment(1);
-        warn!(error = %error, attempt = backoff.attempts() + 1, "delivery failed; will retry");
-        if !backoff.wait(cancel).await {
-            return Delivery::Cancelled;
+        tokio::select! {
+            r = &mut delivery => {
+                return match r {
+                    Ok(()) => Attempt::Done,
+                    Err(e) => Attempt::Failed(e.to_string()),
+                };
+            }
+            renewed = renewal => {
+                if !matches!(renewed, Ok(Some(true))) {
+                    hold.until = None;
+                    warn!(sink = %hold.sink, "could not keep the sink's lease during a delivery; dropped it (the events stay in the outbox)");
+                    return Attempt::HoldLost;
+                }
+            }
+            _ = cancel.cancelled() => return Attempt::Cancelled,
         }
     }
 }
