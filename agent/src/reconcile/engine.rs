@@ -2024,13 +2024,7 @@ mod tests {
     struct TableLister(HashMap<String, Vec<ListedObject>>);
 
     impl listing::PrefixLister for TableLister {
-        fn list<'a>(
-            &'a self,
-            _bucket: &'a str,
-            prefix: &'a str,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>,
-        > {
+        fn list<'a>(&'a self, _bucket: &'a str, prefix: &'a str) -> listing::ListingFuture<'a> {
             let found = self.0.get(prefix).cloned();
             Box::pin(async move {
                 match found {

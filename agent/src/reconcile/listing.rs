@@ -34,13 +34,13 @@ pub struct ListedObject {
     pub last_modified_ms: i64,
 }
 
+/// What a listing answers: every object, or why it failed.
+pub type ListingFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>>;
+
 /// Lists every object under a prefix (the S3 source implements it).
 pub trait PrefixLister: Send + Sync + 'static {
-    fn list<'a>(
-        &'a self,
-        bucket: &'a str,
-        prefix: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>>;
+    fn list<'a>(&'a self, bucket: &'a str, prefix: &'a str) -> ListingFuture<'a>;
 }
 
 /// What the engine needs to cross-check.
@@ -186,11 +186,7 @@ mod tests {
     }
 
     impl PrefixLister for Flaky {
-        fn list<'a>(
-            &'a self,
-            _bucket: &'a str,
-            prefix: &'a str,
-        ) -> Pin<Box<dyn Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>> {
+        fn list<'a>(&'a self, _bucket: &'a str, prefix: &'a str) -> ListingFuture<'a> {
             Box::pin(async move {
                 let mut left = self.failures.lock().unwrap();
                 if *left > 0 {

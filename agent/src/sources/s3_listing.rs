@@ -113,9 +113,7 @@ impl crate::reconcile::listing::PrefixLister for S3Lister {
         &'a self,
         bucket: &'a str,
         prefix: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<ListedObject>, String>> + Send + 'a>,
-    > {
+    ) -> crate::reconcile::listing::ListingFuture<'a> {
         Box::pin(async move {
             self.list(bucket, prefix, |_| {})
                 .await
