@@ -119,7 +119,11 @@ function pathList(title, paths, count) {
 function detailRow(d) {
   const td = el("td", { colspan: "9" });
   if (!d) td.append(el("span", { class: "muted" }, "loading…"));
-  else td.append(el("div", { class: "paths" },
+  else if (d["listed-entries"] > 0) {
+    td.append(el("p", { class: "muted" },
+      `${d["listed-entries"]} uploads were recorded from the S3 listing (their notifications never came).`));
+  }
+  if (d) td.append(el("div", { class: "paths" },
     pathList("Missing", d["missing-paths"], d.missing),
     pathList("Pending", d["pending-paths"], d.pending),
     pathList("Mismatched", d["mismatched-paths"], d.mismatched),
