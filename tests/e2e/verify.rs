@@ -328,3 +328,133 @@ fn two_agents_on_the_shared_store_list_a_dataset_once_and_send_one_event() {
         assert!(a.status(Some(set_id))["listed-entries"].as_u64().unwrap() > 0);
     }
 }
+
+/// A proxy in front of moto's S3 that answers the first `refuse` listing
+/// requests with `status` and an S3 error `code`, and counts every listing.
+struct RefusingS3 {
+    server: crate::support::TestServer,
+    listings: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RefusingS3 {
+    fn start(upstream: String, refuse: usize, status: u16, code: &'static str) -> RefusingS3 {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listings = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = listings.clone();
+        let client = reqwest::Client::new();
+        let handler = move |req: axum::extract::Request| {
+            let (upstream, seen, client) = (upstream.clone(), seen.clone(), client.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let query = parts.uri.query().unwrap_or("");
+                if query.contains("list-type=2") && seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                    let xml = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+                         <Message>injected by the test</Message></Error>"
+                    );
+                    return axum::response::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/xml")
+                        .body(axum::body::Body::from(xml))
+                        .unwrap();
+                }
+                let url = format!("{upstream}{}", parts.uri);
+                let mut forward = client
+                    .request(parts.method.clone(), url)
+                    .body(body.to_vec());
+                for (name, value) in &parts.headers {
+                    if name != "host" {
+                        forward = forward.header(name, value);
+                    }
+                }
+                let answer = forward.send().await.unwrap();
+                let mut reply = axum::response::Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    reply = reply.header(name, value);
+                }
+                reply
+                    .body(axum::body::Body::from(answer.bytes().await.unwrap()))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        RefusingS3 {
+            server: crate::support::serve(app),
+            listings,
+        }
+    }
+
+    fn listings(&self) -> usize {
+        self.listings.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn denied_and_throttled_listings_are_retried_without_holding_up_other_datasets() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let s3 = s3_client(&moto, &rt);
+    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    // The first listing is denied; the agent's retry gets through.
+    let proxy = RefusingS3::start(moto.endpoint.clone(), 1, 403, "AccessDenied");
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"5s\"\niterations = 1\nverify = \"before-timeout\"\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        proxy.server.base
+    ));
+    env.envs = moto.envs();
+    let agent = env.start();
+    let healed = "DeniedThenListed";
+    let lines = env.write_dataset(healed, &file_names(3));
+    rt.block_on(put_lines(
+        &s3,
+        &env.share(),
+        &lines.iter().collect::<Vec<_>>(),
+    ));
+    let lost = lines.iter().find(|l| l.ends_with(".dat")).unwrap().clone();
+    let sent: Vec<Value> = lines
+        .iter()
+        .filter(|l| **l != lost)
+        .map(|l| notification(&env, l, BUCKET))
+        .collect();
+    assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+    // Another dataset, complete by its notifications, decides meanwhile.
+    let other = "NotifiedInFull01";
+    let sent: Vec<Value> = env
+        .write_dataset(other, &file_names(3))
+        .iter()
+        .map(|l| notification(&env, l, BUCKET))
+        .collect();
+    assert_eq!(agent.post(&json!(sent).to_string()).0, 202);
+    let events = env.wait_for_events(other, 1, Duration::from_secs(60));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful"
+    );
+
+    let events = env.wait_for_events(healed, 1, Duration::from_secs(90));
+    assert_eq!(
+        events[0]["detail-type"],
+        "File Upload Reconciliation Successful",
+        "{}",
+        agent.logs()
+    );
+    assert!(
+        agent.logs().contains("AccessDenied"),
+        "the denial is logged"
+    );
+    assert_eq!(proxy.listings(), 2, "one denied, one retried");
+    assert_eq!(agent.status(Some(healed))["listed-entries"], 1);
+
+    // `verify` rides out throttling: the SDK retries SlowDown itself.
+    let throttled = RefusingS3::start(moto.endpoint.clone(), 2, 503, "SlowDown");
+    let config = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace(&proxy.server.base, &throttled.server.base);
+    std::fs::write(env.config_path(), config).unwrap();
+    let (code, out) = verify(&env, &moto, &[healed, "--bucket", BUCKET, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(throttled.listings(), 3, "two throttled, then listed");
+}
