@@ -21,12 +21,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
             .into_response();
     };
     let reader = state.reader.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((reader.dataset_totals()?, reader.pending_totals()?))
-    })
-    .await;
+    let read = tokio::task::spawn_blocking(move || reader.dataset_gauges()).await;
     match read {
-        Ok(Ok((totals, (files, bytes)))) => {
+        Ok(Ok(gauges)) => {
+            let totals = gauges.totals;
             for s in [
                 DatasetState::Collecting,
                 DatasetState::Reconciling,
@@ -40,8 +38,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
                     .map_or(0, |(_, n)| *n);
                 metrics::gauge!(telemetry::DATASETS, "state" => s.as_str()).set(n as f64);
             }
-            metrics::gauge!(telemetry::PENDING_FILES).set(files as f64);
-            metrics::gauge!(telemetry::PENDING_BYTES).set(bytes as f64);
+            metrics::gauge!(telemetry::PENDING_FILES).set(gauges.pending_files as f64);
+            metrics::gauge!(telemetry::PENDING_BYTES).set(gauges.pending_bytes as f64);
         }
         // The rest is still worth scraping; /healthz names the store's fault.
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot read the dataset totals"),

@@ -472,6 +472,17 @@ fn activity_orders(open: &Opener, _shared: bool) {
     }
     let ids = |v: Vec<DatasetRecord>| v.into_iter().map(|d| d.set_id).collect::<Vec<_>>();
     let r = &a.reader;
+    let gauges = r.dataset_gauges().unwrap();
+    assert_eq!(gauges.totals, r.dataset_totals().unwrap());
+    // Undecided: A and C (a backend may read C, which has a manifest, as
+    // reconciling); decided ones only where the backend lists them.
+    let active: u64 = gauges
+        .totals
+        .iter()
+        .filter(|(state, _)| state == "collecting" || state == "reconciling")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(active, 2, "{gauges:?}");
     assert_eq!(
         ids(r.datasets_page_by_activity(true, None, 10).unwrap()),
         ["A", "C"]

@@ -135,6 +135,15 @@ pub struct Committed {
     pub revisit: Vec<String>,
 }
 
+/// The store's gauges for `/metrics` (see [`StoreReader::dataset_gauges`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatasetGauges {
+    /// Datasets by state name.
+    pub totals: Vec<(String, u64)>,
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+}
+
 /// The read side: safe to use from any thread while the engine writes.
 pub trait StoreReader: Send + Sync {
     fn datasets(&self) -> StoreResult<Vec<DatasetRecord>>;
@@ -185,15 +194,21 @@ pub trait StoreReader: Send + Sync {
         }
         Ok(totals.into_iter().collect())
     }
-    /// Pending local files and their bytes, over the datasets not decided.
-    fn pending_totals(&self) -> StoreResult<(u64, u64)> {
-        Ok(self
-            .datasets()?
-            .iter()
-            .filter(|d| !d.state.is_decided())
-            .fold((0, 0), |(f, b), d| {
-                (f + d.counts.pending, b + d.counts.pending_bytes)
-            }))
+    /// What `/metrics` shows of the store, in one read of the datasets
+    /// (for a remote store, one scan per scrape): datasets by state, and
+    /// pending local files and bytes over the datasets not decided.
+    fn dataset_gauges(&self) -> StoreResult<DatasetGauges> {
+        let mut gauges = DatasetGauges::default();
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        for d in self.datasets()? {
+            *totals.entry(d.state.as_str().to_owned()).or_default() += 1;
+            if !d.state.is_decided() {
+                gauges.pending_files += d.counts.pending;
+                gauges.pending_bytes += d.counts.pending_bytes;
+            }
+        }
+        gauges.totals = totals.into_iter().collect();
+        Ok(gauges)
     }
     /// One dataset with up to `limit` example paths per problem list.
     fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>>;
@@ -201,3 +216,53 @@ pub trait StoreReader: Send + Sync {
 }
 
 pub use crate::outbound::{Outbox, OutboxResult};
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A reader that only lists (as a remote store does), counting lists.
+    struct Listing {
+        datasets: Vec<DatasetRecord>,
+        lists: AtomicUsize,
+    }
+
+    impl StoreReader for Listing {
+        fn datasets(&self) -> StoreResult<Vec<DatasetRecord>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(self.datasets.clone())
+        }
+        fn dataset_detail(&self, _: &str, _: usize) -> StoreResult<Option<DatasetDetail>> {
+            Ok(None)
+        }
+        fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_scrape_lists_the_datasets_once() {
+        let mut open = DatasetRecord::new("A", 0);
+        open.counts.pending = 2;
+        open.counts.pending_bytes = 30;
+        let mut done = DatasetRecord::new("B", 0);
+        done.state = DatasetState::Succeeded;
+        done.counts.pending = 5; // decided: no longer pending
+        let reader = Listing {
+            datasets: vec![open, done],
+            lists: AtomicUsize::new(0),
+        };
+        let gauges = reader.dataset_gauges().unwrap();
+        assert_eq!(reader.lists.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            gauges,
+            DatasetGauges {
+                totals: vec![("collecting".into(), 1), ("succeeded".into(), 1)],
+                pending_files: 2,
+                pending_bytes: 30,
+            }
+        );
+    }
+}

@@ -17,7 +17,8 @@ use super::model::{
     OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadRecord, Verdict,
 };
 use super::{
-    Committed, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult, StoreTx,
+    Committed, DatasetGauges, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult,
+    StoreTx,
 };
 use crate::config::SyncMode;
 
@@ -630,14 +631,19 @@ impl StoreReader for SqliteReader {
         })
     }
 
-    fn pending_totals(&self) -> StoreResult<(u64, u64)> {
-        self.with(|c| {
+    fn dataset_gauges(&self) -> StoreResult<DatasetGauges> {
+        let (pending_files, pending_bytes) = self.with(|c| {
             c.query_row(
                 "SELECT coalesce(sum(pending), 0), coalesce(sum(pending_bytes), 0) FROM datasets \
                  WHERE state IN ('collecting', 'reconciling')",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
+        })?;
+        Ok(DatasetGauges {
+            totals: self.dataset_totals()?,
+            pending_files,
+            pending_bytes,
         })
     }
 
