@@ -111,7 +111,7 @@ impl Agent {
             max_manifest_bytes: config.share.max_manifest_bytes.0,
             manifest_read_timeout: config.share.manifest_read_timeout.0,
             health: health.clone(),
-            verify: verify_settings(config).await,
+            verify: verify_settings(config, aws.as_ref()),
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(store, policy, settings, outbox_tx);
@@ -241,8 +241,12 @@ async fn load_aws(config: &Config) -> Option<AwsConfig> {
     None
 }
 
-/// `[reconcile] verify` as the engine needs it (None: off).
-async fn verify_settings(config: &Config) -> Option<crate::reconcile::listing::VerifySettings> {
+/// `[reconcile] verify` as the engine needs it (None: off). It is on only
+/// where the config uses AWS, so `aws` is loaded then.
+fn verify_settings(
+    config: &Config,
+    aws: Option<&AwsConfig>,
+) -> Option<crate::reconcile::listing::VerifySettings> {
     use crate::config::VerifyMode;
     let mode = config.verify_mode();
     if mode == VerifyMode::Off {
@@ -251,11 +255,10 @@ async fn verify_settings(config: &Config) -> Option<crate::reconcile::listing::V
     #[cfg(feature = "aws")]
     {
         let r = &config.reconcile;
-        let lister = crate::sources::s3_listing::S3Lister::new(
-            &config.aws,
+        let lister = crate::sources::s3_listing::S3Lister::from_sdk(
+            aws?,
             r.verify_requests_per_second.get(),
-        )
-        .await;
+        );
         info!(mode = ?mode, "datasets are cross-checked against their S3 listing");
         Some(crate::reconcile::listing::VerifySettings {
             lister: std::sync::Arc::new(lister),
@@ -267,7 +270,10 @@ async fn verify_settings(config: &Config) -> Option<crate::reconcile::listing::V
     }
     // Refused by the preflight check.
     #[cfg(not(feature = "aws"))]
-    None
+    {
+        let _ = aws;
+        None
+    }
 }
 
 /// The SQS receive loops.

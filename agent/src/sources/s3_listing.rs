@@ -41,9 +41,14 @@ pub struct S3Lister {
 }
 
 impl S3Lister {
+    /// Loads the AWS configuration (`verify`, which has none loaded yet).
     pub async fn new(aws: &AwsSection, rate: u32) -> S3Lister {
-        let sdk = crate::aws::sdk_config(aws).await;
-        let mut config = aws_sdk_s3::config::Builder::from(&sdk);
+        Self::from_sdk(&crate::aws::sdk_config(aws).await, rate)
+    }
+
+    /// With the AWS configuration the agent already loaded.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, rate: u32) -> S3Lister {
+        let mut config = aws_sdk_s3::config::Builder::from(sdk);
         if sdk.endpoint_url().is_some() {
             // Emulators (and most S3-compatible stores) serve path-style URLs.
             config = config.force_path_style(true);
