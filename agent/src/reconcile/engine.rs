@@ -91,10 +91,9 @@ pub enum Command {
         set_id: String,
         scan_started_ms: i64,
     },
-    /// The S3 listing of a dataset's prefix, for the claim made at `claimed_ms`.
+    /// The S3 listing a dataset's claim asked for.
     Listed {
-        set_id: String,
-        claimed_ms: i64,
+        job: ListingJob,
         result: Result<Vec<ListedObject>, String>,
     },
     /// Periodic re-check: deadlines, manifests not yet readable, decisions.
@@ -128,8 +127,7 @@ enum Step {
         scan_started_ms: i64,
     },
     Listed {
-        set_id: String,
-        claimed_ms: i64,
+        job: ListingJob,
         result: Result<Vec<ListedObject>, String>,
     },
     Tick,
@@ -299,7 +297,9 @@ struct ListingOutcome {
     objects: usize,
     recorded: u64,
     /// Manifest entries S3 does not hold either.
-    lacking: Vec<String>,
+    lacking: usize,
+    /// Names what S3 lacks, for the Timeout (None: it lacks nothing).
+    lacking_note: Option<String>,
 }
 
 pub struct Engine {
@@ -425,15 +425,7 @@ impl Engine {
                     set_id,
                     scan_started_ms,
                 },
-                Command::Listed {
-                    set_id,
-                    claimed_ms,
-                    result,
-                } => Step::Listed {
-                    set_id,
-                    claimed_ms,
-                    result,
-                },
+                Command::Listed { job, result } => Step::Listed { job, result },
                 // Re-checks queued while a batch ran are one re-check.
                 Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
                 Command::Tick => Step::Tick,
@@ -595,13 +587,8 @@ impl Engine {
                     self.core
                         .prune_local(&mut *tx, work, set_id, *scan_started_ms, now)?;
                 }
-                Step::Listed {
-                    set_id,
-                    claimed_ms,
-                    result,
-                } => {
-                    self.core
-                        .apply_listing(&mut *tx, work, set_id, *claimed_ms, result, now)?;
+                Step::Listed { job, result } => {
+                    self.core.apply_listing(&mut *tx, work, job, result, now)?;
                 }
             }
         }
@@ -1255,8 +1242,8 @@ impl Core {
             && ds.counts.unjudged == 0
         {
             // Listed, recorded and judged, still not complete.
-            if !outcome.lacking.is_empty() {
-                ds.note = Some(lacking_note(&outcome.lacking, outcome.objects));
+            if let Some(note) = &outcome.lacking_note {
+                ds.note = Some(note.clone());
             }
             return true;
         }
@@ -1312,13 +1299,13 @@ impl Core {
         &mut self,
         tx: &mut dyn StoreTx,
         work: &mut Work,
-        set_id: &str,
-        claimed_ms: i64,
+        job: &ListingJob,
         result: &Result<Vec<ListedObject>, String>,
         now: i64,
     ) -> StoreResult<()> {
+        let set_id = job.set_id.as_str();
         let ds = work.dataset(tx, set_id, now)?;
-        if ds.state.is_decided() || ds.listing_ms != Some(claimed_ms) {
+        if ds.state.is_decided() || ds.listing_ms != Some(job.claimed_ms) {
             // Decided meanwhile, or claimed again since (a newer listing).
             return Ok(());
         }
@@ -1346,7 +1333,6 @@ impl Core {
         }
         let keys: Vec<(&str, &str)> = found.iter().map(|(_, e, _)| (set_id, e.as_str())).collect();
         prefetch_entries(tx, &keys)?;
-        let bucket = listing_bucket(work, tx, set_id, now, &self.settings.verify)?;
         let mut recorded = 0;
         for (object, entry, kind) in &found {
             if tx.entry(set_id, entry)?.is_some_and(|e| e.upload.is_some()) {
@@ -1354,7 +1340,7 @@ impl Core {
             }
             let upload = ObjectUpload {
                 event_id: String::new(),
-                bucket: bucket.clone(),
+                bucket: job.bucket.clone(),
                 key: object.key.clone(),
                 size: object.size,
                 event_time: object.last_modified_ms.div_euclid(1000),
@@ -1376,7 +1362,8 @@ impl Core {
             ListingOutcome {
                 objects: objects.len(),
                 recorded,
-                lacking,
+                lacking: lacking.len(),
+                lacking_note: (!lacking.is_empty()).then(|| lacking_note(&lacking, objects.len())),
             },
         );
         Ok(())
@@ -1415,7 +1402,7 @@ impl Core {
                 set_id,
                 listed = outcome.objects,
                 recorded_from_listing = outcome.recorded,
-                lacking = outcome.lacking.len(),
+                lacking = outcome.lacking,
                 "S3 listing applied"
             );
             metrics::counter!(telemetry::LISTED_UPLOADS).increment(outcome.recorded);
@@ -1458,24 +1445,6 @@ fn manifest_read(ds: &DatasetRecord) -> (String, String, i64) {
         .map(|m| (m.key.clone(), m.event_time))
         .unwrap_or_default();
     (ds.set_id.clone(), key, time)
-}
-
-/// The bucket of a dataset's listing: its manifest's, else `[share] bucket`.
-fn listing_bucket(
-    work: &mut Work,
-    tx: &mut dyn StoreTx,
-    set_id: &str,
-    now: i64,
-    verify: &Option<VerifySettings>,
-) -> StoreResult<String> {
-    let ds = work.dataset(tx, set_id, now)?;
-    Ok(ds
-        .manifest
-        .as_ref()
-        .map(|m| m.bucket.clone())
-        .filter(|b| !b.is_empty())
-        .or_else(|| verify.as_ref().and_then(|v| v.default_bucket.clone()))
-        .unwrap_or_default())
 }
 
 /// A Timeout's note after a listing: what S3 lacks, by name (the first few).

@@ -138,13 +138,7 @@ pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> List
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {give_up_after:?}")));
                 drop(slot);
-                let _ = commands
-                    .send(Command::Listed {
-                        set_id: job.set_id,
-                        claimed_ms: job.claimed_ms,
-                        result,
-                    })
-                    .await;
+                let _ = commands.send(Command::Listed { job, result }).await;
             });
         }
     });
