@@ -3,12 +3,13 @@
 //! 0: complete; 1: incomplete; 2: could not tell (the error says why).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::notification::Classifier;
 use crate::reconcile::manifest;
 use crate::sources::s3_listing::{Listing, S3Lister};
 
@@ -73,7 +74,8 @@ pub fn compare(
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let share = &args.config.share;
-    let dataset_dir = format!("{}{}", args.set_id, share.job_dir_suffix.0);
+    let classifier = Classifier::new(&*share.job_dir_suffix.0, &*share.manifest_suffix.0);
+    let dataset_dir = classifier.dataset_dir(&args.set_id);
     let bucket = args
         .bucket
         .clone()
@@ -81,7 +83,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         .ok_or_else(|| {
             anyhow!("which bucket? Give --bucket, or set [share] bucket in the config")
         })?;
-    let entries = read_manifest(&args, &dataset_dir)?;
+    let entries = read_manifest(&args, &dataset_dir, &classifier.manifest_key(&args.set_id))?;
     let lister = S3Lister::new(
         &args.config.aws,
         args.config.reconcile.verify_requests_per_second.get(),
@@ -99,7 +101,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         .await;
     progress.finish_and_clear();
     let listing = listing?;
-    let local = |entry: &str| local_file_size(&share.path, entry);
+    let local = |entry: &str| manifest::file_size(&share.path, entry);
     let result = compare(&entries, &listing, local);
     if args.json {
         println!(
@@ -119,7 +121,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     Ok(result.complete())
 }
 
-fn read_manifest(args: &VerifyArgs, dataset_dir: &str) -> anyhow::Result<Vec<String>> {
+fn read_manifest(
+    args: &VerifyArgs,
+    dataset_dir: &str,
+    manifest_key: &str,
+) -> anyhow::Result<Vec<String>> {
     let share = &args.config.share;
     let lines = match &args.manifest {
         Some(path) => {
@@ -127,27 +133,16 @@ fn read_manifest(args: &VerifyArgs, dataset_dir: &str) -> anyhow::Result<Vec<Str
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             manifest::parse(&bytes, dataset_dir)?
         }
-        None => {
-            let key = format!("{dataset_dir}/{}{}", args.set_id, share.manifest_suffix.0);
-            manifest::read(
-                &share.path,
-                &key,
-                dataset_dir,
-                false,
-                share.max_manifest_bytes.0,
-            )
-            .context("reading the dataset's manifest on the share (or give --manifest FILE)")?
-        }
+        None => manifest::read(
+            &share.path,
+            manifest_key,
+            dataset_dir,
+            false,
+            share.max_manifest_bytes.0,
+        )
+        .context("reading the dataset's manifest on the share (or give --manifest FILE)")?,
     };
     Ok(lines.into_iter().map(|(entry, _)| entry).collect())
-}
-
-/// The size of a regular file on the share (not following links).
-fn local_file_size(share: &Path, entry: &str) -> Option<u64> {
-    std::fs::symlink_metadata(share.join(entry))
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
 }
 
 fn report_json(

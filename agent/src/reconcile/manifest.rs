@@ -110,16 +110,19 @@ pub fn read(
     Ok(entries
         .into_iter()
         .map(|(entry, given)| {
-            let size = given.or_else(|| {
-                with_sizes
-                    .then(|| std::fs::symlink_metadata(share.join(&entry)).ok())
-                    .flatten()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len())
-            });
+            let size = given.or_else(|| with_sizes.then(|| file_size(share, &entry)).flatten());
             (entry, size)
         })
         .collect())
+}
+
+/// The size of a regular file on the share; None for directories, links
+/// and vanished files (links are not followed).
+pub fn file_size(share: &Path, entry: &str) -> Option<u64> {
+    std::fs::symlink_metadata(share.join(entry))
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// The bytes of `<share>/<key>`, if it is a regular file reached without
