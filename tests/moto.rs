@@ -18,6 +18,12 @@ impl Moto {
     /// Starts moto on a free port (installing it with pip if missing) and
     /// waits until it accepts connections.
     pub fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Moto::start`], with environment variables for the server
+    /// (`MOTO_HISTORY`, `MOTO_TRACE`: see `moto_server.py`).
+    pub fn start_with(envs: &[(&str, &str)]) -> Moto {
         let installed = Command::new("python3")
             .args(["-c", "import moto.server"])
             .status()
@@ -36,6 +42,7 @@ impl Moto {
             .port();
         let child = Command::new("python3")
             .args([MOTO_SERVER, "127.0.0.1", &port.to_string()])
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

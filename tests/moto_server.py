@@ -1,7 +1,10 @@
 """moto_server, with DynamoDB requests applied one at a time.
 
 Usage: python3 tests/moto_server.py HOST PORT
-(MOTO_TRACE=FILE appends each DynamoDB request's operation and time to FILE.)
+(MOTO_TRACE=FILE appends each DynamoDB request's operation and time to FILE.
+MOTO_HISTORY=FILE appends each DynamoDB write request, whole, with whether it
+committed, as one JSON line, in the order the table applied them: the history
+the tests' checker replays.)
 
 moto applies a DynamoDB request in steps and undoes a failed transaction by
 restoring a copy of the whole table taken when it began. Two requests at once
@@ -18,6 +21,8 @@ so that is done instead (when this moto's internals are as expected).
 """
 
 import copy
+import io
+import json
 import os
 import sys
 import threading
@@ -97,15 +102,42 @@ def main() -> None:
     app = DomainDispatcherApplication(create_backend_app)
     dynamodb = threading.Lock()
     trace = os.environ.get("MOTO_TRACE")
+    history = os.environ.get("MOTO_HISTORY")
+    writes = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+    seq = [0]
 
     def serialized(environ, start_response):
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target.startswith("DynamoDB_"):
+            op = target.split(".")[-1]
+            request = None
+            if history and op in writes:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                raw = environ["wsgi.input"].read(length)
+                environ["wsgi.input"] = io.BytesIO(raw)
+                request = raw
+            status = []
+
+            def recording_start_response(s, headers, *rest):
+                status.append(s)
+                return start_response(s, headers, *rest)
+
             with dynamodb:
                 started = time.monotonic()
                 # The whole response is built inside the lock.
-                body = list(app(environ, start_response))
+                body = list(app(environ, recording_start_response))
                 ms = (time.monotonic() - started) * 1000
+                if request is not None:
+                    seq[0] += 1
+                    line = {
+                        "seq": seq[0],
+                        "ms": int(time.time() * 1000),
+                        "op": op,
+                        "ok": bool(status) and status[0].startswith("200"),
+                        "request": json.loads(request or b"{}"),
+                    }
+                    with open(history, "a") as f:
+                        f.write(json.dumps(line) + "\n")
             if trace:
                 with open(trace, "a") as f:
                     f.write(f"{target.split('.')[-1]} {ms:.1f}\n")

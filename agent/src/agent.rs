@@ -265,6 +265,9 @@ fn verify_settings(
             periodic: (mode == VerifyMode::Periodic)
                 .then_some((r.verify_every.0, r.verify_after.0)),
             recheck: r.wait.0,
+            // Listings wait for the shared request rate: generous, so only
+            // a listing that never answers is cut.
+            hung_after: r.wait.0.max(std::time::Duration::from_secs(60)),
             default_bucket: config.share.bucket.clone(),
         })
     }

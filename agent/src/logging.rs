@@ -67,9 +67,52 @@ impl RateLimit {
     }
 }
 
+/// Longest text from outside (an AWS error answer, a listing failure) kept
+/// in a note, `/status` or a log line.
+pub const EXTERNAL_TEXT_BYTES: usize = 1024;
+
+/// Text that came from outside, made safe to keep and show: control
+/// characters become spaces, runs of whitespace one space, and it is cut to
+/// [`EXTERNAL_TEXT_BYTES`] at a character boundary. An endpoint answering
+/// a megabyte of junk costs one kilobyte per note.
+pub fn clean_external(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(EXTERNAL_TEXT_BYTES + 8));
+    let mut space = false;
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (space || out.is_empty()) {
+            continue;
+        }
+        space = c == ' ';
+        if out.len() + c.len_utf8() > EXTERNAL_TEXT_BYTES {
+            out.push_str(" [cut]");
+            return out;
+        }
+        out.push(c);
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_text_is_cleaned_and_capped() {
+        assert_eq!(
+            clean_external("  SlowDown:\n\treduce\u{1b}[31m rate  "),
+            "SlowDown: reduce [31m rate"
+        );
+        let junk = "é".repeat(1 << 20);
+        let kept = clean_external(&junk);
+        assert!(kept.len() <= EXTERNAL_TEXT_BYTES + " [cut]".len());
+        assert!(kept.ends_with(" [cut]"));
+    }
 
     #[test]
     fn rate_limit_holds_back_and_counts() {

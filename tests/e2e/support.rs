@@ -9,6 +9,12 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vault-agent");
 
+/// The agent binary the tests start: `VAULT_AGENT_BIN` when set (to run a
+/// test, such as the history checker, against another build), else [`BIN`].
+pub fn agent_bin() -> String {
+    std::env::var("VAULT_AGENT_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     /// Appended to the config (e.g. a `[reconcile]` table).
@@ -113,7 +119,7 @@ impl Env {
     fn spawn(&self, port: u16, soft_fd_limit: Option<u64>) -> AgentProcess {
         use std::os::unix::process::CommandExt;
         let log = self.dir.path().join(format!("agent-{port}.log"));
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(agent_bin());
         command
             .args(["run", "--config"])
             .arg(self.config_path())

@@ -268,6 +268,9 @@ struct Core {
     listings: Option<Listings>,
     /// Why each dataset's last listing failed (for its Timeout's note).
     listing_failures: HashMap<String, String>,
+    /// Datasets whose listing is queued or running: never claimed again
+    /// before its result is in.
+    listing_in_flight: HashSet<String>,
 }
 
 /// One transaction's worth of changes, acted on once committed.
@@ -296,6 +299,8 @@ struct Work {
 struct ListingOutcome {
     objects: usize,
     recorded: u64,
+    /// Objects not counted: partial or stale copies.
+    partial: usize,
     /// Manifest entries S3 does not hold either.
     lacking: usize,
     /// Names what S3 lacks, for the Timeout (None: it lacks nothing).
@@ -347,6 +352,7 @@ impl Engine {
             deferred: HashSet::new(),
             listings,
             listing_failures: HashMap::new(),
+            listing_in_flight: HashSet::new(),
         };
         (
             Engine {
@@ -425,7 +431,10 @@ impl Engine {
                     set_id,
                     scan_started_ms,
                 },
-                Command::Listed { job, result } => Step::Listed { job, result },
+                Command::Listed { job, result } => {
+                    self.core.listing_in_flight.remove(&job.set_id);
+                    Step::Listed { job, result }
+                }
                 // Re-checks queued while a batch ran are one re-check.
                 Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
                 Command::Tick => Step::Tick,
@@ -508,15 +517,27 @@ impl Engine {
         metrics::counter!(telemetry::BATCHES).increment(1);
         metrics::histogram!(telemetry::COMMIT_SECONDS).record(started.elapsed());
         // A claim another writer won first: the dataset stays decided, but
-        // the event and its log line are the other's.
-        let lost = &committed.lost_claims;
+        // the event and its log line are the other's. A stale claim was not
+        // made at all: the dataset is decided again on a fresh read.
+        let unclaimed = |set_id: &String| {
+            committed.lost_claims.contains(set_id) || committed.stale_claims.contains(set_id)
+        };
         work.events
-            .retain(|e| !(outbound::is_decision(&e.detail_type) && lost.contains(&e.set_id)));
+            .retain(|e| !(outbound::is_decision(&e.detail_type) && unclaimed(&e.set_id)));
+        for set_id in &committed.stale_claims {
+            work.touched.remove(set_id);
+        }
         self.core.committed(&mut work);
         if let Some(max) = work.events.iter().map(|e| e.seq).max() {
             self.outbox.send_replace(max);
         }
-        Ok(committed.revisit)
+        let mut revisit = committed.revisit;
+        for set_id in committed.stale_claims {
+            if !revisit.contains(&set_id) {
+                revisit.push(set_id);
+            }
+        }
+        Ok(revisit)
     }
 
     /// Applies one batch in one transaction: the records, the decisions
@@ -815,6 +836,8 @@ impl Core {
         let prev = tx.entry(set_id, entry)?;
         if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
             && old.event_time > upload.event_time
+            // A listed record gives way to any notification.
+            && (!old.listed || listed)
         {
             // An older notification arriving late must not undo a newer one.
             work.count("stale_uploads");
@@ -1046,11 +1069,19 @@ impl Core {
     ) -> StoreResult<()> {
         if let Some((every, after)) = self.settings.verify.as_ref().and_then(|v| v.periodic) {
             let (every, after) = (every.as_millis() as i64, after.as_millis() as i64);
+            // Periodic listings are bounded: what does not fit now is
+            // claimed at a later re-check.
+            let mut room = self
+                .listings
+                .as_ref()
+                .map_or(0, |l| listing::PERIODIC_QUEUED.saturating_sub(l.queued().1));
             for d in open {
                 let due = now - d.first_seen_ms >= after
                     && d.listing_ms.is_none_or(|t| now - t >= every)
-                    && d.deadline_ms.is_none_or(|deadline| deadline > now);
-                if due {
+                    && d.deadline_ms.is_none_or(|deadline| deadline > now)
+                    && !self.listing_in_flight.contains(&d.set_id);
+                if due && room > 0 {
+                    room -= 1;
                     let mut jobs = Vec::new();
                     let ds = work.dataset(tx, &d.set_id, now)?;
                     self.claim_listing(ds, &mut jobs, now);
@@ -1198,7 +1229,13 @@ impl Core {
                         continue;
                     }
                     Ok(Decision::Wait(reason)) => {
+                        // What the last listing found stays said until the
+                        // next listing.
+                        let partial = ds.note.as_deref().and_then(partial_part).map(str::to_owned);
                         ds.note = (!reason.is_empty()).then_some(reason).or(ds.note.take());
+                        if let Some(partial) = partial {
+                            ds.note = Some(with_partial(ds.note.as_deref(), &partial));
+                        }
                     }
                     Err(e) if e.deferred => {
                         self.deferred.insert(ds.set_id.clone());
@@ -1236,7 +1273,6 @@ impl Core {
         let Some(recheck) = self.settings.verify.as_ref().map(|v| v.recheck) else {
             return true;
         };
-        let failure = self.listing_failures.remove(&ds.set_id);
         let deadline = ds.deadline_ms.unwrap_or(now);
         if let Some(outcome) = listed
             && ds.counts.unjudged == 0
@@ -1247,6 +1283,12 @@ impl Core {
             }
             return true;
         }
+        if self.listing_in_flight.contains(&ds.set_id) {
+            // Its result comes within one re-check of the listing starting
+            // (the worker gives up then), and is applied.
+            return false;
+        }
+        let failure = self.listing_failures.remove(&ds.set_id);
         match ds.listing_ms.filter(|t| *t >= deadline) {
             None => !self.claim_listing(ds, listings, now),
             Some(claimed) if now >= claimed + recheck.as_millis() as i64 => {
@@ -1278,6 +1320,11 @@ impl Core {
         let Some(verify) = &self.settings.verify else {
             return false;
         };
+        if self.listing_in_flight.contains(&ds.set_id)
+            || listings.iter().any(|j| j.set_id == ds.set_id)
+        {
+            return false;
+        }
         let dir = self.settings.classifier.dataset_dir(&ds.set_id);
         let Some(job) = verify.job_for(ds, dir, now) else {
             return false;
@@ -1294,7 +1341,12 @@ impl Core {
     }
 
     /// Records the objects a listing found that no notification announced,
-    /// as uploads marked `listed`; they reconcile as usual.
+    /// as uploads marked `listed`; they reconcile as usual. An object counts
+    /// only when it is the file on the share: its size (and time) confirm
+    /// the local file the watcher saw, or else its size is the manifest's.
+    /// Anything else is a partial or stale copy (the gateway makes partial
+    /// copies visible), noted and not counted, and the next listing looks
+    /// again. A listed record is replaced by a later listing or notification.
     fn apply_listing(
         &mut self,
         tx: &mut dyn StoreTx,
@@ -1305,17 +1357,16 @@ impl Core {
     ) -> StoreResult<()> {
         let set_id = job.set_id.as_str();
         let ds = work.dataset(tx, set_id, now)?;
-        if ds.state.is_decided() || ds.listing_ms != Some(job.claimed_ms) {
-            // Decided meanwhile, or claimed again since (a newer listing).
+        if ds.state.is_decided() {
             return Ok(());
         }
         let objects = match result {
             Ok(objects) => objects,
             Err(message) => {
+                let message = crate::logging::clean_external(message);
                 warn!(set_id, error = %message, "S3 listing failed; listed again later (past its deadline, the dataset times out after one re-check)");
                 ds.note = Some(format!("S3 listing failed: {message}"));
-                self.listing_failures
-                    .insert(set_id.to_owned(), message.clone());
+                self.listing_failures.insert(set_id.to_owned(), message);
                 return Ok(());
             }
         };
@@ -1334,8 +1385,11 @@ impl Core {
         let keys: Vec<(&str, &str)> = found.iter().map(|(_, e, _)| (set_id, e.as_str())).collect();
         prefetch_entries(tx, &keys)?;
         let mut recorded = 0;
+        let mut partial = Vec::new();
         for (object, entry, kind) in &found {
-            if tx.entry(set_id, entry)?.is_some_and(|e| e.upload.is_some()) {
+            let row = tx.entry(set_id, entry)?;
+            let current = row.as_ref().and_then(|r| r.upload.as_ref());
+            if current.is_some_and(|u| !u.listed) {
                 continue; // notified: the notification is the record
             }
             let upload = ObjectUpload {
@@ -1346,6 +1400,18 @@ impl Core {
                 event_time: object.last_modified_ms.div_euclid(1000),
                 modified: None,
             };
+            if let Err(why) = listed_copy_is_whole(row.as_ref(), &upload) {
+                partial.push(format!("{entry} ({why})"));
+                if let Some(row) = row.filter(|r| r.upload.is_some()) {
+                    // A copy recorded by an earlier listing is no longer
+                    // the file on the share.
+                    self.forget_listed(tx, work, row, now)?;
+                }
+                continue;
+            }
+            if current.is_some_and(|u| u.size == upload.size && u.event_time == upload.event_time) {
+                continue; // recorded by an earlier listing, unchanged
+            }
             self.apply_upload(tx, work, &upload, set_id, entry, *kind, true, now)?;
             recorded += 1;
         }
@@ -1357,15 +1423,49 @@ impl Core {
             .collect();
         let ds = work.dataset(tx, set_id, now)?;
         ds.listed_entries += recorded;
+        // This listing's word on partial copies replaces the last one's.
+        let rest = ds.note.as_deref().map(|n| match n.find(PARTIAL_MARK) {
+            Some(at) => n[..at].trim_end_matches("; ").to_owned(),
+            None => n.to_owned(),
+        });
+        ds.note = if partial.is_empty() {
+            rest.filter(|r| !r.is_empty())
+        } else {
+            Some(with_partial(rest.as_deref(), &partial_note(&partial)))
+        };
+        let mut note = (!lacking.is_empty()).then(|| lacking_note(&lacking, objects.len()));
+        if let (Some(n), false) = (note.as_mut(), partial.is_empty()) {
+            n.push_str("; ");
+            n.push_str(&partial_note(&partial));
+        }
         work.listed.insert(
             set_id.to_owned(),
             ListingOutcome {
                 objects: objects.len(),
                 recorded,
+                partial: partial.len(),
                 lacking: lacking.len(),
-                lacking_note: (!lacking.is_empty()).then(|| lacking_note(&lacking, objects.len())),
+                lacking_note: note,
             },
         );
+        Ok(())
+    }
+
+    /// Drops a listed upload that a later listing no longer confirms.
+    fn forget_listed(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        mut row: EntryRecord,
+        now: i64,
+    ) -> StoreResult<()> {
+        let before = EntryRecord::contribution(Some(&row));
+        row.upload = None;
+        tx.put_entry(&row)?;
+        let ds = work.dataset(tx, &row.set_id, now)?;
+        ds.counts -= before;
+        ds.counts += EntryRecord::contribution(Some(&row));
+        ds.listed_entries = ds.listed_entries.saturating_sub(1);
         Ok(())
     }
 
@@ -1402,6 +1502,7 @@ impl Core {
                 set_id,
                 listed = outcome.objects,
                 recorded_from_listing = outcome.recorded,
+                partial_copies = outcome.partial,
                 lacking = outcome.lacking,
                 "S3 listing applied"
             );
@@ -1409,9 +1510,15 @@ impl Core {
         }
         if let Some(listings) = &self.listings {
             for job in work.listings.drain(..) {
-                info!(set_id = %job.set_id, bucket = %job.bucket, prefix = %job.prefix, "listing the dataset's S3 prefix");
-                if !listings.start(job) {
-                    error!("the S3 listing worker has stopped");
+                info!(set_id = %job.set_id, bucket = %job.bucket, prefix = %job.prefix, before_timeout = job.before_timeout, "listing the dataset's S3 prefix");
+                let set_id = job.set_id.clone();
+                if listings.start(job) {
+                    self.listing_in_flight.insert(set_id);
+                } else {
+                    warn!(
+                        set_id,
+                        "the S3 listing queue is full or stopped; listing later"
+                    );
                 }
             }
         }
@@ -1445,6 +1552,72 @@ fn manifest_read(ds: &DatasetRecord) -> (String, String, i64) {
         .map(|m| (m.key.clone(), m.event_time))
         .unwrap_or_default();
     (ds.set_id.clone(), key, time)
+}
+
+/// Whether an object seen only in a listing is the whole file on the share:
+/// it confirms the local file the watcher saw (size, and not older), or
+/// else its size is the manifest's. A directory counts by its presence.
+/// Otherwise it says why not.
+fn listed_copy_is_whole(row: Option<&EntryRecord>, object: &ObjectUpload) -> Result<(), String> {
+    if object.key.ends_with('/') {
+        return Ok(());
+    }
+    let candidate = UploadRecord {
+        object_key: object.key.clone(),
+        bucket: object.bucket.clone(),
+        size: object.size,
+        event_time: object.event_time,
+        verdict: Verdict::Unjudged,
+        matched: false,
+        modified: None,
+        listed: true,
+    };
+    let local = row.and_then(|r| r.local);
+    let expected = row.and_then(|r| r.expected).flatten();
+    match (local, expected) {
+        (Some(local), _) if local.confirmed_by(Some(&candidate)) => Ok(()),
+        (Some(local), _) if local.size != object.size => Err(format!(
+            "S3 holds {} bytes, the share {}",
+            object.size, local.size
+        )),
+        (Some(_), _) => Err("S3's copy is older than the file on the share".into()),
+        (None, Some(size)) if size == object.size => Ok(()),
+        (None, Some(size)) => Err(format!(
+            "S3 holds {} bytes, the manifest {size}",
+            object.size
+        )),
+        (None, None) => Err("its size on the share is not known yet".into()),
+    }
+}
+
+/// Where a note says what the last listing did not count.
+const PARTIAL_MARK: &str = "not counted, partial or stale in S3: ";
+
+/// The part of a note about partial copies, if any.
+fn partial_part(note: &str) -> Option<&str> {
+    note.find(PARTIAL_MARK).map(|at| &note[at..])
+}
+
+/// A note followed by the part about partial copies.
+fn with_partial(note: Option<&str>, partial: &str) -> String {
+    match note.filter(|n| !n.is_empty()) {
+        Some(n) if n.contains(PARTIAL_MARK) => n.to_owned(),
+        Some(n) => format!("{n}; {partial}"),
+        None => partial.to_owned(),
+    }
+}
+
+/// A dataset's note on listed objects that are not (yet) the whole file.
+fn partial_note(partial: &[String]) -> String {
+    const NAMED: usize = 5;
+    let names = partial.iter().take(NAMED).cloned().collect::<Vec<_>>();
+    let more = partial.len().saturating_sub(NAMED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{PARTIAL_MARK}{}{more}", names.join(", "))
 }
 
 /// A Timeout's note after a listing: what S3 lacks, by name (the first few).
@@ -1714,6 +1887,22 @@ mod tests {
             self.handle.ingest(vec![n]).await.unwrap()
         }
 
+        /// What the share watcher reports of a file (mtime 1 s).
+        async fn local(&self, set_id: &str, entry: &str, size: u64) {
+            let change = LocalChange {
+                set_id: set_id.into(),
+                entry: entry.into(),
+                file: Some(LocalFile {
+                    size,
+                    mtime: 1,
+                    is_dir: false,
+                    seen_ms: now_ms(),
+                }),
+            };
+            let handle = self.handle.clone();
+            tokio::task::block_in_place(|| handle.blocking_local(vec![change])).unwrap();
+        }
+
         /// (Reads block: off the async worker, for the DynamoDB backend.)
         fn dataset(&self, set_id: &str) -> Option<DatasetRecord> {
             self.detail(set_id).map(|d| d.record)
@@ -1790,6 +1979,7 @@ mod tests {
     }
 
     on_every_backend!(
+        a_resealed_dataset_is_decided_on_its_newest_manifest,
         out_of_order_with_duplicates_and_directory_slashes_succeeds_once,
         manifest_last_succeeds_when_it_is_read,
         newer_notification_replaces_and_stale_one_is_ignored,
@@ -1853,6 +2043,43 @@ mod tests {
         h.send(&last, 1, 101).await;
         h.send(manifest, 77, 102).await;
         assert_eq!(h.events().len(), 1);
+    }
+
+    /// Observed on DynamoDB: the newer manifest's `manifest_loaded = false`
+    /// was dropped, so the dataset went `Successful` on the old manifest
+    /// while the re-seal's new file was never uploaded.
+    async fn a_resealed_dataset_is_decided_on_its_newest_manifest(kind: Kind) {
+        let h = Harness::new(kind, HOUR);
+        let lines = h.write_dataset("R1", &["a", "b"]);
+        let manifest = "R1-vaultjob/R1.manifest";
+        for l in lines.iter().filter(|l| !l.ends_with("/b")) {
+            h.send(l, 1, 100).await;
+        }
+        h.wait_for("the first manifest", |h| {
+            h.dataset("R1").is_some_and(|d| d.manifest_entries == 4)
+        })
+        .await;
+        // Re-sealed with one more file; its manifest notification is newer.
+        let resealed = h.write_dataset("R1", &["a", "b", "c"]);
+        assert_eq!(resealed.len(), 5);
+        h.send(manifest, 2, 200).await;
+        h.wait_for("the newer manifest", |h| {
+            h.dataset("R1")
+                .is_some_and(|d| d.manifest_loaded && d.manifest_entries == 5)
+        })
+        .await;
+        h.send("R1-vaultjob/b", 1, 100).await;
+        for _ in 0..3 {
+            h.handle.tick().await.unwrap();
+        }
+        h.send("R1-vaultjob/b", 1, 100).await; // a batch after the re-checks
+        let d = h.dataset("R1").unwrap();
+        assert_eq!(d.state, DatasetState::Reconciling, "{d:?}");
+        assert_eq!(d.missing(), Some(1));
+        assert!(h.events().is_empty(), "decided on the old manifest");
+        h.send("R1-vaultjob/c", 1, 100).await;
+        h.wait_for("success", |h| h.events().len() == 1).await;
+        assert_eq!(h.dataset("R1").unwrap().state, DatasetState::Succeeded);
     }
 
     async fn manifest_last_succeeds_when_it_is_read(kind: Kind) {
@@ -2019,11 +2246,15 @@ mod tests {
             lister: Arc::new(lister),
             periodic: None,
             recheck: Duration::from_millis(200),
+            hung_after: Duration::from_millis(200),
             default_bucket: None,
         };
         let h = Harness::with_verify(Kind::Sqlite, Duration::from_millis(100), Some(verify));
         for set_id in ["Heals", "Hangs"] {
             let lines = h.write_dataset(set_id, &["a", "b"]);
+            // The watcher saw the file on the share, so S3's copy can be
+            // compared with it.
+            h.local(set_id, &format!("{set_id}-vaultjob/b"), 1).await;
             for l in lines.iter().filter(|l| !l.ends_with("/b")) {
                 h.send(l, 1, 5).await;
             }
@@ -2056,5 +2287,184 @@ mod tests {
         );
         let claimed = hangs.listing_ms.unwrap();
         assert!(hangs.decided_ms.unwrap() >= claimed + 200, "{hangs:?}");
+    }
+
+    /// Lists what it holds now (tests change it between listings), each
+    /// listing taking `delay`.
+    struct SharedLister {
+        objects: std::sync::Mutex<HashMap<String, Vec<ListedObject>>>,
+        delay: Duration,
+    }
+
+    impl listing::PrefixLister for Arc<SharedLister> {
+        fn list<'a>(&'a self, _bucket: &'a str, prefix: &'a str) -> listing::ListingFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                Ok(self
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .get(prefix)
+                    .cloned()
+                    .unwrap_or_default())
+            })
+        }
+    }
+
+    fn periodic(lister: &Arc<SharedLister>, recheck: Duration) -> VerifySettings {
+        VerifySettings {
+            lister: Arc::new(lister.clone()),
+            periodic: Some((Duration::ZERO, Duration::ZERO)),
+            recheck,
+            hung_after: recheck,
+            default_bucket: Some("bkt".into()),
+        }
+    }
+
+    fn object(key: &str, size: u64) -> ListedObject {
+        ListedObject {
+            key: key.into(),
+            size,
+            last_modified_ms: 5_000,
+        }
+    }
+
+    /// Observed: a 100-byte partial copy of a 1 MiB file, never notified,
+    /// was recorded from the listing and the dataset went `Successful`; and
+    /// a listed record was never replaced once S3 held the whole object.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_partial_copy_in_s3_is_not_counted_until_the_whole_file_is_listed() {
+        let lister = Arc::new(SharedLister {
+            objects: Default::default(),
+            delay: Duration::ZERO,
+        });
+        let h = Harness::with_verify(
+            Kind::Sqlite,
+            HOUR,
+            Some(periodic(&lister, Duration::from_secs(60))),
+        );
+        let lines = h.write_dataset("Part", &["a", "big"]);
+        h.local("Part", "Part-vaultjob/big", 1 << 20).await;
+        for l in lines.iter().filter(|l| !l.ends_with("/big")) {
+            h.send(l, 1, 5).await;
+        }
+        let listing = |big: u64| {
+            lister.objects.lock().unwrap().insert(
+                "Part-vaultjob/".into(),
+                vec![
+                    object("Part-vaultjob/", 0),
+                    object("Part-vaultjob/big", big),
+                ],
+            );
+        };
+        listing(100);
+        let start = Instant::now();
+        while !h
+            .dataset("Part")
+            .and_then(|d| d.note)
+            .is_some_and(|n| n.contains("partial or stale in S3"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                h.dataset("Part")
+            );
+            h.handle.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..5 {
+            h.handle.tick().await.unwrap();
+        }
+        h.send("Part-vaultjob/a", 1, 5).await; // a batch after the re-checks
+        let d = h.dataset("Part").unwrap();
+        assert_eq!(d.state, DatasetState::Reconciling, "{d:?}");
+        assert!(
+            d.note
+                .unwrap()
+                .contains("Part-vaultjob/big (S3 holds 100 bytes, the share 1048576)")
+        );
+        assert!(
+            h.entry("Part", "Part-vaultjob/big")
+                .unwrap()
+                .upload
+                .is_none()
+        );
+        assert!(h.events().is_empty(), "a partial copy was counted");
+        // The gateway finishes the upload: the next listing counts it.
+        listing(1 << 20);
+        let start = Instant::now();
+        while h.events().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                h.dataset("Part")
+            );
+            h.handle.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let d = h.dataset("Part").unwrap();
+        assert_eq!((d.state, d.listed_entries), (DatasetState::Succeeded, 1));
+        let big = h
+            .entry("Part", "Part-vaultjob/big")
+            .unwrap()
+            .upload
+            .unwrap();
+        assert_eq!((big.size, big.listed), (1 << 20, true));
+    }
+
+    /// Observed: beside 10 idle datasets listed periodically, a dataset S3
+    /// held completely timed out, "the S3 listing of the dataset did not
+    /// finish within one re-check": each re-check claimed every dataset
+    /// again while its listing was still queued, and dropped each result
+    /// whose claim had been replaced.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_listing_backlog_never_drops_a_result_and_deadline_listings_go_first() {
+        let lister = Arc::new(SharedLister {
+            objects: Default::default(),
+            delay: Duration::from_millis(50),
+        });
+        let h = Harness::with_verify(
+            Kind::Sqlite,
+            Duration::from_millis(300),
+            Some(periodic(&lister, Duration::from_millis(400))),
+        );
+        for i in 0..10 {
+            // Idle: their manifest never arrives.
+            h.send(&format!("Idle{i}-vaultjob/x"), 1, 5).await;
+        }
+        let lines = h.write_dataset("Whole", &["a", "b"]);
+        h.local("Whole", "Whole-vaultjob/b", 1).await;
+        lister.objects.lock().unwrap().insert(
+            "Whole-vaultjob/".into(),
+            lines
+                .iter()
+                .map(|l| {
+                    let key = if l.ends_with("-vaultjob") {
+                        format!("{l}/")
+                    } else {
+                        l.clone()
+                    };
+                    object(&key, if l.ends_with(".manifest") { 2 } else { 1 })
+                })
+                .collect(),
+        );
+        for l in lines.iter().filter(|l| !l.ends_with("/b")) {
+            h.send(l, if l.ends_with(".manifest") { 2 } else { 1 }, 5)
+                .await;
+        }
+        // Re-checks far more often than a listing takes.
+        let start = Instant::now();
+        while h.events().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                h.dataset("Whole")
+            );
+            h.handle.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let d = h.dataset("Whole").unwrap();
+        assert_eq!(d.state, DatasetState::Succeeded, "{d:?}");
+        assert_eq!(h.events().len(), 1);
     }
 }

@@ -8,14 +8,22 @@
 //! dataset at a time, even with the shared store), then hands the job to
 //! this worker; the result comes back as a [`Command::Listed`]. Listings run
 //! off the engine's thread, a few at once, so a slow or failing listing
-//! holds up only its own dataset, and never for longer than one re-check.
+//! holds up only its own dataset, and never for longer than one re-check
+//! once it runs.
+//!
+//! The queue is bounded and has two lanes: a listing before a timeout
+//! (the dataset's deadline has passed) always goes before a periodic one,
+//! and periodic ones are not claimed while [`PERIODIC_QUEUED`] wait. The
+//! engine claims a dataset only when no listing of it is queued or running,
+//! so a backlog can never replace its own claims.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -24,6 +32,10 @@ use crate::backoff::Backoff;
 
 /// Listings running at once (their requests also share one rate limit).
 const CONCURRENT_LISTINGS: usize = 4;
+/// Periodic listings waiting at most; beyond, none is claimed until some
+/// have run. Listings before a timeout are one per dataset past its
+/// deadline, and always queued.
+pub const PERIODIC_QUEUED: usize = 64;
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +62,13 @@ pub struct VerifySettings {
     /// `periodic`: (how often, after how long waiting); None: only before a
     /// timeout.
     pub periodic: Option<(Duration, Duration)>,
-    /// The re-check period: longest a listing may hold up a timeout.
+    /// The re-check period: how long a failing listing is retried before
+    /// its dataset's timeout goes ahead without it.
     pub recheck: Duration,
+    /// Longest one listing may run, however it is paced: a listing that
+    /// never answers gives up then and frees its slot. At least `recheck`
+    /// (waiting for the shared request rate is not a failure).
+    pub hung_after: Duration,
     /// `[share] bucket`: for a dataset no notification named a bucket for.
     pub default_bucket: Option<String>,
 }
@@ -61,6 +78,7 @@ impl std::fmt::Debug for VerifySettings {
         f.debug_struct("VerifySettings")
             .field("periodic", &self.periodic)
             .field("recheck", &self.recheck)
+            .field("hung_after", &self.hung_after)
             .field("default_bucket", &self.default_bucket)
             .finish_non_exhaustive()
     }
@@ -86,6 +104,7 @@ impl VerifySettings {
             bucket,
             prefix: format!("{dataset_dir}/"),
             claimed_ms: now,
+            before_timeout: ds.deadline_ms.is_some_and(|d| d <= now),
         })
     }
 }
@@ -96,53 +115,120 @@ pub struct ListingJob {
     pub set_id: String,
     pub bucket: String,
     pub prefix: String,
-    /// The claim (the dataset's `listing_ms`): a result for an older claim
-    /// is dropped.
+    /// The claim (the dataset's `listing_ms`).
     pub claimed_ms: i64,
+    /// Claimed once the dataset's deadline had passed: it runs first.
+    pub before_timeout: bool,
+}
+
+/// The two lanes of waiting listings.
+#[derive(Default)]
+struct Queue {
+    before_timeout: VecDeque<ListingJob>,
+    periodic: VecDeque<ListingJob>,
+    stopped: bool,
+}
+
+impl Queue {
+    fn next(&mut self) -> Option<ListingJob> {
+        self.before_timeout
+            .pop_front()
+            .or_else(|| self.periodic.pop_front())
+    }
 }
 
 /// The engine's side of the worker.
 #[derive(Clone)]
 pub struct Listings {
-    tx: mpsc::UnboundedSender<ListingJob>,
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
 }
 
 impl Listings {
-    /// Queues a listing; false if the worker has stopped.
+    /// Queues a listing; false if the worker has stopped, or if it is
+    /// periodic and [`PERIODIC_QUEUED`] already wait.
     pub fn start(&self, job: ListingJob) -> bool {
-        self.tx.send(job).is_ok()
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.stopped {
+            return false;
+        }
+        if job.before_timeout {
+            q.before_timeout.push_back(job);
+        } else if q.periodic.len() < PERIODIC_QUEUED {
+            q.periodic.push_back(job);
+        } else {
+            return false;
+        }
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Whether a periodic listing would be queued now.
+    pub fn has_room(&self) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        !q.stopped && q.periodic.len() < PERIODIC_QUEUED
+    }
+
+    /// Listings waiting, by lane: (before a timeout, periodic).
+    pub fn queued(&self) -> (usize, usize) {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        (q.before_timeout.len(), q.periodic.len())
+    }
+
+    async fn next(&self) -> ListingJob {
+        loop {
+            let wake = self.wake.notified();
+            if let Some(job) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).next() {
+                return job;
+            }
+            wake.await;
+        }
     }
 }
 
 /// Starts the worker on the current tokio runtime.
 pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> Listings {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ListingJob>();
+    let listings = Listings {
+        queue: Arc::default(),
+        wake: Arc::new(Notify::new()),
+    };
     let lister = settings.lister.clone();
     // A failed listing is retried until one re-check has passed; then the
-    // engine decides without it.
+    // engine decides without it. One that never answers is cut later.
     let give_up_after = settings.recheck;
+    let hung_after = settings.hung_after.max(give_up_after);
     let slots = Arc::new(Semaphore::new(CONCURRENT_LISTINGS));
+    let worker = listings.clone();
     tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
+        loop {
+            // The slot first, then the job: the lanes' order holds at the
+            // moment a listing can run.
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
+            };
+            let job = tokio::select! {
+                job = worker.next() => job,
+                _ = commands.closed() => break,
             };
             let lister = lister.clone();
             let commands = commands.clone();
             tokio::spawn(async move {
                 // A listing that never answers must not keep its slot.
                 let result = tokio::time::timeout(
-                    give_up_after,
+                    hung_after,
                     list_with_retries(&*lister, &job, give_up_after),
                 )
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {give_up_after:?}")));
+                .unwrap_or_else(|_| Err(format!("no answer within {hung_after:?}")));
                 drop(slot);
                 let _ = commands.send(Command::Listed { job, result }).await;
             });
         }
+        let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.stopped = true;
     });
-    Listings { tx }
+    listings
 }
 
 async fn list_with_retries(
@@ -202,7 +288,33 @@ mod tests {
             bucket: "b".into(),
             prefix: "S-vaultjob/".into(),
             claimed_ms: 1,
+            before_timeout: false,
         }
+    }
+
+    #[tokio::test]
+    async fn listings_before_a_timeout_go_first_and_periodic_ones_are_bounded() {
+        let listings = Listings {
+            queue: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        };
+        for i in 0..PERIODIC_QUEUED {
+            let mut j = job();
+            j.set_id = format!("P{i}");
+            assert!(listings.start(j));
+        }
+        assert!(!listings.has_room());
+        assert!(!listings.start(job()), "a periodic listing past the bound");
+        let mut urgent = job();
+        urgent.set_id = "Deadline".into();
+        urgent.before_timeout = true;
+        assert!(
+            listings.start(urgent),
+            "a listing before a timeout is always queued"
+        );
+        assert_eq!(listings.queued(), (1, PERIODIC_QUEUED));
+        assert_eq!(listings.next().await.set_id, "Deadline");
+        assert_eq!(listings.next().await.set_id, "P0");
     }
 
     #[tokio::test]

@@ -71,6 +71,14 @@ pub fn run(backend: &Backend) {
             "listed uploads round trip, and one writer claims a listing",
             listing_claims,
         ),
+        (
+            "a decision is claimed only on the committed state it read",
+            decisions_on_committed_state,
+        ),
+        (
+            "a manifest is unloaded as durably as it is loaded, and only on the one read",
+            manifest_changes,
+        ),
     ];
     for (name, check) in checks {
         let open = (backend.fresh)();
@@ -548,4 +556,128 @@ fn listing_claims(open: &Opener, shared: bool) {
     let mut tx = b.store.begin().unwrap();
     let ds = tx.dataset("S").unwrap().unwrap();
     assert_eq!((ds.listing_ms, ds.listed_entries), (Some(200), 2));
+}
+
+/// Observed with two agents on DynamoDB: A decided `Successful` on counters
+/// read before B committed an upload the manifest does not list.
+fn decisions_on_committed_state(open: &Opener, shared: bool) {
+    let mut a = open();
+    commit_dataset(&mut *a.store, "S", &[entry("S", "a", Verdict::Count)]);
+    // A reads the dataset and records its last file...
+    let mut tx = a.store.begin().unwrap();
+    let mut ds = tx.dataset("S").unwrap().unwrap();
+    let last = entry("S", "b", Verdict::Count);
+    tx.entry("S", &last.key).unwrap();
+    tx.put_entry(&last).unwrap();
+    ds.counts += EntryRecord::contribution(Some(&last));
+    if shared {
+        // ...while B commits an upload nobody expected.
+        let mut b = open();
+        let mut other = b.store.begin().unwrap();
+        let mut seen = other.dataset("S").unwrap().unwrap();
+        let mut stray = entry("S", "stray", Verdict::Count);
+        stray.expected = None;
+        other.entry("S", &stray.key).unwrap();
+        other.put_entry(&stray).unwrap();
+        seen.counts += EntryRecord::contribution(Some(&stray));
+        other.put_dataset(&seen).unwrap();
+        other.commit().unwrap();
+    }
+    // A decides on what it read.
+    ds.state = DatasetState::Succeeded;
+    ds.decided_ms = Some(9);
+    tx.put_dataset(&ds).unwrap();
+    tx.push_event(&event(
+        "S",
+        "stale",
+        "File Upload Reconciliation Successful",
+    ))
+    .unwrap();
+    let committed = tx.commit().unwrap();
+    let mut tx = a.store.begin().unwrap();
+    let now = tx.dataset("S").unwrap().unwrap();
+    drop(tx);
+    if !shared {
+        // One writer: what it read is what committed.
+        assert_eq!(committed, Committed::default());
+        assert_eq!(now.state, DatasetState::Succeeded);
+        return;
+    }
+    assert_eq!(committed.stale_claims, ["S"], "{committed:?}");
+    assert!(committed.lost_claims.is_empty(), "{committed:?}");
+    assert!(!now.state.is_decided(), "claimed on a stale read: {now:?}");
+    assert_eq!(now.counts.received, 3, "both uploads are recorded");
+    assert!(a.outbox.pending("file", 10).unwrap().is_empty());
+    assert_eq!(a.store.open_datasets().unwrap().len(), 1);
+    // Decided again on the committed state, the claim holds.
+    let mut tx = a.store.begin().unwrap();
+    let mut ds = tx.dataset("S").unwrap().unwrap();
+    ds.state = DatasetState::TimedOut;
+    ds.decided_ms = Some(10);
+    tx.put_dataset(&ds).unwrap();
+    tx.push_event(&event("S", "fresh", "File Upload Reconciliation Timeout"))
+        .unwrap();
+    assert_eq!(tx.commit().unwrap(), Committed::default());
+    let pending = a.outbox.pending("file", 10).unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].id, "fresh");
+}
+
+/// Observed on DynamoDB: a re-sealed dataset's `manifest_loaded = false`
+/// was never stored, so it was decided on its old manifest.
+fn manifest_changes(open: &Opener, shared: bool) {
+    let mut a = open();
+    let write = |store: &mut dyn Store, change: &dyn Fn(&mut DatasetRecord)| {
+        let mut tx = store.begin().unwrap();
+        let mut ds = tx.dataset("S").unwrap().unwrap();
+        change(&mut ds);
+        tx.put_dataset(&ds).unwrap();
+        tx.commit()
+    };
+    commit_dataset(&mut *a.store, "S", &[]);
+    write(&mut *a.store, &|ds| {
+        ds.manifest_loaded = true;
+        ds.manifest_entries = 3;
+    })
+    .unwrap();
+    let newer = |ds: &mut DatasetRecord| {
+        let m = ds.manifest.as_mut().unwrap();
+        m.event_time += 1;
+        m.size += 1;
+        ds.manifest_loaded = false;
+        ds.manifest_entries = 0;
+    };
+    write(&mut *a.store, &newer).unwrap();
+    let read = |store: &mut dyn Store| {
+        let mut tx = store.begin().unwrap();
+        tx.dataset("S").unwrap().unwrap()
+    };
+    let ds = read(&mut *a.store);
+    assert!(
+        !ds.manifest_loaded,
+        "the newer manifest must unload the old"
+    );
+    assert_eq!(
+        (ds.manifest_entries, ds.manifest.unwrap().event_time),
+        (0, 8)
+    );
+    if !shared {
+        return;
+    }
+    // B loads the manifest it read while A records a newer one: B's load
+    // must not mark the newer manifest loaded.
+    let mut b = open();
+    let mut late = b.store.begin().unwrap();
+    let mut ds = late.dataset("S").unwrap().unwrap();
+    write(&mut *a.store, &newer).unwrap();
+    ds.manifest_loaded = true;
+    ds.manifest_entries = 4;
+    late.put_dataset(&ds).unwrap();
+    match late.commit() {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("an older manifest was loaded over a newer one: {other:?}"),
+    }
+    let ds = read(&mut *b.store);
+    assert!(!ds.manifest_loaded, "{ds:?}");
+    assert_eq!(ds.manifest.unwrap().event_time, 9);
 }

@@ -73,16 +73,30 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///    again on fresh reads" (applying a notification twice changes nothing,
 ///    so whatever a backend already wrote of the failed attempt is harmless).
 /// 4. [`Committed`] reports the claims another writer won first (their
-///    outcome and event are the other's), and the datasets to decide again
-///    on a fresh read because other writers changed them at the same time.
-///    The engine revisits those in a transaction of their own.
+///    outcome and event are the other's), the claims not made because the
+///    dataset changed after the batch read it, and the datasets to decide
+///    again on a fresh read because other writers changed them at the same
+///    time. The engine revisits those in a transaction of their own.
 ///
-/// A backend only one agent writes (SQLite, memory) commits atomically,
-/// never loses a claim and has nothing to revisit. The shared DynamoDB
-/// backend commits entries with version conditions and counter deltas,
-/// claims each decision conditionally at commit, and asks to revisit the
-/// datasets whose counters it changed, since their totals may include
-/// other agents' work this transaction never read.
+/// **A decision is taken on committed state.** A claim holds only if, when
+/// it commits, the dataset (its counters, its manifest, its entries) is
+/// exactly what the decision read plus the batch's own writes. Otherwise
+/// it is not made: no outcome, no event, and the dataset is reported in
+/// [`Committed::stale_claims`] to be decided again. Likewise a change to a
+/// dataset's manifest fields (the manifest notification it follows, whether
+/// that manifest is loaded, its entry count) commits only on the manifest
+/// the batch read, so no decision ever uses a manifest older than the
+/// newest manifest notification recorded.
+///
+/// A backend only one agent writes (SQLite, memory) commits atomically, so
+/// what a batch read is what is committed: it never loses a claim, never
+/// has a stale one and has nothing to revisit. The shared DynamoDB backend
+/// commits entries with version conditions and counter deltas (each write
+/// also moves the dataset's revision), claims each decision on the
+/// condition that no outcome exists and the revision is the one the batch
+/// read plus its own writes, and asks to revisit the datasets whose counters
+/// it changed, since their totals may include other agents' work this
+/// transaction never read.
 pub trait Store: Send {
     /// Datasets still waiting for a decision, as committed now.
     fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>>;
@@ -130,6 +144,9 @@ pub struct Committed {
     /// Datasets this transaction decided that another writer had decided
     /// first: they stay decided, with the other's outcome and event.
     pub lost_claims: Vec<String>,
+    /// Datasets this transaction decided on a read another writer changed
+    /// before the claim: not decided, no event; decide them again.
+    pub stale_claims: Vec<String>,
     /// Undecided datasets whose committed totals may include other
     /// writers' changes this transaction did not read: decide them again.
     pub revisit: Vec<String>,

@@ -40,6 +40,13 @@ pub const LEASE_PARTITION: &str = "#vault-agent/lease";
 /// An entry item's version: every write checks and bumps it, so two agents
 /// changing one entry at once cannot both succeed.
 pub const VERSION: &str = "ver";
+/// A dataset item's revision: every write to the item adds one, so a
+/// decision can be claimed on the condition that the dataset is still the
+/// one it was taken on (see `tx.rs`).
+pub const REVISION: &str = "rev";
+/// The event time of the manifest notification the dataset follows: a
+/// change to its manifest fields is conditioned on it.
+pub const MANIFEST_EVENT_TIME: &str = "manifestEventTime";
 
 pub fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -152,6 +159,11 @@ pub fn entry_from_item(item: &Item) -> StoreResult<(EntryRecord, i64)> {
     Ok((e, get_n(item, VERSION)?.unwrap_or(0)))
 }
 
+/// A dataset item's revision (0 before its first counted write).
+pub fn revision(item: &Item) -> StoreResult<i64> {
+    Ok(get_n(item, REVISION)?.unwrap_or(0))
+}
+
 pub fn dataset_from_item(item: &Item) -> StoreResult<DatasetRecord> {
     let set_id = required(get_s(item, PK), item, PK)?;
     let mut values = [0u64; 10];
@@ -165,7 +177,7 @@ pub fn dataset_from_item(item: &Item) -> StoreResult<DatasetRecord> {
             key: k.to_owned(),
             bucket: get_s(item, "manifestBucket").unwrap_or_default().to_owned(),
             size: get_n(item, "manifestSize")?.unwrap_or(0),
-            event_time: get_n(item, "manifestEventTime")?.unwrap_or(0),
+            event_time: get_n(item, MANIFEST_EVENT_TIME)?.unwrap_or(0),
         }),
         None => None,
     };

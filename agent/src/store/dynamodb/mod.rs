@@ -8,7 +8,10 @@
 //!   decisions that exactly one agent wins.
 //! - `outbox.rs`: the read side, and the shared outbox with its sink leases.
 
-mod item;
+// Public (hidden) for the end-to-end history checker, which reads the
+// table's items as the agent does.
+#[doc(hidden)]
+pub mod item;
 mod outbox;
 mod table;
 mod tx;

@@ -22,13 +22,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use tracing::debug;
 
 use super::item::{
-    self, DATASET_SK, Item, OPEN_PARTITION, VERSION, dataset_from_item, entry_from_item,
-    entry_item, key, n, s,
+    self, DATASET_SK, Item, MANIFEST_EVENT_TIME, OPEN_PARTITION, REVISION, VERSION,
+    dataset_from_item, entry_from_item, entry_item, key, n, revision, s,
 };
 use super::table::{TRANSACTION_MAX, Table, TransactFailure, build_error};
 use crate::store::{
-    Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, PolicyState, StoreError,
-    StoreResult, StoreTx,
+    Committed, Counts, DatasetRecord, EntryRecord, ManifestRef, OutboxEvent, PolicyState,
+    StoreError, StoreResult, StoreTx,
 };
 
 /// An entry as read (with its version) and as this batch left it.
@@ -49,8 +49,10 @@ pub struct DynamoTx<'a> {
     table: &'a Table,
     sinks: &'a [String],
     next_seq: &'a mut i64,
-    /// Datasets as read (`None`: absent).
+    /// Datasets as read (`None`: absent)...
     datasets: HashMap<String, Option<DatasetRecord>>,
+    /// ...and their revisions as read (absent: 0).
+    revisions: HashMap<String, i64>,
     dataset_puts: BTreeMap<String, DatasetRecord>,
     /// Keyed by (set-id, entry key): written in key order.
     entries: BTreeMap<(String, String), Slot>,
@@ -65,11 +67,19 @@ impl<'a> DynamoTx<'a> {
             sinks,
             next_seq,
             datasets: HashMap::new(),
+            revisions: HashMap::new(),
             dataset_puts: BTreeMap::new(),
             entries: BTreeMap::new(),
             events: Vec::new(),
             counters: Vec::new(),
         }
+    }
+
+    fn remember_dataset(&mut self, item: &Item) -> StoreResult<DatasetRecord> {
+        let ds = dataset_from_item(item)?;
+        self.revisions.insert(ds.set_id.clone(), revision(item)?);
+        self.datasets.insert(ds.set_id.clone(), Some(ds.clone()));
+        Ok(ds)
     }
 
     fn remember_entry(&mut self, item: &Item) -> StoreResult<EntryRecord> {
@@ -128,8 +138,7 @@ impl StoreTx for DynamoTx<'_> {
         let found = self.table.block(self.table.batch_get(keys))?;
         for i in &found {
             if item::get_s(i, item::SK) == Some(DATASET_SK) {
-                let ds = dataset_from_item(i)?;
-                self.datasets.insert(ds.set_id.clone(), Some(ds));
+                self.remember_dataset(i)?;
             } else {
                 self.remember_entry(i)?;
             }
@@ -152,9 +161,14 @@ impl StoreTx for DynamoTx<'_> {
             return Ok(Some(ds.clone()));
         }
         if !self.datasets.contains_key(set_id) {
-            let found = self.table.block(self.table.get(set_id, DATASET_SK))?;
-            let ds = found.as_ref().map(dataset_from_item).transpose()?;
-            self.datasets.insert(set_id.to_owned(), ds);
+            match self.table.block(self.table.get(set_id, DATASET_SK))? {
+                Some(found) => {
+                    self.remember_dataset(&found)?;
+                }
+                None => {
+                    self.datasets.insert(set_id.to_owned(), None);
+                }
+            }
         }
         Ok(self.datasets[set_id].clone())
     }
@@ -272,8 +286,21 @@ impl StoreTx for DynamoTx<'_> {
             match table.block(table.transact(tx)) {
                 Ok(()) => {}
                 Err(TransactFailure::Condition(_)) => {
-                    debug!(set_id, "another agent decided this dataset first");
-                    committed.lost_claims.push(set_id);
+                    // Either another agent decided first, or the dataset
+                    // changed since this batch read it: the claim was taken
+                    // on a state that is not the committed one. Which, the
+                    // committed item says.
+                    let now = table.block(table.get(&set_id, DATASET_SK))?;
+                    if now.as_ref().is_some_and(|i| i.contains_key("outcome")) {
+                        debug!(set_id, "another agent decided this dataset first");
+                        committed.lost_claims.push(set_id);
+                    } else {
+                        debug!(
+                            set_id,
+                            "the dataset changed after this batch read it; deciding again"
+                        );
+                        committed.stale_claims.push(set_id);
+                    }
                 }
                 Err(TransactFailure::Other(e)) => return Err(e),
             }
@@ -367,10 +394,17 @@ impl Plan {
         let mut transactions = Vec::new();
         let mut current: Vec<TransactWriteItem> = Vec::new();
         let mut in_current: Vec<&str> = Vec::new();
+        // Each dataset's revision once this commit's updates are in.
+        let mut revisions: HashMap<&str, i64> = HashMap::new();
         for unit in units {
             let base = tx.datasets.get(unit.set_id).cloned().flatten();
             let put = tx.dataset_puts.get(unit.set_id);
             let update = dataset_update(table, &unit, base.as_ref(), put)?;
+            if update.is_some() {
+                *revisions
+                    .entry(unit.set_id)
+                    .or_insert_with(|| tx.revisions.get(unit.set_id).copied().unwrap_or(0)) += 1;
+            }
             let register = base.is_none();
             let size = unit.entries.len() + usize::from(update.is_some()) + usize::from(register);
             if size == 0 {
@@ -430,6 +464,20 @@ impl Plan {
                 .find(|e| &e.set_id == set_id && crate::outbound::is_decision(&e.detail_type));
             let mut items = Vec::new();
             let mut u = UpdateBuilder::default();
+            // The claim holds only on the dataset the decision was taken
+            // on: its revision as read plus this commit's own updates.
+            let expected = revisions
+                .get(set_id.as_str())
+                .copied()
+                .unwrap_or_else(|| tx.revisions.get(set_id).copied().unwrap_or(0));
+            let rev = u.name(REVISION);
+            let unchanged = if expected == 0 {
+                format!("attribute_not_exists({rev})")
+            } else {
+                let v = u.value(n(expected));
+                format!("{rev} = {v}")
+            };
+            u.add(REVISION, 1);
             u.set("outcome", s(ds.state.as_str()));
             u.set("decidedMs", n(ds.decided_ms.unwrap_or_default()));
             match &ds.note {
@@ -439,7 +487,7 @@ impl Plan {
             let outcome = u.name("outcome");
             let update = u
                 .finish(table, key(set_id, DATASET_SK))
-                .condition_expression(format!("attribute_not_exists({outcome})"))
+                .condition_expression(format!("attribute_not_exists({outcome}) AND {unchanged}"))
                 .build()
                 .map_err(|e| build_error(table, e))?;
             items.push(TransactWriteItem::builder().update(update).build());
@@ -490,7 +538,7 @@ fn dataset_update(
     put: Option<&DatasetRecord>,
 ) -> StoreResult<Option<Update>> {
     let mut u = UpdateBuilder::default();
-    let mut condition = None;
+    let mut conditions = Vec::new();
     for (name, delta) in Counts::NAMES.iter().zip(unit.delta) {
         if delta != 0 {
             u.add(name, delta);
@@ -508,13 +556,22 @@ fn dataset_update(
         if ds.last_seen_ms != old.last_seen_ms {
             u.set("lastSeenMs", n(ds.last_seen_ms));
         }
+        let manifest_changed = ds.manifest != old.manifest
+            || ds.manifest_loaded != old.manifest_loaded
+            || ds.manifest_entries != old.manifest_entries;
+        if manifest_changed {
+            // Only on the manifest this batch read: a batch that loaded an
+            // older manifest than another agent just recorded must not
+            // mark the newer one loaded (it runs again on fresh reads).
+            conditions.push(manifest_unchanged(&mut u, old.manifest.as_ref()));
+        }
         if ds.manifest != old.manifest
             && let Some(m) = &ds.manifest
         {
             u.set("manifestKey", s(&m.key));
             u.set("manifestBucket", s(&m.bucket));
             u.set("manifestSize", n(m.size));
-            u.set("manifestEventTime", n(m.event_time));
+            u.set(MANIFEST_EVENT_TIME, n(m.event_time));
         }
         // The first manifest notification starts the clock; later ones
         // (from this or another agent) must not move it.
@@ -524,8 +581,10 @@ fn dataset_update(
             u.set_if_absent("manifestSeenMs", n(seen));
             u.set_if_absent("deadlineMs", n(deadline));
         }
-        if ds.manifest_loaded && !old.manifest_loaded {
-            u.set("manifestLoaded", AttributeValue::Bool(true));
+        // Both ways: a re-sealed dataset's newer manifest unloads the old.
+        if ds.manifest_loaded != old.manifest_loaded || ds.manifest_entries != old.manifest_entries
+        {
+            u.set("manifestLoaded", AttributeValue::Bool(ds.manifest_loaded));
             u.set("manifestEntries", n(ds.manifest_entries));
         }
         if ds.note != old.note {
@@ -540,7 +599,7 @@ fn dataset_update(
             u.set("lastLocalMs", n(t));
         }
         if ds.policy_state != old.policy_state {
-            condition = Some(policy_state_update(
+            conditions.push(policy_state_update(
                 &mut u,
                 old.policy_state.as_ref(),
                 ds.policy_state.as_ref(),
@@ -550,11 +609,7 @@ fn dataset_update(
             && let Some(t) = ds.listing_ms
         {
             // A claim: only if no other agent claimed since this batch read.
-            let claim = listing_claim(&mut u, old.listing_ms, t);
-            condition = Some(match condition {
-                Some(c) => format!("({c}) AND ({claim})"),
-                None => claim,
-            });
+            conditions.push(listing_claim(&mut u, old.listing_ms, t));
         }
         if ds.listed_entries != old.listed_entries {
             u.add(
@@ -565,13 +620,17 @@ fn dataset_update(
     } else if base.is_none() && unit.last {
         u.set_if_absent("firstSeenMs", n(crate::notification::time::now_ms()));
     }
-    if u.is_empty() {
+    if u.is_empty() && unit.entries.is_empty() {
         return Ok(None);
     }
+    // Every write to the dataset, its entries' included, moves the revision a decision is conditioned on.
+    u.add(REVISION, 1);
     let update = u.finish(table, key(unit.set_id, DATASET_SK));
-    match condition {
-        Some(c) => update.condition_expression(c),
-        None => update,
+    if conditions.is_empty() {
+        update
+    } else {
+        let all: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
+        update.condition_expression(all.join(" AND "))
     }
     .build()
     .map(Some)
@@ -610,6 +669,19 @@ fn policy_state_update(
         }
     }
     condition
+}
+
+/// The condition that the dataset still follows the manifest notification
+/// this batch read (`None`: none yet).
+fn manifest_unchanged(u: &mut UpdateBuilder, old: Option<&ManifestRef>) -> String {
+    let attr = u.name(MANIFEST_EVENT_TIME);
+    match old {
+        Some(m) => {
+            let value = u.value(n(m.event_time));
+            format!("{attr} = {value}")
+        }
+        None => format!("attribute_not_exists({attr})"),
+    }
 }
 
 /// Claims a dataset's listing at `at`, on the condition that the stored
