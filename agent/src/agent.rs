@@ -178,10 +178,10 @@ impl Agent {
         };
         let mut source_routes = Vec::new();
         if let SourceConfig::Http = config.source {
-            let http = HttpSource {
-                engine: handle.clone(),
-                api_key: config.http.api_key.as_ref().map(|k| k.0.clone()),
-            };
+            let http = HttpSource::new(
+                handle.clone(),
+                config.http.api_key.as_ref().map(|k| k.0.clone()),
+            );
             source_routes.push(http.routes());
         }
         let app = server::router(state, source_routes);
@@ -269,6 +269,7 @@ fn verify_settings(
             // a listing that never answers is cut.
             hung_after: r.wait.0.max(std::time::Duration::from_secs(60)),
             default_bucket: config.share.bucket.clone(),
+            share: Some(config.share.path.clone()),
         })
     }
     // Refused by the preflight check.

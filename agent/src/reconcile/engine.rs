@@ -91,10 +91,12 @@ pub enum Command {
         set_id: String,
         scan_started_ms: i64,
     },
-    /// The S3 listing a dataset's claim asked for.
+    /// The S3 listing a dataset's claim asked for, and the share's files
+    /// under the listed keys (by key), looked at right after.
     Listed {
         job: ListingJob,
         result: Result<Vec<ListedObject>, String>,
+        on_share: HashMap<String, LocalFile>,
     },
     /// Periodic re-check: deadlines, manifests not yet readable, decisions.
     Tick,
@@ -129,6 +131,7 @@ enum Step {
     Listed {
         job: ListingJob,
         result: Result<Vec<ListedObject>, String>,
+        on_share: HashMap<String, LocalFile>,
     },
     Tick,
     /// Datasets whose policy calls were deferred by the policy's time budget.
@@ -271,6 +274,8 @@ struct Core {
     /// Datasets whose listing is queued or running: never claimed again
     /// before its result is in.
     listing_in_flight: HashSet<String>,
+    /// Datasets past their deadline whose listing this agent applied.
+    listed_past_deadline: HashSet<String>,
 }
 
 /// One transaction's worth of changes, acted on once committed.
@@ -353,6 +358,7 @@ impl Engine {
             listings,
             listing_failures: HashMap::new(),
             listing_in_flight: HashSet::new(),
+            listed_past_deadline: HashSet::new(),
         };
         (
             Engine {
@@ -431,9 +437,17 @@ impl Engine {
                     set_id,
                     scan_started_ms,
                 },
-                Command::Listed { job, result } => {
+                Command::Listed {
+                    job,
+                    result,
+                    on_share,
+                } => {
                     self.core.listing_in_flight.remove(&job.set_id);
-                    Step::Listed { job, result }
+                    Step::Listed {
+                        job,
+                        result,
+                        on_share,
+                    }
                 }
                 // Re-checks queued while a batch ran are one re-check.
                 Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
@@ -608,8 +622,13 @@ impl Engine {
                     self.core
                         .prune_local(&mut *tx, work, set_id, *scan_started_ms, now)?;
                 }
-                Step::Listed { job, result } => {
-                    self.core.apply_listing(&mut *tx, work, job, result, now)?;
+                Step::Listed {
+                    job,
+                    result,
+                    on_share,
+                } => {
+                    self.core
+                        .apply_listing(&mut *tx, work, job, result, on_share, now)?;
                 }
             }
         }
@@ -1291,21 +1310,28 @@ impl Core {
         let failure = self.listing_failures.remove(&ds.set_id);
         match ds.listing_ms.filter(|t| *t >= deadline) {
             None => !self.claim_listing(ds, listings, now),
-            Some(claimed) if now >= claimed + recheck.as_millis() as i64 => {
-                ds.note = Some(match failure {
-                    Some(message) => format!("S3 listing failed: {message}"),
-                    None => {
-                        "the S3 listing of the dataset did not finish within one re-check".into()
-                    }
-                });
+            Some(_) if failure.is_some() => {
+                let message = failure.unwrap_or_default();
+                ds.note = Some(format!("S3 listing failed: {message}"));
                 true
             }
-            Some(_) => {
-                if let Some(message) = failure {
-                    self.listing_failures.insert(ds.set_id.clone(), message);
+            Some(claimed) if now >= claimed + recheck.as_millis() as i64 => {
+                if self.listed_past_deadline.contains(&ds.set_id) {
+                    // Listed here and applied; still not decided (its
+                    // uploads not judged): it times out as it stands.
+                    return true;
                 }
-                false
+                // Claimed by an agent that has not applied it within a
+                // re-check: it may have died, or this agent restarted.
+                // List again here rather than time out unlisted.
+                if self.claim_listing(ds, listings, now) {
+                    return false;
+                }
+                ds.note =
+                    Some("the S3 listing of the dataset did not finish within one re-check".into());
+                true
             }
+            Some(_) => false,
         }
     }
 
@@ -1353,6 +1379,7 @@ impl Core {
         work: &mut Work,
         job: &ListingJob,
         result: &Result<Vec<ListedObject>, String>,
+        on_share: &HashMap<String, LocalFile>,
         now: i64,
     ) -> StoreResult<()> {
         let set_id = job.set_id.as_str();
@@ -1400,7 +1427,8 @@ impl Core {
                 event_time: object.last_modified_ms.div_euclid(1000),
                 modified: None,
             };
-            if let Err(why) = listed_copy_is_whole(row.as_ref(), &upload) {
+            let share_file = on_share.get(&object.key);
+            if let Err(why) = listed_copy_is_whole(row.as_ref(), share_file, &upload) {
                 partial.push(format!("{entry} ({why})"));
                 if let Some(row) = row.filter(|r| r.upload.is_some()) {
                     // A copy recorded by an earlier listing is no longer
@@ -1423,6 +1451,9 @@ impl Core {
             .collect();
         let ds = work.dataset(tx, set_id, now)?;
         ds.listed_entries += recorded;
+        if ds.deadline_ms.is_some_and(|d| d <= now) {
+            self.listed_past_deadline.insert(set_id.to_owned());
+        }
         // This listing's word on partial copies replaces the last one's.
         let rest = ds.note.as_deref().map(|n| match n.find(PARTIAL_MARK) {
             Some(at) => n[..at].trim_end_matches("; ").to_owned(),
@@ -1494,6 +1525,7 @@ impl Core {
         for ds in work.touched.values() {
             if ds.state.is_decided() {
                 self.listing_failures.remove(&ds.set_id);
+                self.listed_past_deadline.remove(&ds.set_id);
             }
         }
         for (set_id, outcome) in &work.listed {
@@ -1555,10 +1587,15 @@ fn manifest_read(ds: &DatasetRecord) -> (String, String, i64) {
 }
 
 /// Whether an object seen only in a listing is the whole file on the share:
-/// it confirms the local file the watcher saw (size, and not older), or
-/// else its size is the manifest's. A directory counts by its presence.
-/// Otherwise it says why not.
-fn listed_copy_is_whole(row: Option<&EntryRecord>, object: &ObjectUpload) -> Result<(), String> {
+/// it confirms the file (size, and not older) as seen on the share right
+/// after the listing, else as the watcher last saw it, or else its size is
+/// the manifest's. A directory counts by its presence. Otherwise it says
+/// why not.
+fn listed_copy_is_whole(
+    row: Option<&EntryRecord>,
+    on_share: Option<&LocalFile>,
+    object: &ObjectUpload,
+) -> Result<(), String> {
     if object.key.ends_with('/') {
         return Ok(());
     }
@@ -1572,7 +1609,7 @@ fn listed_copy_is_whole(row: Option<&EntryRecord>, object: &ObjectUpload) -> Res
         modified: None,
         listed: true,
     };
-    let local = row.and_then(|r| r.local);
+    let local = on_share.copied().or_else(|| row.and_then(|r| r.local));
     let expected = row.and_then(|r| r.expected).flatten();
     match (local, expected) {
         (Some(local), _) if local.confirmed_by(Some(&candidate)) => Ok(()),
@@ -2248,6 +2285,7 @@ mod tests {
             recheck: Duration::from_millis(200),
             hung_after: Duration::from_millis(200),
             default_bucket: None,
+            share: None,
         };
         let h = Harness::with_verify(Kind::Sqlite, Duration::from_millis(100), Some(verify));
         for set_id in ["Heals", "Hangs"] {
@@ -2318,6 +2356,7 @@ mod tests {
             recheck,
             hung_after: recheck,
             default_bucket: Some("bkt".into()),
+            share: None,
         }
     }
 

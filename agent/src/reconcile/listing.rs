@@ -17,7 +17,7 @@
 //! engine claims a dataset only when no listing of it is queued or running,
 //! so a backlog can never replace its own claims.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ use tracing::warn;
 
 use super::engine::Command;
 use crate::backoff::Backoff;
+use crate::store::LocalFile;
 
 /// Listings running at once (their requests also share one rate limit).
 const CONCURRENT_LISTINGS: usize = 4;
@@ -71,6 +72,10 @@ pub struct VerifySettings {
     pub hung_after: Duration,
     /// `[share] bucket`: for a dataset no notification named a bucket for.
     pub default_bucket: Option<String>,
+    /// The share: each listed file is looked at there right after the
+    /// listing, so S3's copy is compared with the file itself even where no
+    /// watcher reported it. None: compare with what the store knows only.
+    pub share: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for VerifySettings {
@@ -80,6 +85,7 @@ impl std::fmt::Debug for VerifySettings {
             .field("recheck", &self.recheck)
             .field("hung_after", &self.hung_after)
             .field("default_bucket", &self.default_bucket)
+            .field("share", &self.share)
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +205,7 @@ pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> List
     let give_up_after = settings.recheck;
     let hung_after = settings.hung_after.max(give_up_after);
     let slots = Arc::new(Semaphore::new(CONCURRENT_LISTINGS));
+    let share = settings.share.clone();
     let worker = listings.clone();
     tokio::spawn(async move {
         loop {
@@ -213,22 +220,79 @@ pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> List
             };
             let lister = lister.clone();
             let commands = commands.clone();
+            let share = share.clone();
             tokio::spawn(async move {
-                // A listing that never answers must not keep its slot.
-                let result = tokio::time::timeout(
-                    hung_after,
-                    list_with_retries(&*lister, &job, give_up_after),
-                )
+                // A listing that never answers (nor a share that hangs) must
+                // not keep its slot.
+                let listed = tokio::time::timeout(hung_after, async {
+                    let objects = list_with_retries(&*lister, &job, give_up_after).await?;
+                    let on_share = match (&share, objects.is_empty()) {
+                        (Some(share), false) => {
+                            let (share, keys) = (
+                                share.clone(),
+                                objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>(),
+                            );
+                            tokio::task::spawn_blocking(move || files_on_share(&share, &keys))
+                                .await
+                                .unwrap_or_default()
+                        }
+                        _ => HashMap::new(),
+                    };
+                    Ok((objects, on_share))
+                })
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {hung_after:?}")));
                 drop(slot);
-                let _ = commands.send(Command::Listed { job, result }).await;
+                let (result, on_share) = match listed {
+                    Ok((objects, on_share)) => (Ok(objects), on_share),
+                    Err(e) => (Err(e), HashMap::new()),
+                };
+                let _ = commands
+                    .send(Command::Listed {
+                        job,
+                        result,
+                        on_share,
+                    })
+                    .await;
             });
         }
         let mut q = worker.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.stopped = true;
     });
     listings
+}
+
+/// The regular files of the share at listed keys (reached through real
+/// directories only; a key with `..` or an absolute part is skipped).
+fn files_on_share(share: &std::path::Path, keys: &[String]) -> HashMap<String, LocalFile> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Component, Path};
+    let seen_ms = crate::notification::time::now_ms();
+    let mut found = HashMap::new();
+    for key in keys {
+        if key.ends_with('/')
+            || !Path::new(key)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            continue;
+        }
+        // symlink_metadata: a link is no file of the share.
+        if let Ok(meta) = std::fs::symlink_metadata(share.join(key))
+            && meta.is_file()
+        {
+            found.insert(
+                key.clone(),
+                LocalFile {
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                    is_dir: false,
+                    seen_ms,
+                },
+            );
+        }
+    }
+    found
 }
 
 async fn list_with_retries(

@@ -152,12 +152,24 @@ fn read_untrusted(share: &Path, key: &str, max_bytes: u64) -> Result<Vec<u8>, Ma
             )));
         }
     }
+    read_regular_file(&path, max_bytes)
+}
+
+/// The bytes of the file at `path`, if it is a regular file (not a link,
+/// a FIFO, a device...) no larger than `max_bytes`. Never blocks on
+/// opening, never follows a link in the last place, never reads past the
+/// cap: also for a manifest a user names (`verify --manifest`).
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ManifestError> {
+    let fail = |message: String| ManifestError::Read {
+        path: path.display().to_string(),
+        message,
+    };
     // O_NOFOLLOW: a link in the last place fails (ELOOP) instead of being
     // followed; O_NONBLOCK: opening a FIFO returns at once.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
+        .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => {
                 fail("it is a symbolic link; a manifest must be a regular file".into())
