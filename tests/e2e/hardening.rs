@@ -423,3 +423,105 @@ fn vault(
         .output()
         .unwrap()
 }
+
+/// The agent's resident memory, in bytes.
+fn rss(agent: &crate::support::AgentProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Observed: request bodies were read before the API key was checked; 96
+/// connections without a key grew the agent's RSS by 1.3 GB. Now a body is
+/// read only once the key is right, and all bodies being read share one
+/// budget, whoever sends them.
+#[test]
+fn bodies_are_read_only_with_the_key_and_within_one_budget() {
+    let env = Env::new("").with_http("api_key = \"s3cret\"");
+    let agent = env.start();
+    let addr = agent.base.trim_start_matches("http://").to_owned();
+    let before = rss(&agent);
+    let chunk = vec![b'x'; 1 << 20];
+    // Without the key: 96 connections announce 16 MiB bodies and send 4 MiB
+    // each (the agent answers 401 and may stop reading).
+    let mut refused = 0;
+    let clients: Vec<_> = (0..96)
+        .map(|_| {
+            let (addr, chunk) = (addr.clone(), chunk.clone());
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let head = format!(
+                    "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    16 << 20
+                );
+                let _ = s.write_all(head.as_bytes());
+                for _ in 0..4 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let mut answer = [0u8; 64];
+                let n = s.read(&mut answer).unwrap_or(0);
+                String::from_utf8_lossy(&answer[..n]).contains(" 401 ")
+            })
+        })
+        .collect();
+    for c in clients {
+        refused += usize::from(c.join().unwrap());
+    }
+    assert_eq!(refused, 96, "every keyless request is refused");
+    let grown = rss(&agent).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "keyless bodies grew the agent by {} MiB",
+        grown >> 20
+    );
+
+    // With the key, 24 bodies of unknown length at once: the budget (128 MiB)
+    // holds 8 of them; the others are told to retry at once.
+    let streams: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(
+                b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: s3cret\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                // A chunk of 1 MiB each, then silence: an admitted body is
+                // still being read when the others are answered.
+                let _ = s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+                let _ = s.write_all(&chunk);
+                let _ = s.write_all(b"\r\n");
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut answer = [0u8; 64];
+                let busy = s
+                    .read(&mut answer)
+                    .is_ok_and(|n| String::from_utf8_lossy(&answer[..n]).contains(" 503 "));
+                (busy, s)
+            })
+        })
+        .collect();
+    let answered: Vec<(bool, TcpStream)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let busy = answered.iter().filter(|(b, _)| *b).count();
+    assert_eq!(busy, 16, "8 bodies fit the budget, 16 are refused");
+    let grown = rss(&agent).saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "bodies grew the agent by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(healthz(&agent.base).0, 200);
+}

@@ -458,3 +458,41 @@ fn denied_and_throttled_listings_are_retried_without_holding_up_other_datasets()
     assert_eq!(code, 0, "{out}");
     assert_eq!(throttled.listings(), 3, "two throttled, then listed");
 }
+
+/// Observed: `verify --manifest FIFO` hung, reading a FIFO nobody wrote.
+/// It now opens a named manifest as the agent opens one: no link in the
+/// last place, never blocking, regular files only.
+#[test]
+fn verify_refuses_a_manifest_that_is_not_a_regular_file() {
+    let env = Env::new("");
+    let fifo = env.dir.path().join("manifest.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    env.start_config();
+    let mut child = Command::new(BIN)
+        .args(["verify", "Fifo0000", "--bucket", BUCKET, "--manifest"])
+        .arg(&fifo)
+        .arg("--config")
+        .arg(env.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.is_some(), "verify hung on a FIFO");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file (a FIFO)"), "{stderr}");
+}

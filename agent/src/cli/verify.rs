@@ -129,8 +129,9 @@ fn read_manifest(
     let share = &args.config.share;
     let lines = match &args.manifest {
         Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            // As the agent opens one: a FIFO or a device must not hang or
+            // flood `verify`.
+            let bytes = manifest::read_regular_file(path, share.max_manifest_bytes.0)?;
             manifest::parse(&bytes, dataset_dir)?
         }
         None => manifest::read(

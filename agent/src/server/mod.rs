@@ -21,8 +21,7 @@ use crate::reconcile::plugin::PolicyHealth;
 use crate::store::StoreReader;
 use crate::watcher::ShareStatus;
 
-/// Largest accepted request body (an API destination batch is far smaller).
-const MAX_BODY_BYTES: usize = 16 << 20;
+use crate::sources::http::MAX_BODY_BYTES;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -3,17 +3,21 @@
 //!
 //! 202 only after the durable commit; 400 with a JSON error naming the field
 //! for bad input (nothing of that body is recorded); 401 without the API key
-//! when one is configured; 503 if the store cannot commit (retry later).
+//! when one is configured, decided on the headers before a byte of the body
+//! is read; 413 for a body over 16 MiB; 503 if the store cannot commit, or
+//! while the bodies being read already hold [`BODY_BUDGET_BYTES`] (retry
+//! later).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::logging::RateLimit;
@@ -25,14 +29,33 @@ use crate::notification::parse_body;
 use crate::reconcile::{EngineError, EngineHandle};
 use crate::telemetry;
 
+/// Largest accepted body (an API destination batch is far smaller).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Memory all bodies being read may hold at once, whatever the number of
+/// connections: each request reserves its Content-Length (or, without one,
+/// the largest body) before reading.
+pub const BODY_BUDGET_BYTES: usize = 128 << 20;
+/// The budget's unit.
+const KIB: usize = 1024;
+
 /// What `POST /events` needs.
 #[derive(Clone)]
 pub struct HttpSource {
     pub engine: EngineHandle,
     pub api_key: Option<String>,
+    /// [`BODY_BUDGET_BYTES`] in KiB permits.
+    body_budget: Arc<Semaphore>,
 }
 
 impl HttpSource {
+    pub fn new(engine: EngineHandle, api_key: Option<String>) -> HttpSource {
+        HttpSource {
+            engine,
+            api_key,
+            body_budget: Arc::new(Semaphore::new(BODY_BUDGET_BYTES / KIB)),
+        }
+    }
+
     /// This source's routes, for the agent's HTTP server to serve.
     pub fn routes(self) -> axum::Router {
         axum::Router::new()
@@ -44,11 +67,12 @@ impl HttpSource {
 async fn post_events(
     State(state): State<HttpSource>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> (StatusCode, Json<serde_json::Value>) {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     if let Some(expected) = state.api_key.as_deref()
-        && !authorized(&headers, expected)
+        && !authorized(headers, expected)
     {
         metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "unauthorized").increment(1);
         if let Some(held_back) = REFUSALS_LOGGED.allow() {
@@ -61,6 +85,39 @@ async fn post_events(
             ),
         );
     }
+    // Only now is the body read, within the budget all bodies share.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return too_large();
+    }
+    let reserve = declared.unwrap_or(MAX_BODY_BYTES).div_ceil(KIB).max(1) as u32;
+    let Ok(_reserved) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
+        metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "busy").increment(1);
+        if let Some(held_back) = REFUSALS_LOGGED.allow() {
+            warn!(%peer, held_back, "request bodies being read hold the whole budget; refused one (503)");
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"error": "too many request bodies are being read; retry later", "retry": true}),
+            ),
+        );
+    };
+    let limit = declared.unwrap_or(MAX_BODY_BYTES);
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) if declared.is_none() => return too_large(),
+        Err(e) => {
+            metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "malformed").increment(1);
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("could not read the request body: {e}")})),
+            );
+        }
+    };
     let notifications = match parse_body(&body) {
         Ok(n) => n,
         Err(e) => {
@@ -84,6 +141,14 @@ async fn post_events(
             )
         }
     }
+}
+
+fn too_large() -> (StatusCode, Json<serde_json::Value>) {
+    metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "too_large").increment(1);
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(json!({"error": format!("request body over {MAX_BODY_BYTES} bytes")})),
+    )
 }
 
 /// Whether the request carries the API key (also used by the server for

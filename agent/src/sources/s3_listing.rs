@@ -83,10 +83,12 @@ impl S3Lister {
                 .await
                 .map_err(|e| {
                     metrics::counter!(telemetry::S3_LIST_FAILURES).increment(1);
-                    let message = match e.code() {
+                    // An endpoint's answer is outside text: kept short and clean
+                    // (a junk answer once became a 1 MB note).
+                    let message = crate::logging::clean_external(&match e.code() {
                         Some(code) => format!("{code}: {}", e.message().unwrap_or_default()),
                         None => DisplayErrorContext(&e).to_string(),
-                    };
+                    });
                     ListingError {
                         bucket: bucket.to_owned(),
                         prefix: prefix.to_owned(),
@@ -156,6 +158,43 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Observed: an endpoint answering junk had its whole answer (1 MB)
+    /// copied into the dataset's note, `/status` and the log.
+    #[tokio::test]
+    async fn a_junk_answer_is_cut_and_cleaned() {
+        let junk = format!("<html>\u{1b}[31m{}</html>", "junk\n".repeat(200_000));
+        let app = axum::Router::new().fallback(move || {
+            let junk = junk.clone();
+            async move { (axum::http::StatusCode::BAD_REQUEST, junk) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::for_tests(),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let lister = S3Lister::from_sdk(&sdk, 1000);
+        let err = lister
+            .list("bucket", "S-vaultjob/", |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.len() <= crate::logging::EXTERNAL_TEXT_BYTES + " [cut]".len(),
+            "{} bytes",
+            err.message.len()
+        );
+        assert!(
+            !err.message.chars().any(char::is_control),
+            "{}",
+            err.message
+        );
+    }
 
     #[tokio::test]
     async fn requests_are_paced_across_listings() {

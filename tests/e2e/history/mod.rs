@@ -110,6 +110,30 @@ impl Rig {
         }
     }
 
+    /// Whether a dataset's manifest is loaded now (a consistent read).
+    fn manifest_loaded(&self, table: &str, set_id: &str) -> bool {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let out = self
+            .rt
+            .block_on(
+                self.ddb
+                    .get_item()
+                    .table_name(table)
+                    .key("setId", AttributeValue::S(set_id.to_owned()))
+                    .key("objectKey", AttributeValue::S("#dataset/".into()))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .unwrap();
+        out.item
+            .and_then(|i| {
+                i.get("manifestLoaded")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+            })
+            .unwrap_or(false)
+    }
+
     /// The dataset items' outcomes now (consistent reads).
     fn outcomes(&self, table: &str, w: &Workload) -> Vec<Option<String>> {
         use aws_sdk_dynamodb::types::AttributeValue;
@@ -185,7 +209,11 @@ fn first_objects(rig: &Rig, share: &Path, w: &Workload) {
     for d in &w.datasets {
         for line in d.manifest_lines(false) {
             let special = line == d.special_key();
-            if special && matches!(d.scenario, Scenario::Missing | Scenario::Resealed) {
+            let held = matches!(
+                d.scenario,
+                Scenario::Missing | Scenario::Resealed | Scenario::Stray
+            );
+            if special && held {
                 continue;
             }
             let mut body = if d.is_dir(&line) {
@@ -255,10 +283,31 @@ fn run(rig: &Rig, seed: u64) -> Report {
         agents[w.victim] = start(&mut env, w.victim);
     }
 
-    // Phase 2: re-seals, and partial copies the gateway finishes.
+    // Phase 2, once the datasets it changes have their first manifest
+    // loaded: re-seals, racing uploads, and partial copies the gateway
+    // finishes.
+    let racing: Vec<&workload::Dataset> = w
+        .datasets
+        .iter()
+        .filter(|d| matches!(d.scenario, Scenario::Resealed | Scenario::Stray))
+        .collect();
+    wait_until("the first manifests loaded", LONG, || {
+        racing
+            .iter()
+            .all(|d| rig.manifest_loaded(&table, &d.set_id))
+    });
     let mut second = Vec::new();
     for d in &w.datasets {
         match d.scenario {
+            Scenario::Stray => {
+                // Two messages, so two agents may take one each.
+                let held = std::fs::read(env.share().join(d.special_key())).unwrap();
+                rig.put(&d.special_key(), held.clone());
+                let last = notification(&d.special_key(), held.len() as u64, &w.first.text);
+                rig.send(&queue_url, &[last]);
+                let stray = notification(&d.stray_key(), 7, &w.first.text);
+                rig.send(&queue_url, &[stray]);
+            }
             Scenario::Resealed => {
                 let (name, bytes) = d.added.as_ref().unwrap();
                 std::fs::write(env.share().join(d.key(name)), bytes).unwrap();

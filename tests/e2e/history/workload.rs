@@ -36,7 +36,9 @@ pub enum Scenario {
     /// One file is a partial copy in S3, never notified; `healed`: the
     /// whole object replaces it later.
     PartialCopy { healed: bool },
-    /// An upload the manifest does not list arrives with the others.
+    /// One file held back; once the manifest is loaded it arrives at the
+    /// same moment as an upload the manifest does not list (two agents
+    /// record them at once).
     Stray,
     /// One file held back; then re-sealed with a new file that never
     /// reaches S3, and the held-back file arrives with the newer manifest.
@@ -51,7 +53,7 @@ impl Scenario {
     }
 
     /// Whether it must never be `Successful`, whatever the timing (a stray
-    /// may be recorded after a legitimate decision: the replay judges it).
+    /// may be recorded after a legitimate decision: the replay judges that).
     pub fn must_not_succeed(self) -> bool {
         matches!(
             self,
@@ -211,15 +213,13 @@ impl Workload {
                             | Scenario::Missing
                             | Scenario::PartialCopy { .. }
                             | Scenario::Resealed
+                            | Scenario::Stray
                     );
                 if held_back {
                     continue;
                 }
                 let size = sizes.get(&line).copied().unwrap_or(0);
                 sent.push((d.object_key(&line), size, self.first.text.clone()));
-            }
-            if d.scenario == Scenario::Stray {
-                sent.push((d.stray_key(), 7, self.first.text.clone()));
             }
         }
         let repeats: Vec<_> = sent

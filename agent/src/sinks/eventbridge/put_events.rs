@@ -67,7 +67,9 @@ impl EventBridgeSink {
                 .map_err(|e| {
                     self.error(format!(
                         "PutEvents: {}",
-                        aws_sdk_eventbridge::error::DisplayErrorContext(&e)
+                        crate::logging::clean_external(
+                            &aws_sdk_eventbridge::error::DisplayErrorContext(&e).to_string()
+                        )
                     ))
                 })?;
             if out.failed_entry_count() == 0 {

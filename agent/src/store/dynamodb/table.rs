@@ -107,6 +107,7 @@ impl Table {
             ),
             None => DisplayErrorContext(&e).to_string(),
         };
+        let detail = crate::logging::clean_external(&detail);
         StoreError::Backend {
             store: format!("DynamoDB table {}", self.name),
             message: format!("{what}: {detail}"),
