@@ -206,6 +206,10 @@ pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> R
     v["mismatched-paths"] = json!(detail.mismatched);
     v["unexpected-paths"] = json!(detail.unexpected);
     v["pending-paths"] = json!(detail.pending);
+    if let Some(n) = detail.examined {
+        // The lists are examples from the first entries; counts are exact.
+        v["paths-from-first-entries"] = json!(n);
+    }
     v["policy-state"] = json!(detail.record.policy_state);
     (StatusCode::OK, Json(v))
 }

@@ -405,6 +405,10 @@ pub struct DatasetDetail {
     pub mismatched: Vec<String>,
     pub unexpected: Vec<String>,
     pub pending: Vec<String>,
+    /// When the example paths come from the first entries only (a remote
+    /// store reads one page per request, however large the dataset): how
+    /// many entries were looked at. None: every entry.
+    pub examined: Option<u64>,
 }
 
 /// Which problem lists of a [`DatasetDetail`] an entry belongs to: the rule
@@ -448,6 +452,7 @@ impl DatasetDetail {
             mismatched: Vec::new(),
             unexpected: Vec::new(),
             pending: Vec::new(),
+            examined: None,
         };
         let loaded = detail.record.manifest_loaded;
         for e in entries {

@@ -701,6 +701,7 @@ impl StoreReader for SqliteReader {
             mismatched,
             unexpected,
             pending,
+            examined: None,
         }))
     }
 

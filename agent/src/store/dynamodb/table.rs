@@ -265,6 +265,32 @@ impl Table {
         Ok(items)
     }
 
+    /// The first `limit` items of a partition, in one request; and whether
+    /// the partition holds more.
+    pub async fn query_page(
+        &self,
+        partition: &str,
+        limit: usize,
+    ) -> StoreResult<(Vec<Item>, bool)> {
+        self.count("Query");
+        let out = self
+            .client
+            .query()
+            .table_name(&*self.name)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", AttributeValue::S(partition.into()))
+            .consistent_read(true)
+            .limit(limit.min(i32::MAX as usize) as i32)
+            .send()
+            .await
+            .map_err(|e| self.error("querying a partition", e))?;
+        Ok((
+            out.items.unwrap_or_default(),
+            out.last_evaluated_key.is_some(),
+        ))
+    }
+
     /// Applies all of `items` or none. Contention (another transaction on
     /// the same items) is retried with backoff; throttling and server
     /// errors the SDK's own retries already cover; a failed condition is
