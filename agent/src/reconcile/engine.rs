@@ -317,7 +317,14 @@ pub struct Engine {
     core: Core,
     outbox: watch::Sender<i64>,
     rx: mpsc::Receiver<Command>,
+    /// What the share watcher saw that a failed batch did not record: it
+    /// has no sender to retry it, so the next batch does (first).
+    unrecorded_local: Vec<Step>,
 }
+
+/// Most watcher observations kept for the next batch after failed ones
+/// (the store is down); past that, a rescan is what recovers them.
+const UNRECORDED_LOCAL_MAX: usize = 65_536;
 
 impl Engine {
     /// Creates the engine and its handle. `outbox` is told the highest
@@ -366,6 +373,7 @@ impl Engine {
                 core,
                 outbox,
                 rx,
+                unrecorded_local: Vec::new(),
             },
             handle,
         )
@@ -413,7 +421,8 @@ impl Engine {
         let reloaded = self.core.policy.begin_batch();
         let mut replies = Vec::new();
         let batch_len = batch.len();
-        let mut steps = Vec::with_capacity(batch_len);
+        // Observations a failed batch left go first: newer ones follow.
+        let mut steps = std::mem::take(&mut self.unrecorded_local);
         for cmd in batch {
             steps.push(match cmd {
                 Command::Ingest { items, reply } => {
@@ -490,8 +499,32 @@ impl Engine {
                 }
                 // Manifest reads of the failed batch are lost; the next tick re-reads.
                 self.core.reading.clear();
+                self.keep_local(&steps);
             }
         }
+    }
+
+    /// Keeps the watcher's observations of a failed batch for the next one
+    /// (the newest, if there are too many).
+    fn keep_local(&mut self, steps: &[Step]) {
+        let mut kept = 0;
+        for step in steps.iter().rev() {
+            let size = match step {
+                Step::Local(changes) => changes.len(),
+                Step::LocalPrune { .. } => 1,
+                _ => continue,
+            };
+            if kept + size > UNRECORDED_LOCAL_MAX {
+                error!(
+                    kept,
+                    "too many share observations waiting for the store; the rest are recovered by the next rescan"
+                );
+                break;
+            }
+            kept += size;
+            self.unrecorded_local.push(step.clone());
+        }
+        self.unrecorded_local.reverse();
     }
 
     /// Runs `steps` in one transaction, again on fresh reads while another
@@ -2505,5 +2538,119 @@ mod tests {
         let d = h.dataset("Whole").unwrap();
         assert_eq!(d.state, DatasetState::Succeeded, "{d:?}");
         assert_eq!(h.events().len(), 1);
+    }
+
+    /// A store whose commits fail while `down` is set (a store outage).
+    struct Outage {
+        inner: MemoryStore,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct OutageTx<'a> {
+        inner: Box<dyn StoreTx + 'a>,
+        down: bool,
+    }
+
+    impl Store for Outage {
+        fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>> {
+            self.inner.open_datasets()
+        }
+        fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>> {
+            let down = self.down.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(OutageTx {
+                inner: self.inner.begin()?,
+                down,
+            }))
+        }
+    }
+
+    impl StoreTx for OutageTx<'_> {
+        fn dataset(&mut self, set_id: &str) -> StoreResult<Option<DatasetRecord>> {
+            self.inner.dataset(set_id)
+        }
+        fn put_dataset(&mut self, dataset: &DatasetRecord) -> StoreResult<()> {
+            self.inner.put_dataset(dataset)
+        }
+        fn entry(&mut self, set_id: &str, key: &str) -> StoreResult<Option<EntryRecord>> {
+            self.inner.entry(set_id, key)
+        }
+        fn put_entry(&mut self, entry: &EntryRecord) -> StoreResult<()> {
+            self.inner.put_entry(entry)
+        }
+        fn unjudged_entries(
+            &mut self,
+            set_id: &str,
+            limit: usize,
+        ) -> StoreResult<Vec<EntryRecord>> {
+            self.inner.unjudged_entries(set_id, limit)
+        }
+        fn manifest_entries(&mut self, set_id: &str) -> StoreResult<Vec<EntryRecord>> {
+            self.inner.manifest_entries(set_id)
+        }
+        fn stale_local_entries(
+            &mut self,
+            set_id: &str,
+            before: i64,
+        ) -> StoreResult<Vec<EntryRecord>> {
+            self.inner.stale_local_entries(set_id, before)
+        }
+        fn push_event(&mut self, event: &OutboxEvent) -> StoreResult<i64> {
+            self.inner.push_event(event)
+        }
+        fn add_counter(&mut self, name: &str, delta: i64) -> StoreResult<()> {
+            self.inner.add_counter(name, delta)
+        }
+        fn commit(self: Box<Self>) -> StoreResult<Committed> {
+            if self.down {
+                return Err(StoreError::Backend {
+                    store: "test".into(),
+                    message: "the store is down".into(),
+                });
+            }
+            self.inner.commit()
+        }
+    }
+
+    /// Found by the history checker: what the share watcher saw was lost
+    /// with a batch the store failed to commit (the watcher does not send
+    /// it again), so a listing could not compare S3's copy with the file.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_the_watcher_saw_survives_a_failed_batch() {
+        let memory = MemoryStore::new();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let share = tempfile::tempdir().unwrap();
+        let (engine, handle) = Engine::new(
+            Box::new(Outage {
+                inner: memory.clone(),
+                down: down.clone(),
+            }),
+            Box::new(ExactMatch),
+            settings(share.path(), HOUR),
+            watch::channel(0).0,
+        );
+        let thread = std::thread::spawn(move || engine.run().unwrap());
+        let change = LocalChange {
+            set_id: "Down".into(),
+            entry: "Down-vaultjob/a".into(),
+            file: Some(LocalFile {
+                size: 5,
+                mtime: 1,
+                is_dir: false,
+                seen_ms: 1,
+            }),
+        };
+        let h = handle.clone();
+        tokio::task::block_in_place(|| h.blocking_local(vec![change])).unwrap();
+        // A batch that fails: the store is down.
+        assert!(handle.ingest(Vec::new()).await.is_err());
+        down.store(false, std::sync::atomic::Ordering::SeqCst);
+        handle.tick().await.unwrap();
+        handle.ingest(Vec::new()).await.unwrap();
+        let reader = memory.reader();
+        let d = tokio::task::block_in_place(|| reader.dataset_detail("Down", 10).unwrap());
+        let d = d.expect("the observation was recorded once the store was back");
+        assert_eq!(d.record.counts.local_bytes, 5);
+        handle.shutdown().await;
+        thread.join().unwrap();
     }
 }
