@@ -119,3 +119,104 @@ fn a_dataset_detail_reads_one_page_of_a_large_partition() {
         detail.examined
     );
 }
+
+/// The tests' DynamoDB emulation is exactly atomic (`moto_server.py`):
+/// transactions from many clients at once, half of them failing a
+/// condition after their first write, never lose nor roll back another's
+/// committed write. (moto alone restores a copy of the whole table taken
+/// when a failing transaction began, undoing whatever committed meanwhile.)
+#[test]
+fn moto_transactions_are_atomic_under_concurrency() {
+    use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+    let moto = Moto::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = aws_sdk_dynamodb::Client::new(&rt.block_on(moto.sdk()));
+    rt.block_on(create_table(&client, "atomic"));
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+    let key = |sk: &str| {
+        std::collections::HashMap::from([
+            ("setId".to_owned(), s("A")),
+            ("objectKey".to_owned(), s(sk)),
+        ])
+    };
+    const EACH: usize = 40;
+    let tasks: Vec<_> = (0..2 * EACH)
+        .map(|i| {
+            let client = client.clone();
+            let (counter, item) = (key("counter"), key(&format!("item-{i}")));
+            let mut item_values = item.clone();
+            item_values.insert("n".into(), AttributeValue::N(i.to_string()));
+            rt.spawn(async move {
+                let add = Update::builder()
+                    .table_name("atomic")
+                    .set_key(Some(counter))
+                    .update_expression("ADD #c :one")
+                    .expression_attribute_names("#c", "count")
+                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                    .build()
+                    .unwrap();
+                let put = Put::builder()
+                    .table_name("atomic")
+                    .set_item(Some(item_values))
+                    .build()
+                    .unwrap();
+                let mut request = client
+                    .transact_write_items()
+                    .transact_items(TransactWriteItem::builder().update(add).build())
+                    .transact_items(TransactWriteItem::builder().put(put).build());
+                if i % 2 == 1 {
+                    // Fails after the writes above were applied in moto.
+                    let never = ConditionCheck::builder()
+                        .table_name("atomic")
+                        .set_key(Some(key("absent")))
+                        .condition_expression("attribute_exists(objectKey)")
+                        .build()
+                        .unwrap();
+                    request = request.transact_items(
+                        TransactWriteItem::builder().condition_check(never).build(),
+                    );
+                }
+                request.send().await.is_ok()
+            })
+        })
+        .collect();
+    let committed = rt.block_on(async {
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(t.await.unwrap());
+        }
+        n
+    });
+    assert_eq!(
+        committed, EACH,
+        "exactly the transactions without a failing check commit"
+    );
+    let items = rt
+        .block_on(
+            client
+                .scan()
+                .table_name("atomic")
+                .consistent_read(true)
+                .send(),
+        )
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let count = items
+        .iter()
+        .find(|i| i.get("objectKey") == Some(&s("counter")))
+        .and_then(|i| i.get("count")?.as_n().ok()?.parse::<usize>().ok());
+    assert_eq!(
+        count,
+        Some(EACH),
+        "the counter is the number of committed transactions"
+    );
+    let puts = items.iter().filter(|i| i.contains_key("n")).count();
+    assert_eq!(puts, EACH, "every committed put, and no other, is there");
+}
