@@ -1,0 +1,117 @@
+//! The periodic re-check: periodic listings, manifests not read yet, and
+//! uploads the policy has not judged.
+
+use super::*;
+
+impl Core {
+    /// Re-check of every dataset still reconciling: manifests not read yet,
+    /// uploads a failed policy call left unjudged, then (in `decide_touched`)
+    /// the decision and the deadline.
+    pub(super) fn tick(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        open: &[DatasetRecord],
+        now: i64,
+    ) -> StoreResult<()> {
+        if let Some((every, after)) = self.settings.verify.as_ref().and_then(|v| v.periodic) {
+            let (every, after) = (every.as_millis() as i64, after.as_millis() as i64);
+            // Periodic listings are bounded: what does not fit now is
+            // claimed at a later re-check.
+            let mut room = self
+                .listings
+                .as_ref()
+                .map_or(0, |l| listing::PERIODIC_QUEUED.saturating_sub(l.queued().1));
+            for d in open {
+                let due = now - d.first_seen_ms >= after
+                    && d.listing_ms.is_none_or(|t| now - t >= every)
+                    && d.deadline_ms.is_none_or(|deadline| deadline > now)
+                    && !self.listing_in_flight.contains(&d.set_id);
+                if due && room > 0 {
+                    room -= 1;
+                    let mut jobs = Vec::new();
+                    let ds = work.dataset(tx, &d.set_id, now)?;
+                    self.claim_listing(ds, &mut jobs, now);
+                    work.listings.extend(jobs);
+                }
+            }
+        }
+        let reconciling: Vec<&str> = open
+            .iter()
+            .filter(|d| d.state == DatasetState::Reconciling)
+            .map(|d| d.set_id.as_str())
+            .collect();
+        tx.prefetch(&reconciling, &[])?;
+        for set_id in reconciling {
+            let ds = work.dataset(tx, set_id, now)?;
+            let unjudged = ds.counts.unjudged > 0;
+            if !ds.manifest_loaded && !self.reading.contains(set_id) {
+                let read = manifest_read(ds);
+                work.manifest_reads.push(read);
+            }
+            if unjudged {
+                self.rejudge(tx, work, set_id, now)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Continues a dataset whose policy calls were deferred: judges what is
+    /// left unjudged, and (in `decide_touched`) decides.
+    pub(super) fn continue_deferred(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let ds = work.dataset(tx, set_id, now)?;
+        if ds.state.is_decided() {
+            return Ok(());
+        }
+        if ds.counts.unjudged > 0 {
+            self.rejudge(tx, work, set_id, now)?;
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Judges again the uploads whose policy call failed or was deferred.
+    pub(super) fn rejudge(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        work: &mut Work,
+        set_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        const PER_TICK: usize = 10_000;
+        let rows = tx.unjudged_entries(set_id, PER_TICK)?;
+        let mut state = work.dataset(tx, set_id, now)?.policy_state.take();
+        let mut delta_note = None;
+        let mut counts_delta = (Counts::default(), Counts::default());
+        self.deferred.remove(set_id);
+        for mut row in rows {
+            let before = EntryRecord::contribution(Some(&row));
+            let note = self.judge(set_id, &mut row, None, &mut state);
+            if self.deferred.contains(set_id) {
+                // The policy's time is used: the rest waits for a later batch.
+                break;
+            }
+            if let Some(n) = note {
+                delta_note = Some(n);
+            }
+            counts_delta.0 += before;
+            counts_delta.1 += EntryRecord::contribution(Some(&row));
+            tx.put_entry(&row)?;
+        }
+        let ds = work.dataset(tx, set_id, now)?;
+        ds.policy_state = state;
+        ds.counts -= counts_delta.0;
+        ds.counts += counts_delta.1;
+        ds.note = delta_note;
+        Ok(())
+    }
+}
