@@ -446,8 +446,10 @@ fn dynamodb_pages_unprocessed_keys_and_items_and_cancellations_lose_nothing() {
     rt.block_on(async {
         let start = Instant::now();
         while reconciled.len() < set_ids.len() || upload_keys.len() < uploads {
+            // Generous: under a loaded machine this took 55 s, also on
+            // the code before issue 19.
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < Duration::from_secs(180),
                 "events lost: {reconciled:?}, {} of {uploads} uploads\n{}",
                 upload_keys.len(),
                 agent.logs()

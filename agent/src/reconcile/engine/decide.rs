@@ -4,6 +4,16 @@
 use super::*;
 
 impl Core {
+    /// Whether a dataset past its deadline has had its manifest looked at:
+    /// loaded, or its last read (or the policy's `expects`) failed. A read
+    /// that is queued or running (each re-check starts one for a manifest
+    /// not loaded) holds the Timeout back: a dataset is never timed out
+    /// unevaluated because the manifest was read late. Reads end, by a
+    /// result or by `manifest_read_timeout`, so the hold does too.
+    fn manifest_settled(&self, ds: &DatasetRecord) -> bool {
+        ds.manifest_loaded || self.manifest_failed.contains(&ds.set_id)
+    }
+
     /// Asks the policy about every touched dataset still reconciling.
     pub(super) fn decide_touched(&mut self, work: &mut Work, now: i64) {
         for ds in work.touched.values_mut() {
@@ -87,6 +97,7 @@ impl Core {
                 }
             }
             if ds.deadline_ms.is_some_and(|d| d <= now)
+                && self.manifest_settled(ds)
                 && self.may_time_out(ds, work.listed.get(&ds.set_id), &mut work.listings, now)
             {
                 close(

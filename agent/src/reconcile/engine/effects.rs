@@ -30,6 +30,7 @@ impl Core {
             if ds.state.is_decided() {
                 self.listing_failures.remove(&ds.set_id);
                 self.listed_past_deadline.remove(&ds.set_id);
+                self.manifest_failed.remove(&ds.set_id);
             }
         }
         for (set_id, outcome) in &work.listed {

@@ -34,6 +34,7 @@ impl Core {
             Err(message) => {
                 warn!(set_id, %message, "manifest not usable yet; retrying at the next re-check");
                 ds.note = Some(message.clone());
+                self.manifest_failed.insert(set_id.to_owned());
                 return Ok(());
             }
         };
@@ -54,6 +55,7 @@ impl Core {
         if let Some(message) = expects_error {
             ds.policy_state = state;
             ds.note = Some(message);
+            self.manifest_failed.insert(set_id.to_owned());
             return Ok(());
         }
         let mut counts = ds.counts;
@@ -86,6 +88,7 @@ impl Core {
         ds.counts = counts;
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
+        self.manifest_failed.remove(set_id);
         ds.note = note;
         work.manifests_loaded
             .push((set_id.to_owned(), total, lines.len()));

@@ -290,6 +290,9 @@ struct Core {
     listing_in_flight: HashSet<String>,
     /// Datasets past their deadline whose listing this agent applied.
     listed_past_deadline: HashSet<String>,
+    /// Datasets whose last manifest read here failed (or whose policy
+    /// could not say which lines take part): a Timeout need not wait for it.
+    manifest_failed: HashSet<String>,
 }
 
 /// One transaction's worth of changes, acted on once committed.
@@ -380,6 +383,7 @@ impl Engine {
             listing_failures: HashMap::new(),
             listing_in_flight: HashSet::new(),
             listed_past_deadline: HashSet::new(),
+            manifest_failed: HashSet::new(),
         };
         (
             Engine {

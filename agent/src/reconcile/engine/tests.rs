@@ -279,6 +279,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    a_dataset_is_never_timed_out_before_its_manifest_is_read,
     a_resealed_dataset_is_decided_on_its_newest_manifest,
     out_of_order_with_duplicates_and_directory_slashes_succeeds_once,
     manifest_last_succeeds_when_it_is_read,
@@ -343,6 +344,36 @@ async fn out_of_order_with_duplicates_and_directory_slashes_succeeds_once(kind: 
     h.send(&last, 1, 101).await;
     h.send(manifest, 77, 102).await;
     assert_eq!(h.events().len(), 1);
+}
+
+/// Found by the history checker (under load): a complete dataset whose
+/// manifest had not been read by its deadline timed out, unevaluated, with
+/// no note. Here the deadline passes in the very batch that records the
+/// manifest notification.
+async fn a_dataset_is_never_timed_out_before_its_manifest_is_read(kind: Kind) {
+    let h = Harness::new(kind, Duration::from_millis(1));
+    let lines = h.write_dataset("Late", &["a", "b"]);
+    for l in &lines {
+        h.send(l, 1, 5).await;
+    }
+    h.wait_for("a decision", |h| h.events().len() == 1).await;
+    let d = h.dataset("Late").unwrap();
+    assert_eq!(d.state, DatasetState::Succeeded, "{d:?}");
+    // An unreadable manifest still times out (after its read failed).
+    h.send("Gone-vaultjob/Gone.manifest", 1, 5).await;
+    let start = Instant::now();
+    while h.events().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            h.dataset("Gone")
+        );
+        h.handle.tick().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let d = h.dataset("Gone").unwrap();
+    assert_eq!(d.state, DatasetState::TimedOut, "{d:?}");
+    assert!(d.note.unwrap().contains("cannot read manifest"));
 }
 
 /// Observed on DynamoDB: the newer manifest's `manifest_loaded = false`
