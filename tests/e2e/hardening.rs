@@ -477,7 +477,10 @@ fn bodies_are_read_only_with_the_key_and_within_one_budget() {
     }
     assert_eq!(refused, 96, "every keyless request is refused");
     let grown = rss(&agent).saturating_sub(before);
-    eprintln!("96 keyless requests announcing 16 MiB: RSS grew {} KiB", grown >> 10);
+    eprintln!(
+        "96 keyless requests announcing 16 MiB: RSS grew {} KiB",
+        grown >> 10
+    );
     assert!(
         grown < 64 << 20,
         "keyless bodies grew the agent by {} MiB",
@@ -519,7 +522,10 @@ fn bodies_are_read_only_with_the_key_and_within_one_budget() {
     let busy = answered.iter().filter(|(b, _)| *b).count();
     assert_eq!(busy, 16, "8 bodies fit the budget, 16 are refused");
     let grown = rss(&agent).saturating_sub(before);
-    eprintln!("24 bodies at once, 8 admitted: RSS grew {} KiB", grown >> 10);
+    eprintln!(
+        "24 bodies at once, 8 admitted: RSS grew {} KiB",
+        grown >> 10
+    );
     assert!(
         grown < 256 << 20,
         "bodies grew the agent by {} MiB",
