@@ -90,10 +90,11 @@ async fn post_events(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return too_large();
-    }
-    let reserve = declared.unwrap_or(MAX_BODY_BYTES).div_ceil(KIB).max(1) as u32;
+    // A body declared larger than the cap is still read up to the cap (then
+    // 413), as clients that write the whole body before reading the answer
+    // expect; it holds at most the cap meanwhile.
+    let held = declared.unwrap_or(MAX_BODY_BYTES).min(MAX_BODY_BYTES);
+    let reserve = held.div_ceil(KIB).max(1) as u32;
     let Ok(_reserved) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
         metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "busy").increment(1);
         if let Some(held_back) = REFUSALS_LOGGED.allow() {
@@ -106,10 +107,9 @@ async fn post_events(
             ),
         );
     };
-    let limit = declared.unwrap_or(MAX_BODY_BYTES);
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(_) if declared.is_none() => return too_large(),
+        Err(_) if declared.is_none_or(|n| n > MAX_BODY_BYTES) => return too_large(),
         Err(e) => {
             metrics::counter!(telemetry::REFUSED_REQUESTS, "reason" => "malformed").increment(1);
             return (
