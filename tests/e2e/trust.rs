@@ -264,7 +264,8 @@ fn a_listing_backlog_never_times_out_a_dataset_s3_holds() {
         let lines = env.write_dataset(&idle, &["x.dat".into()]);
         post(&agent, vec![env.upload_for(&lines[1])]);
     }
-    let set_id = "HeldByS300000001";
+    // Sorts after the idle ones: the last listing of each round.
+    let set_id = "ZzHeldByS3000001";
     let lines = env.write_dataset(set_id, &["a.dat".into(), "b.dat".into()]);
     for line in &lines {
         let path = env.share().join(line);
