@@ -19,12 +19,27 @@ pub struct Clients {
     pub ddb: aws_sdk_dynamodb::Client,
 }
 
+/// A runtime for a test's own AWS calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl Moto {
+    /// An S3 client for this moto (path-style, as emulators serve).
+    pub fn s3(&self, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
+        let sdk = rt.block_on(self.sdk());
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
     pub fn clients(&self) -> Clients {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let sdk = rt.block_on(self.sdk());
         Clients {
             sqs: aws_sdk_sqs::Client::new(&sdk),

@@ -6,27 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::aws::runtime;
 use crate::moto::Moto;
 use crate::support::{AgentProcess, Env, wait_until};
 
 const BUCKET: &str = "trust-bucket";
 const LONG: Duration = Duration::from_secs(120);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn s3_client(moto: &Moto, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
-    let sdk = rt.block_on(moto.sdk());
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    )
-}
 
 fn put(rt: &tokio::runtime::Runtime, s3: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
     rt.block_on(
@@ -155,7 +140,7 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
 fn partial_copy_is_counted_only_once_whole(policy: &str, set_id: &str) {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     rt.block_on(s3.create_bucket().bucket(BUCKET).send())
         .unwrap();
     let mut env = Env::new(&format!(
@@ -245,7 +230,7 @@ fn with_size_verified_the_whole_object_replaces_a_partial_copy() {
 fn a_listing_backlog_never_times_out_a_dataset_s3_holds() {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     rt.block_on(s3.create_bucket().bucket(BUCKET).send())
         .unwrap();
     // Listings are paced at 2 requests/s while 31 datasets are due every

@@ -9,26 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::aws::runtime;
 use crate::moto::Moto;
 use crate::support::{BIN, Env, file_names};
 
 const BUCKET: &str = "vault-bucket";
-
-fn s3_client(moto: &Moto, rt: &tokio::runtime::Runtime) -> aws_sdk_s3::Client {
-    let sdk = rt.block_on(moto.sdk());
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Puts each manifest line as the gateway writes it: a directory as an
 /// empty `key/` object, a file with its bytes on the share.
@@ -90,7 +75,7 @@ fn verify(env: &Env, moto: &Moto, args: &[&str]) -> (i32, String) {
 fn lost_notifications_heal_through_the_listing_and_what_s3_lacks_times_out_by_name() {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     rt.block_on(s3.create_bucket().bucket(BUCKET).send())
         .unwrap();
     // Periodic listings after 1 s (at the 5 s re-checks); deadlines 20 s
@@ -225,7 +210,7 @@ fn lost_notifications_heal_through_the_listing_and_what_s3_lacks_times_out_by_na
 fn verify_follows_every_page_of_a_large_prefix() {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     rt.block_on(s3.create_bucket().bucket(BUCKET).send())
         .unwrap();
     let mut env =
@@ -277,7 +262,7 @@ fn counter(agents: &[&crate::support::AgentProcess], name: &str) -> f64 {
 fn two_agents_on_the_shared_store_list_a_dataset_once_and_send_one_event() {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     let ddb = aws_sdk_dynamodb::Client::new(&rt.block_on(moto.sdk()));
     rt.block_on(async {
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
@@ -394,7 +379,7 @@ impl RefusingS3 {
 fn denied_and_throttled_listings_are_retried_without_holding_up_other_datasets() {
     let moto = Moto::start();
     let rt = runtime();
-    let s3 = s3_client(&moto, &rt);
+    let s3 = moto.s3(&rt);
     rt.block_on(s3.create_bucket().bucket(BUCKET).send())
         .unwrap();
     // The first listing is denied; the agent's retry gets through.

@@ -19,7 +19,9 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+/// A DynamoDB item.
+type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
 use serde_json::Value;
 
 use crate::moto::Moto;
@@ -49,16 +51,9 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let history = dir.path().join("dynamodb-history.jsonl");
         let moto = Moto::start_with(&[("MOTO_HISTORY", history.to_str().unwrap())]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = crate::aws::runtime();
         let sdk = rt.block_on(moto.sdk());
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = moto.s3(&rt);
         rt.block_on(s3.create_bucket().bucket(BUCKET).send())
             .unwrap();
         Rig {
@@ -86,36 +81,14 @@ impl Rig {
     }
 
     fn send(&self, url: &str, events: &[Value]) {
-        for (n, chunk) in events.chunks(10).enumerate() {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(format!("m{n}-{i}"))
-                        .message_body(e.to_string())
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            self.rt
-                .block_on(
-                    self.sqs
-                        .send_message_batch()
-                        .queue_url(url)
-                        .set_entries(Some(entries))
-                        .send(),
-                )
-                .unwrap();
-        }
+        self.rt
+            .block_on(crate::shared::send_all(&self.sqs, url, events));
     }
 
-    /// Whether a dataset's manifest is loaded now, or the dataset decided
-    /// (a consistent read).
-    fn manifest_loaded_or_decided(&self, table: &str, set_id: &str) -> bool {
+    /// A dataset's item now (a consistent read).
+    fn dataset_item(&self, table: &str, set_id: &str) -> Option<Item> {
         use aws_sdk_dynamodb::types::AttributeValue;
-        let out = self
-            .rt
+        self.rt
             .block_on(
                 self.ddb
                     .get_item()
@@ -125,41 +98,30 @@ impl Rig {
                     .consistent_read(true)
                     .send(),
             )
-            .unwrap();
-        out.item.is_some_and(|i| {
+            .unwrap()
+            .item
+    }
+
+    /// Whether a dataset's manifest is loaded now, or the dataset decided.
+    fn manifest_loaded_or_decided(&self, table: &str, set_id: &str) -> bool {
+        self.dataset_item(table, set_id).is_some_and(|i| {
             i.contains_key("outcome")
                 || i.get("manifestLoaded").and_then(|v| v.as_bool().ok()) == Some(&true)
         })
     }
 
-    /// The dataset items' outcomes now (consistent reads).
+    /// The datasets' outcomes now.
     fn outcomes(&self, table: &str, w: &Workload) -> Vec<Option<String>> {
-        use aws_sdk_dynamodb::types::AttributeValue;
         w.datasets
             .iter()
             .map(|d| {
-                let out = self
-                    .rt
-                    .block_on(
-                        self.ddb
-                            .get_item()
-                            .table_name(table)
-                            .key("setId", AttributeValue::S(d.set_id.clone()))
-                            .key("objectKey", AttributeValue::S("#dataset/".into()))
-                            .consistent_read(true)
-                            .send(),
-                    )
-                    .unwrap();
-                out.item
+                self.dataset_item(table, &d.set_id)
                     .and_then(|i| i.get("outcome").and_then(|o| o.as_s().ok()).cloned())
             })
             .collect()
     }
 
-    fn scan(
-        &self,
-        table: &str,
-    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    fn scan(&self, table: &str) -> Vec<Item> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
