@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const NOTIFICATIONS: &str = "vault_agent_notifications_total";
 pub const REFUSED_REQUESTS: &str = "vault_agent_refused_requests_total";
 pub const BATCHES: &str = "vault_agent_committed_batches_total";
+pub const RECHECKS: &str = "vault_agent_rechecks_total";
 pub const COMMIT_SECONDS: &str = "vault_agent_commit_duration_seconds";
 pub const DECISIONS: &str = "vault_agent_decisions_total";
 pub const DECISION_LATENCY_SECONDS: &str = "vault_agent_decision_latency_seconds";
@@ -99,9 +100,13 @@ fn describe() {
     );
     describe_counter!(
         REFUSED_REQUESTS,
-        "POST /events requests refused, by reason: unauthorized, malformed, store"
+        "POST /events requests refused, by reason: unauthorized, malformed, too_large, busy, store"
     );
     describe_counter!(BATCHES, "Engine transactions committed");
+    describe_counter!(
+        RECHECKS,
+        "Re-checks committed (every `wait`: deadlines, unread manifests, unjudged uploads)"
+    );
     describe_histogram!(
         COMMIT_SECONDS,
         Unit::Seconds,

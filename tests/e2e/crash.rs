@@ -124,7 +124,7 @@ fn sigkill_mid_ingest_loses_nothing_accepted_and_emits_one_event_per_dataset() {
     }
     agent.stop();
     let agent = env.start();
-    std::thread::sleep(Duration::from_millis(600));
+    crate::support::wait_rechecks(&agent, 2);
     for set_id in &set_ids {
         let events = env.events_for(set_id);
         assert_eq!(events.len(), 1, "{set_id}: {events:?}");

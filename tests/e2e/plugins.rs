@@ -78,7 +78,7 @@ fn bundled_policies_on_reference_datasets_and_routing() {
     env.wait_for_events("IGN00000000001", 1, Duration::from_secs(10));
     env.wait_for_events("SIZE0000000001", 1, Duration::from_secs(10));
     env.wait_for_events("EXACT0000000002", 1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(600));
+    crate::support::wait_rechecks(&agent, 2);
     assert!(
         env.events_for("EXACT0000000001").is_empty(),
         "exact-match must block on the .nfs file"

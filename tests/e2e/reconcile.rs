@@ -51,7 +51,7 @@ fn out_of_order_dataset_with_repeats_and_strays_succeeds_exactly_once() {
     assert_eq!(status["missing"], 1, "{status}");
     assert_eq!(status["unexpected"], 0, "{status}");
     assert_eq!(status["missing-paths"], json!([last_line]));
-    std::thread::sleep(Duration::from_millis(600));
+    crate::support::wait_rechecks(&agent, 2);
     assert!(
         env.events_for(set_id).is_empty(),
         "no event before the last file arrives"
@@ -99,7 +99,7 @@ fn out_of_order_dataset_with_repeats_and_strays_succeeds_exactly_once() {
 
     // Re-checks and late repeats never emit a second event.
     agent.post(&env.upload_for(&last_line).to_string());
-    std::thread::sleep(Duration::from_millis(700));
+    crate::support::wait_rechecks(&agent, 2);
     assert_eq!(env.events_for(set_id).len(), 1);
     let all = agent.status(None);
     assert_eq!(all["counters"]["outside_keys"], 2, "{all}");
@@ -142,6 +142,6 @@ fn dataset_missing_a_file_gets_exactly_one_timeout_after_the_deadline() {
     assert_eq!(status["missing-paths"], json!([missing]));
     // The missing file arriving late does not turn a Timeout into a success.
     agent.post(&env.upload_for(&missing).to_string());
-    std::thread::sleep(Duration::from_millis(800));
+    crate::support::wait_rechecks(&agent, 2);
     assert_eq!(env.events_for(set_id).len(), 1);
 }

@@ -430,6 +430,30 @@ pub fn file_names(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The agent's re-checks committed so far (`vault_agent_rechecks_total`).
+pub fn rechecks(agent: &AgentProcess) -> u64 {
+    http_get_with(&format!("{}/metrics", agent.base), &[])
+        .and_then(|(_, text)| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("vault_agent_rechecks_total ")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0.0) as u64
+}
+
+/// Waits (generously) until the agent has committed `n` more re-checks:
+/// each had every chance to decide, so an absence asserted after them is
+/// a fact, not a race with the clock.
+pub fn wait_rechecks(agent: &AgentProcess, n: u64) {
+    let from = rechecks(agent);
+    wait_until(&format!("{n} re-checks"), Duration::from_secs(180), || {
+        rechecks(agent) >= from + n
+    });
+}
+
 /// Waits until `done` holds, polling; panics naming `what` after `limit`.
 /// Limits are generous on purpose: CI shares the machine with builds.
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

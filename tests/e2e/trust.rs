@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::aws::runtime;
 use crate::moto::Moto;
-use crate::support::{AgentProcess, Env, wait_until};
+use crate::support::{AgentProcess, Env, wait_rechecks, wait_until};
 
 const BUCKET: &str = "trust-bucket";
 const LONG: Duration = Duration::from_secs(120);
@@ -29,26 +29,6 @@ fn aws(moto: &Moto) -> String {
         "[aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
         moto.endpoint
     )
-}
-
-/// The agent's committed batches so far (each re-check is one).
-fn batches(agent: &AgentProcess) -> f64 {
-    let (_, text) = crate::support::http_get(&format!("{}/metrics", agent.base)).unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("vault_agent_committed_batches_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-/// Waits until `n` more batches have committed: re-checks that had every
-/// chance to decide.
-fn let_batches_pass(agent: &AgentProcess, n: f64) {
-    let from = batches(agent);
-    wait_until("re-checks", LONG, || batches(agent) >= from + n);
 }
 
 /// `/status/{set-id}`, or Null while the agent has not seen the dataset.
@@ -113,7 +93,7 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
         &agent,
         vec![env.upload_for(&format!("{set_id}-vaultjob/b.dat"))],
     );
-    let_batches_pass(&agent, 8.0);
+    wait_rechecks(&agent, 8);
     let status = agent.status(Some(set_id));
     assert!(
         env.events_for(set_id).is_empty(),
@@ -130,7 +110,7 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
         events[0]["detail-type"],
         "File Upload Reconciliation Successful"
     );
-    let_batches_pass(&agent, 4.0);
+    wait_rechecks(&agent, 4);
     assert_eq!(env.events_for(set_id).len(), 1);
 }
 
@@ -182,7 +162,7 @@ fn partial_copy_is_counted_only_once_whole(policy: &str, set_id: &str) {
                 .is_some_and(|n| n.contains("partial or stale in S3"))
             || !env.events_for(set_id).is_empty()
     });
-    let_batches_pass(&agent, 8.0);
+    wait_rechecks(&agent, 8);
     let status = agent.status(Some(set_id));
     assert!(
         env.events_for(set_id).is_empty(),

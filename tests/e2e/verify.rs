@@ -307,7 +307,8 @@ fn two_agents_on_the_shared_store_list_a_dataset_once_and_send_one_event() {
     let listed = counter(&[&a, &b], "vault_agent_s3_list_requests_total");
     assert_eq!(listed, set_ids.len() as f64);
     // Later re-checks send nothing more.
-    std::thread::sleep(Duration::from_secs(2));
+    crate::support::wait_rechecks(&a, 1);
+    crate::support::wait_rechecks(&b, 1);
     for set_id in set_ids {
         assert_eq!(env.events_for(set_id).len(), 1, "{set_id}");
         assert!(a.status(Some(set_id))["listed-entries"].as_u64().unwrap() > 0);
