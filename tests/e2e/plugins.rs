@@ -478,16 +478,21 @@ fn replacing_the_plugin_file_is_picked_up_without_a_restart() {
     let agent = env.start();
     let lines = env.write_dataset("RELOAD00000001", &file_names(4));
     upload_all(&env, &agent, &lines, &[]);
-    std::thread::sleep(Duration::from_millis(500));
+    // The broken plugin has been asked (its error is the dataset's note)...
+    let note = || {
+        agent.status(Some("RELOAD00000001"))["note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    crate::support::wait_until("the broken plugin's error", Duration::from_secs(60), || {
+        note().contains("not a WebAssembly file")
+    });
+    // ...and gave no success.
     assert!(
         env.events_for("RELOAD00000001").is_empty(),
         "a broken plugin never gives success"
     );
-    let note = agent.status(Some("RELOAD00000001"))["note"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(note.contains("not a WebAssembly file"), "{note}");
 
     // Swap in a working component (write + rename, as a deploy would).
     let tmp = env.dir.path().join("policy.wasm.new");
