@@ -61,7 +61,15 @@ fn webhook_sink_retries_until_the_receiver_takes_the_event() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the dispatcher has recorded the delivery, nothing resends it.
+    crate::support::wait_until("the delivery recorded", Duration::from_secs(60), || {
+        crate::support::http_get(&format!("{}/metrics", agent.base)).is_some_and(|(_, text)| {
+            text.lines().any(|l| {
+                l.starts_with("vault_agent_sink_delivered_total{sink=\"webhook")
+                    && l.ends_with(" 1")
+            })
+        })
+    });
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "one delivery, after two refusals");
     let (key, auth, body) = &got[0];
