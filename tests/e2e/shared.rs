@@ -500,3 +500,39 @@ fn dynamodb_pages_unprocessed_keys_and_items_and_cancellations_lose_nothing() {
         );
     }
 }
+
+/// Found by the history checker: an agent refused to start because
+/// DynamoDB answered its start-up DescribeTable with a 500 (past the SDK's
+/// own retries). A transient failure is retried; the agent starts.
+#[test]
+fn an_agent_starts_through_transient_dynamodb_failures() {
+    let moto = Moto::start();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&refused);
+    let proxy = FaultProxy::start(moto.endpoint.clone(), move |target, _| {
+        let describe = target.ends_with(".DescribeTable");
+        // More refusals than the SDK's three attempts.
+        (describe && count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 5).then(|| {
+            Fault::Reply(
+                500,
+                json!({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected"}),
+            )
+        })
+    });
+    let Clients { rt, ddb, .. } = moto.clients();
+    rt.block_on(create_table(&ddb, "vault-agent"));
+    let mut env = Env::new(&format!(
+        "[reconcile]\nwait = \"200ms\"\n\
+         [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        proxy.endpoint
+    ));
+    env.envs = moto.envs();
+    let agent = env.start();
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+    assert!(
+        agent
+            .logs()
+            .contains("describing the table failed; retrying")
+    );
+}

@@ -61,14 +61,24 @@ impl Table {
             requests: Arc::default(),
             counters: Arc::default(),
         };
-        table.count("DescribeTable");
-        let described = table
-            .client
-            .describe_table()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(|e| table.error("describing the table", e))?;
+        // A transient failure (a 5xx, throttling, a dropped connection) at
+        // start-up is retried with backoff, past the SDK's own attempts: an
+        // agent must not refuse to start over one bad minute of DynamoDB.
+        // A missing table or a denied request fails at once.
+        let mut backoff = table.backoff();
+        let described = loop {
+            table.count("DescribeTable");
+            match table.client.describe_table().table_name(name).send().await {
+                Ok(described) => break described,
+                Err(e) if Self::transient(&e) => {
+                    warn!(table = name, error = %DisplayErrorContext(&e), "describing the table failed; retrying");
+                    table
+                        .retry_after(&mut backoff, "describing the table keeps failing")
+                        .await?;
+                }
+                Err(e) => return Err(table.error("describing the table", e)),
+            }
+        };
         let schema = described
             .table
             .and_then(|t| t.key_schema)
@@ -335,6 +345,27 @@ impl Table {
             self.retry_after(&mut backoff, "a transaction kept being cancelled")
                 .await
                 .map_err(TransactFailure::Other)?;
+        }
+    }
+
+    /// Whether a failed request may succeed if sent again: no answer, a server
+    /// error, or throttling.
+    fn transient<E: ProvideErrorMetadata, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool {
+        match e {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(service) => matches!(
+                service.err().code(),
+                Some(
+                    "InternalServerError"
+                        | "ServiceUnavailable"
+                        | "ThrottlingException"
+                        | "ProvisionedThroughputExceededException"
+                        | "RequestLimitExceeded"
+                )
+            ),
+            _ => false,
         }
     }
 
