@@ -27,8 +27,8 @@ use super::item::{
 };
 use super::table::{TRANSACTION_MAX, Table, TransactFailure, build_error};
 use crate::store::{
-    Committed, Counts, DatasetRecord, EntryRecord, ManifestRef, OutboxEvent, PolicyState,
-    StoreError, StoreResult, StoreTx,
+    Committed, Counts, DatasetRecord, EntryRecord, OutboxEvent, PolicyState, StoreError,
+    StoreResult, StoreTx,
 };
 
 /// An entry as read (with its version) and as this batch left it.
@@ -470,13 +470,8 @@ impl Plan {
                 .get(set_id.as_str())
                 .copied()
                 .unwrap_or_else(|| tx.revisions.get(set_id).copied().unwrap_or(0));
-            let rev = u.name(REVISION);
-            let unchanged = if expected == 0 {
-                format!("attribute_not_exists({rev})")
-            } else {
-                let v = u.value(n(expected));
-                format!("{rev} = {v}")
-            };
+            // (0: never written, so the attribute is absent.)
+            let unchanged = u.still(REVISION, (expected != 0).then_some(expected));
             u.add(REVISION, 1);
             u.set("outcome", s(ds.state.as_str()));
             u.set("decidedMs", n(ds.decided_ms.unwrap_or_default()));
@@ -563,7 +558,8 @@ fn dataset_update(
             // Only on the manifest this batch read: a batch that loaded an
             // older manifest than another agent just recorded must not
             // mark the newer one loaded (it runs again on fresh reads).
-            conditions.push(manifest_unchanged(&mut u, old.manifest.as_ref()));
+            let read = old.manifest.as_ref().map(|m| m.event_time);
+            conditions.push(u.still(MANIFEST_EVENT_TIME, read));
         }
         if ds.manifest != old.manifest
             && let Some(m) = &ds.manifest
@@ -623,7 +619,8 @@ fn dataset_update(
     if u.is_empty() && unit.entries.is_empty() {
         return Ok(None);
     }
-    // Every write to the dataset, its entries' included, moves the revision a decision is conditioned on.
+    // Every write to the dataset, its entries' included, moves the revision
+    // a decision is conditioned on.
     u.add(REVISION, 1);
     let update = u.finish(table, key(unit.set_id, DATASET_SK));
     if conditions.is_empty() {
@@ -671,30 +668,10 @@ fn policy_state_update(
     condition
 }
 
-/// The condition that the dataset still follows the manifest notification
-/// this batch read (`None`: none yet).
-fn manifest_unchanged(u: &mut UpdateBuilder, old: Option<&ManifestRef>) -> String {
-    let attr = u.name(MANIFEST_EVENT_TIME);
-    match old {
-        Some(m) => {
-            let value = u.value(n(m.event_time));
-            format!("{attr} = {value}")
-        }
-        None => format!("attribute_not_exists({attr})"),
-    }
-}
-
 /// Claims a dataset's listing at `at`, on the condition that the stored
 /// claim is still the one this batch read. Returns the condition.
 fn listing_claim(u: &mut UpdateBuilder, old: Option<i64>, at: i64) -> String {
-    let attr = u.name(item::LISTING_MS);
-    let condition = match old {
-        Some(t) => {
-            let value = u.value(n(t));
-            format!("{attr} = {value}")
-        }
-        None => format!("attribute_not_exists({attr})"),
-    };
+    let condition = u.still(item::LISTING_MS, old);
     u.set(item::LISTING_MS, n(at));
     condition
 }
@@ -720,6 +697,19 @@ impl UpdateBuilder {
         let placeholder = format!(":v{}", self.values.len());
         self.values.insert(placeholder.clone(), v);
         placeholder
+    }
+
+    /// The condition that the stored number `attr` is still what was read
+    /// (`None`: it was absent).
+    pub fn still(&mut self, attr: &str, read: Option<i64>) -> String {
+        let name = self.name(attr);
+        match read {
+            Some(v) => {
+                let value = self.value(n(v));
+                format!("{name} = {value}")
+            }
+            None => format!("attribute_not_exists({name})"),
+        }
     }
 
     pub fn set(&mut self, attr: &str, v: AttributeValue) {
