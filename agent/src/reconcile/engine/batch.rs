@@ -67,9 +67,7 @@ impl Engine {
         }
         Ok(revisit)
     }
-}
 
-impl Engine {
     /// Applies one batch in one transaction: the records, the decisions
     /// (claims) and their events. See [`Store`] for the protocol.
     pub(super) fn apply(

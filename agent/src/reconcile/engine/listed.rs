@@ -6,8 +6,8 @@ use super::*;
 
 impl Core {
     /// Whether a dataset past its deadline times out now. With `verify`,
-    /// not before its prefix was listed (claimed here) and the listing
-    /// applied, or one re-check has passed without it.
+    /// not before a listing claimed past the deadline was applied or
+    /// failed; a claim nobody applied within a re-check is listed again.
     pub(super) fn may_time_out(
         &mut self,
         ds: &mut DatasetRecord,
@@ -29,19 +29,18 @@ impl Core {
             return true;
         }
         if self.listing_in_flight.contains(&ds.set_id) {
-            // Its result comes within one re-check of the listing starting
-            // (the worker gives up then), and is applied.
+            // Its result comes (the worker cuts a listing that never
+            // answers), and is applied.
             return false;
         }
         let failure = self.listing_failures.remove(&ds.set_id);
-        match ds.listing_ms.filter(|t| *t >= deadline) {
-            None => !self.claim_listing(ds, listings, now),
-            Some(_) if failure.is_some() => {
-                let message = failure.unwrap_or_default();
+        match (ds.listing_ms.filter(|t| *t >= deadline), failure) {
+            (None, _) => !self.claim_listing(ds, listings, now),
+            (Some(_), Some(message)) => {
                 ds.note = Some(format!("S3 listing failed: {message}"));
                 true
             }
-            Some(claimed) if now >= claimed + recheck.as_millis() as i64 => {
+            (Some(claimed), None) if now >= claimed + recheck.as_millis() as i64 => {
                 if self.listed_past_deadline.contains(&ds.set_id) {
                     // Listed here and applied; still not decided (its
                     // uploads not judged): it times out as it stands.
@@ -57,12 +56,10 @@ impl Core {
                     Some("the S3 listing of the dataset did not finish within one re-check".into());
                 true
             }
-            Some(_) => false,
+            (Some(_), None) => false,
         }
     }
-}
 
-impl Core {
     /// Claims the listing of a dataset's prefix (started once committed);
     /// false if its bucket is unknown.
     pub(super) fn claim_listing(
@@ -93,9 +90,7 @@ impl Core {
         listings.push(job);
         true
     }
-}
 
-impl Core {
     /// Records the objects a listing found that no notification announced,
     /// as uploads marked `listed`; they reconcile as usual. An object counts
     /// only when it is the file on the share: its size (and time) confirm
@@ -211,9 +206,7 @@ impl Core {
         );
         Ok(())
     }
-}
 
-impl Core {
     /// Drops a listed upload that a later listing no longer confirms.
     pub(super) fn forget_listed(
         &mut self,

@@ -26,9 +26,7 @@ impl Core {
         ds.last_local_ms = Some(now);
         Ok(())
     }
-}
 
-impl Core {
     /// Forgets local files a full scan no longer found.
     pub(super) fn prune_local(
         &mut self,

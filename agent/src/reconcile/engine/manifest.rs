@@ -94,9 +94,7 @@ impl Core {
             .push((set_id.to_owned(), total, lines.len()));
         Ok(())
     }
-}
 
-impl Core {
     /// Queues a manifest for the reader, so a slow share never stalls ingest.
     pub(super) fn read_manifest(&mut self, set_id: String, key: String, manifest_time: i64) {
         let job = ManifestJob {

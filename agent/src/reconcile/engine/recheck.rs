@@ -55,9 +55,7 @@ impl Core {
         }
         Ok(())
     }
-}
 
-impl Core {
     /// Continues a dataset whose policy calls were deferred: judges what is
     /// left unjudged, and (in `decide_touched`) decides.
     pub(super) fn continue_deferred(
@@ -76,9 +74,7 @@ impl Core {
         }
         Ok(())
     }
-}
 
-impl Core {
     /// Judges again the uploads whose policy call failed or was deferred.
     pub(super) fn rejudge(
         &mut self,

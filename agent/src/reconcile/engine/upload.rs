@@ -58,9 +58,7 @@ impl Core {
         }
         Ok(())
     }
-}
 
-impl Core {
     /// Runs the policy's per-upload hooks on an entry's upload and stores
     /// the verdict in it. A failed call leaves the upload unjudged: it
     /// blocks success (fail closed) and is judged again at the next re-check.
@@ -117,9 +115,7 @@ impl Core {
         up.matched = matched;
         note
     }
-}
 
-impl Core {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn apply_upload(
         &mut self,
