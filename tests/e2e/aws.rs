@@ -281,6 +281,48 @@ pub enum Fault {
     Rewrite(Value, Box<dyn FnOnce(Value) -> Value + Send>),
 }
 
+/// What upstream answered a proxied request.
+pub struct Upstream {
+    pub status: u16,
+    headers: axum::http::HeaderMap,
+    pub body: axum::body::Bytes,
+}
+
+impl Upstream {
+    /// The answer, passed back to the proxy's client as it came.
+    pub fn pass_back(self) -> axum::response::Response {
+        let mut response = axum::response::Response::builder().status(self.status);
+        for (k, v) in &self.headers {
+            if k != "content-length" && k != "transfer-encoding" {
+                response = response.header(k, v);
+            }
+        }
+        response.body(axum::body::Body::from(self.body)).unwrap()
+    }
+}
+
+/// Sends a proxied request (its method, path and headers, with `body`) on
+/// to `upstream`.
+pub async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: &axum::http::request::Parts,
+    body: Vec<u8>,
+) -> reqwest::Result<Upstream> {
+    let mut request = client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
+    for (k, v) in &parts.headers {
+        if k != "host" && k != "content-length" {
+            request = request.header(k, v);
+        }
+    }
+    let answer = request.body(body).send().await?;
+    Ok(Upstream {
+        status: answer.status().as_u16(),
+        headers: answer.headers().clone(),
+        body: answer.bytes().await?,
+    })
+}
+
 /// A proxy in front of moto that injects the faults `faults` picks by the
 /// request's `x-amz-target` and body; other requests pass through.
 pub struct FaultProxy {
@@ -325,29 +367,15 @@ impl FaultProxy {
                     Some(Fault::Rewrite(request, _)) => request.to_string().into_bytes(),
                     None => body.to_vec(),
                 };
-                let mut request =
-                    client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
-                for (k, v) in &parts.headers {
-                    if k != "host" && k != "content-length" {
-                        request = request.header(k, v);
-                    }
-                }
-                let upstream_reply = request.body(forwarded).send().await.unwrap();
-                let status = upstream_reply.status().as_u16();
-                let headers = upstream_reply.headers().clone();
-                let bytes = upstream_reply.bytes().await.unwrap();
+                let answer = forward(&client, &upstream, &parts, forwarded)
+                    .await
+                    .unwrap();
                 if let Some(Fault::Rewrite(_, rewrite)) = fault
-                    && status == 200
+                    && answer.status == 200
                 {
-                    return reply(200, rewrite(serde_json::from_slice(&bytes).unwrap()));
+                    return reply(200, rewrite(serde_json::from_slice(&answer.body).unwrap()));
                 }
-                let mut response = axum::response::Response::builder().status(status);
-                for (k, v) in &headers {
-                    if k != "content-length" && k != "transfer-encoding" {
-                        response = response.header(k, v);
-                    }
-                }
-                response.body(axum::body::Body::from(bytes)).unwrap()
+                answer.pass_back()
             }
         };
         let server = crate::support::serve(axum::Router::new().fallback(handler));

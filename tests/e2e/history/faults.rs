@@ -73,30 +73,16 @@ impl AgentProxy {
                         return error();
                     }
                 }
-                let mut request =
-                    client.request(parts.method.clone(), format!("{upstream}{}", parts.uri));
-                for (k, v) in &parts.headers {
-                    if k != "host" && k != "content-length" {
-                        request = request.header(k, v);
-                    }
-                }
-                let Ok(answer) = request.body(body.to_vec()).send().await else {
+                let Ok(answer) =
+                    crate::aws::forward(&client, &upstream, &parts, body.to_vec()).await
+                else {
                     return error();
                 };
-                let status = answer.status().as_u16();
-                let headers = answer.headers().clone();
-                let bytes = answer.bytes().await.unwrap_or_default();
                 if dynamodb && roll < REFUSED + ANSWER_LOST {
                     counts.answers_lost.fetch_add(1, Ordering::Relaxed);
                     return error();
                 }
-                let mut response = axum::response::Response::builder().status(status);
-                for (k, v) in &headers {
-                    if k != "content-length" && k != "transfer-encoding" {
-                        response = response.header(k, v);
-                    }
-                }
-                response.body(axum::body::Body::from(bytes)).unwrap()
+                answer.pass_back()
             }
         };
         let server = crate::support::serve(axum::Router::new().fallback(handler));
