@@ -396,7 +396,7 @@ async fn recheck(engine: EngineHandle, every: std::time::Duration, shutdown: Can
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                if engine.tick().await.is_err() {
+                if engine.recheck().await.is_err() {
                     return;
                 }
             }

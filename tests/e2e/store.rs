@@ -54,7 +54,8 @@ fn dynamodb_keeps_the_store_contract() {
 #[test]
 fn a_dataset_detail_reads_one_page_of_a_large_partition() {
     use vault_agent::store::{
-        DatasetRecord, DatasetState, EntryRecord, Store, StoreReader, UploadRecord, Verdict,
+        DatasetRecord, DatasetState, EntryRecord, Store, StoreReader, UploadOrigin, UploadRecord,
+        Verdict,
     };
     let moto = Moto::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +89,7 @@ fn a_dataset_detail_reads_one_page_of_a_large_partition() {
                 verdict: Verdict::Count,
                 matched: true,
                 modified: Some(1_700_000_000),
-                listed: false,
+                origin: UploadOrigin::Notified,
             });
         }
         tx.entry("Large", &key).unwrap();

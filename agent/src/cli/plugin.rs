@@ -172,8 +172,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        handle.tick().await?;
-        handle.tick().await?;
+        handle.recheck().await?;
+        handle.recheck().await?;
         handle.shutdown().await;
         anyhow::Ok(())
     })?;

@@ -6,7 +6,7 @@
 //!
 //! The engine claims a listing in the dataset's record (one agent lists a
 //! dataset at a time, even with the shared store), then hands the job to
-//! this worker; the result comes back as a [`Command::Listed`]. Listings run
+//! this worker; the result comes back as a [`Step::Listed`]. Listings run
 //! off the engine's thread, a few at once, so a slow or failing listing
 //! holds up only its own dataset, and never for longer than one re-check
 //! once it runs.
@@ -27,7 +27,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::engine::Command;
+use super::engine::{Command, Step};
 use crate::backoff::Backoff;
 use crate::store::LocalFile;
 
@@ -248,11 +248,14 @@ pub fn spawn(settings: &VerifySettings, commands: mpsc::Sender<Command>) -> List
                     Err(e) => (Err(e), HashMap::new()),
                 };
                 let _ = commands
-                    .send(Command::Listed {
-                        job,
-                        result,
-                        on_share,
-                    })
+                    .send(
+                        Step::Listed {
+                            job,
+                            result,
+                            on_share,
+                        }
+                        .into(),
+                    )
                     .await;
             });
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use super::engine::Command;
+use super::engine::{Command, Step};
 use super::manifest;
 use crate::health::Health;
 
@@ -47,7 +47,7 @@ enum Message {
 }
 
 /// The engine's side: queue a read; the result comes back as a
-/// [`Command::ManifestRead`].
+/// [`Step::ManifestRead`].
 #[derive(Clone)]
 pub struct ManifestReader {
     tx: Sender<Message>,
@@ -139,11 +139,14 @@ impl Coordinator {
             metrics::counter!(crate::telemetry::MANIFEST_READ_FAILURES).increment(1);
         }
         self.commands
-            .blocking_send(Command::ManifestRead {
-                set_id,
-                manifest_time,
-                result,
-            })
+            .blocking_send(
+                Step::ManifestRead {
+                    set_id,
+                    manifest_time,
+                    result,
+                }
+                .into(),
+            )
             .is_ok()
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::{
     Committed, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, Outbox,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, Store, StoreError, StoreReader, UploadRecord,
-    Verdict,
+    OutboxEvent, POLICY_STATE_BYTES, PolicyState, Store, StoreError, StoreReader, UploadOrigin,
+    UploadRecord, Verdict,
 };
 
 /// One backend, opened: what an agent gets from it.
@@ -129,7 +129,7 @@ fn entry(set_id: &str, name: &str, verdict: Verdict) -> EntryRecord {
             verdict,
             matched: true,
             modified: Some(1_619_863_100),
-            listed: false,
+            origin: UploadOrigin::Notified,
         }),
         expected: Some(Some(9)),
         local: Some(LocalFile {
@@ -522,7 +522,7 @@ fn activity_orders(open: &Opener, _shared: bool) {
 fn listing_claims(open: &Opener, shared: bool) {
     let mut a = open();
     let mut listed = entry("S", "a", Verdict::Count);
-    listed.upload.as_mut().unwrap().listed = true;
+    listed.upload.as_mut().unwrap().origin = UploadOrigin::Listed;
     commit_dataset(&mut *a.store, "S", std::slice::from_ref(&listed));
     let claim = |store: &mut dyn Store, at: i64| {
         let mut tx = store.begin().unwrap();

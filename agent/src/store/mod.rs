@@ -24,7 +24,7 @@ pub mod state_lock;
 
 pub use model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadRecord, Verdict,
+    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadOrigin, UploadRecord, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -309,9 +309,35 @@ pub struct UploadRecord {
     pub matched: bool,
     /// The notification's `modification-time` (epoch seconds), if given.
     pub modified: Option<i64>,
-    /// Recorded from an S3 listing, not a notification (then `event_time`
-    /// is the object's LastModified and `size` its listed size).
-    pub listed: bool,
+    /// How the agent learnt of it.
+    pub origin: UploadOrigin,
+}
+
+/// How the agent learnt of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadOrigin {
+    /// The gateway's upload notification.
+    #[default]
+    Notified,
+    /// An S3 listing found the object (then `event_time` is the object's
+    /// LastModified and `size` its listed size). Any notification of the
+    /// entry replaces it.
+    Listed,
+}
+
+impl UploadOrigin {
+    pub fn is_listed(self) -> bool {
+        self == UploadOrigin::Listed
+    }
+
+    /// As stored: listed or not.
+    pub fn from_listed(listed: bool) -> UploadOrigin {
+        if listed {
+            UploadOrigin::Listed
+        } else {
+            UploadOrigin::Notified
+        }
+    }
 }
 
 /// A file or directory as the share watcher last saw it on this host.

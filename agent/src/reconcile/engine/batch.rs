@@ -17,9 +17,8 @@ impl Engine {
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(1280))
             .limited(CONFLICT_RETRIES);
         let started = std::time::Instant::now();
-        let (committed, mut work) = loop {
-            let mut work = Work::default();
-            match self.apply(steps, &mut work, now_ms()) {
+        let (committed, mut effects) = loop {
+            match self.apply(steps, now_ms()) {
                 Err(StoreError::Conflict(reason)) => {
                     metrics::counter!(telemetry::DYNAMODB_CONFLICTS).increment(1);
                     let attempt = backoff.attempts() + 1;
@@ -33,7 +32,7 @@ impl Engine {
                     }
                 }
                 Err(e) => return Err(e),
-                Ok(committed) => break (committed, work),
+                Ok(done) => break done,
             }
         };
         debug!(
@@ -50,13 +49,14 @@ impl Engine {
         let unclaimed = |set_id: &String| {
             committed.lost_claims.contains(set_id) || committed.stale_claims.contains(set_id)
         };
-        work.events
+        effects
+            .events
             .retain(|e| !(outbound::is_decision(&e.detail_type) && unclaimed(&e.set_id)));
         for set_id in &committed.stale_claims {
-            work.touched.remove(set_id);
+            effects.touched.remove(set_id);
         }
-        self.core.committed(&mut work);
-        if let Some(max) = work.events.iter().map(|e| e.seq).max() {
+        self.reconciler.committed(&mut effects);
+        if let Some(max) = effects.events.iter().map(|e| e.seq).max() {
             self.outbox.send_replace(max);
         }
         let mut revisit = committed.revisit;
@@ -70,22 +70,15 @@ impl Engine {
 
     /// Applies one batch in one transaction: the records, the decisions
     /// (claims) and their events. See [`Store`] for the protocol.
-    pub(super) fn apply(
-        &mut self,
-        steps: &[Step],
-        work: &mut Work,
-        now: i64,
-    ) -> StoreResult<Committed> {
-        let open = if steps.iter().any(|s| matches!(s, Step::Tick)) {
+    fn apply(&mut self, steps: &[Step], now: i64) -> StoreResult<(Committed, Effects)> {
+        let open = if steps.iter().any(|s| matches!(s, Step::Recheck)) {
             Some(self.store.open_datasets()?)
         } else {
             None
         };
-        // Uploads of all queued requests are applied together in key order:
-        // neighbouring keys share B-tree pages, so each page is visited once.
-        let mut uploads = Vec::new();
-        let mut tx = self.store.begin()?;
-        // What the watcher saw.
+        let mut b = Batch::begin(&mut *self.store, now)?;
+        let r = &mut self.reconciler;
+        // What the watcher saw, read ahead in one go.
         let entries: Vec<(&str, &str)> = steps
             .iter()
             .filter_map(|s| match s {
@@ -95,7 +88,10 @@ impl Engine {
             .flatten()
             .map(|c| (c.set_id.as_str(), c.entry.as_str()))
             .collect();
-        prefetch_entries(&mut *tx, &entries)?;
+        b.prefetch_entries(&entries)?;
+        // Uploads of all queued requests are applied together in key order:
+        // neighbouring keys share B-tree pages, so each page is visited once.
+        let mut uploads = Vec::new();
         for step in steps {
             match step {
                 Step::Ingest(items) => uploads.extend(items),
@@ -103,104 +99,157 @@ impl Engine {
                     set_id,
                     manifest_time,
                     result,
-                } => {
-                    self.core.apply_manifest(
-                        &mut *tx,
-                        work,
-                        set_id,
-                        *manifest_time,
-                        result,
-                        now,
-                    )?;
-                }
-                Step::Tick => {
-                    let open = open.as_deref().unwrap_or_default();
-                    self.core.tick(&mut *tx, work, open, now)?;
-                }
+                } => r.apply_manifest(&mut b, set_id, *manifest_time, result)?,
+                Step::Recheck => r.recheck(&mut b, open.as_deref().unwrap_or_default())?,
                 Step::Deferred(set_ids) => {
                     for set_id in set_ids {
-                        self.core.continue_deferred(&mut *tx, work, set_id, now)?;
+                        r.continue_deferred(&mut b, set_id)?;
                     }
                 }
                 Step::Revisit(set_ids) => {
                     let ids: Vec<&str> = set_ids.iter().map(String::as_str).collect();
-                    tx.prefetch(&ids, &[])?;
+                    b.tx.prefetch(&ids, &[])?;
                     for set_id in set_ids {
-                        work.dataset(&mut *tx, set_id, now)?;
+                        b.dataset(set_id)?;
                     }
                 }
                 Step::Local(changes) => {
                     for change in changes {
-                        self.core.apply_local(&mut *tx, work, change, now)?;
+                        r.apply_local(&mut b, change)?;
                     }
                 }
                 Step::LocalPrune {
                     set_id,
                     scan_started_ms,
-                } => {
-                    self.core
-                        .prune_local(&mut *tx, work, set_id, *scan_started_ms, now)?;
-                }
+                } => r.prune_local(&mut b, set_id, *scan_started_ms)?,
                 Step::Listed {
                     job,
                     result,
                     on_share,
-                } => {
-                    self.core
-                        .apply_listing(&mut *tx, work, job, result, on_share, now)?;
-                }
+                } => r.apply_listing(&mut b, job, result, on_share)?,
+                Step::Shutdown => {}
             }
         }
-        self.core.ingest(&mut *tx, work, uploads, now)?;
-        self.core.decide_touched(work, now);
-        for ds in work.touched.values() {
-            if work.as_read.get(&ds.set_id).and_then(Option::as_ref) != Some(ds) {
+        r.ingest(&mut b, uploads)?;
+        r.decide_touched(&mut b);
+        b.commit()
+    }
+}
+
+/// One batch's transaction, the time it runs at, and what it did: every
+/// step handler works through it.
+pub(super) struct Batch<'t> {
+    pub tx: Box<dyn StoreTx + 't>,
+    pub now: i64,
+    /// The datasets as this transaction read them (`None`: new): only the
+    /// ones it changed are written.
+    as_read: HashMap<String, Option<DatasetRecord>>,
+    pub effects: Effects,
+}
+
+/// What a batch changed and must act on once it commits (a batch that
+/// conflicts runs again, so nothing is acted on before).
+#[derive(Default)]
+pub(super) struct Effects {
+    /// The datasets as this transaction leaves them.
+    pub touched: HashMap<String, DatasetRecord>,
+    pub events: Vec<OutboxEvent>,
+    pub counters: HashMap<&'static str, i64>,
+    /// Manifest reads to start: (set id, manifest key, manifest event time).
+    pub manifest_reads: Vec<(String, String, i64)>,
+    /// Manifests loaded: (set id, lines, lines taking part), to log.
+    pub manifests_loaded: Vec<(String, usize, usize)>,
+    /// Uploads applied, to log.
+    pub uploads_seen: Vec<(UploadKind, String, String, u64)>,
+    /// Listings claimed, to start.
+    pub listings: Vec<ListingJob>,
+    /// Listings applied in this batch, by set-id.
+    pub listed: HashMap<String, ListingOutcome>,
+}
+
+/// What applying one dataset's listing found.
+pub(super) struct ListingOutcome {
+    pub objects: usize,
+    pub recorded: u64,
+    /// Objects not counted: partial or stale copies.
+    pub partial: usize,
+    /// Manifest entries S3 does not hold either.
+    pub lacking: usize,
+    /// Names what S3 lacks, for the Timeout (None: it lacks nothing).
+    pub lacking_note: Option<String>,
+}
+
+impl<'t> Batch<'t> {
+    pub fn begin(store: &'t mut dyn Store, now: i64) -> StoreResult<Batch<'t>> {
+        Ok(Batch {
+            tx: store.begin()?,
+            now,
+            as_read: HashMap::new(),
+            effects: Effects::default(),
+        })
+    }
+
+    /// The dataset as this transaction sees it, loading it on first touch.
+    pub fn dataset(&mut self, set_id: &str) -> StoreResult<&mut DatasetRecord> {
+        let touched = &mut self.effects.touched;
+        if !touched.contains_key(set_id) {
+            let read = self.tx.dataset(set_id)?;
+            let ds = read
+                .clone()
+                .unwrap_or_else(|| DatasetRecord::new(set_id, self.now));
+            self.as_read.insert(set_id.to_owned(), read);
+            touched.insert(set_id.to_owned(), ds);
+        }
+        Ok(touched.get_mut(set_id).expect("inserted above"))
+    }
+
+    /// Writes an entry and moves its dataset's counters from what the entry
+    /// counted for (`before`, its contribution as read) to what it counts
+    /// for now: the one place counters and rows change together.
+    pub fn put_entry(&mut self, before: Counts, row: &EntryRecord) -> StoreResult<()> {
+        self.tx.put_entry(row)?;
+        let ds = self.dataset(&row.set_id)?;
+        ds.counts -= before;
+        ds.counts += EntryRecord::contribution(Some(row));
+        Ok(())
+    }
+
+    /// Reads ahead `entries` and their datasets (for a remote store, in one
+    /// round trip per 100 keys instead of one per entry).
+    pub fn prefetch_entries(&mut self, entries: &[(&str, &str)]) -> StoreResult<()> {
+        let mut datasets: Vec<&str> = Vec::new();
+        for (set_id, _) in entries {
+            // Entries usually come grouped by dataset: check the last first.
+            if datasets.last() != Some(set_id) && !datasets.contains(set_id) {
+                datasets.push(set_id);
+            }
+        }
+        self.tx.prefetch(&datasets, entries)
+    }
+
+    pub fn count(&mut self, name: &'static str) {
+        *self.effects.counters.entry(name).or_default() += 1;
+    }
+
+    /// Writes the changed datasets, the events and counters, and commits.
+    fn commit(self) -> StoreResult<(Committed, Effects)> {
+        let Batch {
+            mut tx,
+            as_read,
+            mut effects,
+            ..
+        } = self;
+        for ds in effects.touched.values() {
+            if as_read.get(&ds.set_id).and_then(Option::as_ref) != Some(ds) {
                 tx.put_dataset(ds)?;
             }
         }
-        for event in &mut work.events {
+        for event in &mut effects.events {
             event.seq = tx.push_event(event)?;
         }
-        for (name, delta) in &work.counters {
+        for (name, delta) in &effects.counters {
             tx.add_counter(name, *delta)?;
         }
-        tx.commit()
-    }
-}
-
-/// Reads ahead `entries` and their datasets (for a remote store, in one
-/// round trip per 100 keys instead of one per entry).
-pub(super) fn prefetch_entries(tx: &mut dyn StoreTx, entries: &[(&str, &str)]) -> StoreResult<()> {
-    let mut datasets: Vec<&str> = Vec::new();
-    for (set_id, _) in entries {
-        // Entries usually come grouped by dataset: check the last first.
-        if datasets.last() != Some(set_id) && !datasets.contains(set_id) {
-            datasets.push(set_id);
-        }
-    }
-    tx.prefetch(&datasets, entries)
-}
-
-impl Work {
-    /// The dataset as this transaction sees it, loading it on first touch.
-    pub(super) fn dataset<'w>(
-        &'w mut self,
-        tx: &mut dyn StoreTx,
-        set_id: &str,
-        now: i64,
-    ) -> StoreResult<&'w mut DatasetRecord> {
-        if !self.touched.contains_key(set_id) {
-            let read = tx.dataset(set_id)?;
-            let ds = read
-                .clone()
-                .unwrap_or_else(|| DatasetRecord::new(set_id, now));
-            self.as_read.insert(set_id.to_owned(), read);
-            self.touched.insert(set_id.to_owned(), ds);
-        }
-        Ok(self.touched.get_mut(set_id).expect("inserted above"))
-    }
-
-    pub(super) fn count(&mut self, name: &'static str) {
-        *self.counters.entry(name).or_default() += 1;
+        Ok((tx.commit()?, effects))
     }
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Core {
+impl Reconciler {
     /// Whether a dataset past its deadline has had its manifest looked at:
     /// loaded, or its last read (or the policy's `expects`) failed. A read
     /// that is queued or running (each re-check starts one for a manifest
@@ -15,8 +15,10 @@ impl Core {
     }
 
     /// Asks the policy about every touched dataset still reconciling.
-    pub(super) fn decide_touched(&mut self, work: &mut Work, now: i64) {
-        for ds in work.touched.values_mut() {
+    pub(super) fn decide_touched(&mut self, b: &mut Batch) {
+        let now = b.now;
+        let effects = &mut b.effects;
+        for ds in effects.touched.values_mut() {
             if ds.state != DatasetState::Reconciling {
                 continue;
             }
@@ -63,7 +65,7 @@ impl Core {
                             DatasetState::Succeeded,
                             &self.settings.origin,
                             now,
-                            &mut work.events,
+                            &mut effects.events,
                         );
                         continue;
                     }
@@ -74,7 +76,7 @@ impl Core {
                             DatasetState::Failed,
                             &self.settings.origin,
                             now,
-                            &mut work.events,
+                            &mut effects.events,
                         );
                         continue;
                     }
@@ -98,14 +100,19 @@ impl Core {
             }
             if ds.deadline_ms.is_some_and(|d| d <= now)
                 && self.manifest_settled(ds)
-                && self.may_time_out(ds, work.listed.get(&ds.set_id), &mut work.listings, now)
+                && self.prepare_timeout(
+                    ds,
+                    effects.listed.get(&ds.set_id),
+                    &mut effects.listings,
+                    now,
+                )
             {
                 close(
                     ds,
                     DatasetState::TimedOut,
                     &self.settings.origin,
                     now,
-                    &mut work.events,
+                    &mut effects.events,
                 );
             }
         }

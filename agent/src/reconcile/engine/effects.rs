@@ -3,9 +3,9 @@
 
 use super::*;
 
-impl Core {
+impl Reconciler {
     /// After a commit: update the cache and start the manifest reads.
-    pub(super) fn committed(&mut self, work: &mut Work) {
+    pub(super) fn committed(&mut self, work: &mut Effects) {
         for (kind, set_id, key, size) in work.uploads_seen.drain(..) {
             log_upload(kind, &set_id, &key, size);
         }

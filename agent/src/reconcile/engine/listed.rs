@@ -4,11 +4,13 @@
 
 use super::*;
 
-impl Core {
-    /// Whether a dataset past its deadline times out now. With `verify`,
-    /// not before a listing claimed past the deadline was applied or
-    /// failed; a claim nobody applied within a re-check is listed again.
-    pub(super) fn may_time_out(
+impl Reconciler {
+    /// Readies a dataset past its deadline for its Timeout; true when it
+    /// times out now. With `verify`, not before a listing claimed past the
+    /// deadline was applied or failed: this claims that listing (or lists
+    /// again when nobody applied a claim within a re-check), and puts what
+    /// the listing found, or why it failed, in the dataset's note.
+    pub(super) fn prepare_timeout(
         &mut self,
         ds: &mut DatasetRecord,
         listed: Option<&ListingOutcome>,
@@ -100,15 +102,14 @@ impl Core {
     /// again. A listed record is replaced by a later listing or notification.
     pub(super) fn apply_listing(
         &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
+        b: &mut Batch,
         job: &ListingJob,
         result: &Result<Vec<ListedObject>, String>,
         on_share: &HashMap<String, LocalFile>,
-        now: i64,
     ) -> StoreResult<()> {
         let set_id = job.set_id.as_str();
-        let ds = work.dataset(tx, set_id, now)?;
+        let now = b.now;
+        let ds = b.dataset(set_id)?;
         if ds.state.is_decided() {
             return Ok(());
         }
@@ -135,13 +136,13 @@ impl Core {
             }
         }
         let keys: Vec<(&str, &str)> = found.iter().map(|(_, e, _)| (set_id, e.as_str())).collect();
-        prefetch_entries(tx, &keys)?;
+        b.prefetch_entries(&keys)?;
         let mut recorded = 0;
         let mut partial = Vec::new();
         for (object, entry, kind) in &found {
-            let row = tx.entry(set_id, entry)?;
+            let row = b.tx.entry(set_id, entry)?;
             let current = row.as_ref().and_then(|r| r.upload.as_ref());
-            if current.is_some_and(|u| !u.listed) {
+            if current.is_some_and(|u| !u.origin.is_listed()) {
                 continue; // notified: the notification is the record
             }
             let upload = ObjectUpload {
@@ -158,23 +159,29 @@ impl Core {
                 if let Some(row) = row.filter(|r| r.upload.is_some()) {
                     // A copy recorded by an earlier listing is no longer
                     // the file on the share.
-                    self.forget_listed(tx, work, row, now)?;
+                    self.forget_listed(b, row)?;
                 }
                 continue;
             }
             if current.is_some_and(|u| u.size == upload.size && u.event_time == upload.event_time) {
                 continue; // recorded by an earlier listing, unchanged
             }
-            self.apply_upload(tx, work, &upload, set_id, entry, *kind, true, now)?;
+            let at = UploadAt {
+                set_id,
+                entry,
+                kind: *kind,
+                origin: UploadOrigin::Listed,
+            };
+            self.apply_upload(b, &upload, at)?;
             recorded += 1;
         }
-        let lacking: Vec<String> = tx
-            .manifest_entries(set_id)?
-            .into_iter()
-            .filter(|e| e.upload.is_none())
-            .map(|e| e.key)
-            .collect();
-        let ds = work.dataset(tx, set_id, now)?;
+        let lacking: Vec<String> =
+            b.tx.manifest_entries(set_id)?
+                .into_iter()
+                .filter(|e| e.upload.is_none())
+                .map(|e| e.key)
+                .collect();
+        let ds = b.dataset(set_id)?;
         ds.listed_entries += recorded;
         if ds.deadline_ms.is_some_and(|d| d <= now) {
             self.listed_past_deadline.insert(set_id.to_owned());
@@ -194,7 +201,7 @@ impl Core {
             n.push_str("; ");
             n.push_str(&partial_note(&partial));
         }
-        work.listed.insert(
+        b.effects.listed.insert(
             set_id.to_owned(),
             ListingOutcome {
                 objects: objects.len(),
@@ -208,19 +215,11 @@ impl Core {
     }
 
     /// Drops a listed upload that a later listing no longer confirms.
-    pub(super) fn forget_listed(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        mut row: EntryRecord,
-        now: i64,
-    ) -> StoreResult<()> {
+    pub(super) fn forget_listed(&mut self, b: &mut Batch, mut row: EntryRecord) -> StoreResult<()> {
         let before = EntryRecord::contribution(Some(&row));
         row.upload = None;
-        tx.put_entry(&row)?;
-        let ds = work.dataset(tx, &row.set_id, now)?;
-        ds.counts -= before;
-        ds.counts += EntryRecord::contribution(Some(&row));
+        b.put_entry(before, &row)?;
+        let ds = b.dataset(&row.set_id)?;
         ds.listed_entries = ds.listed_entries.saturating_sub(1);
         Ok(())
     }
@@ -247,7 +246,7 @@ pub(super) fn listed_copy_is_whole(
         verdict: Verdict::Unjudged,
         matched: false,
         modified: None,
-        listed: true,
+        origin: UploadOrigin::Listed,
     };
     let local = on_share.copied().or_else(|| row.and_then(|r| r.local));
     let expected = row.and_then(|r| r.expected).flatten();

@@ -3,29 +3,29 @@
 
 use super::*;
 
-impl Core {
+impl Reconciler {
+    /// Loads a manifest read into its entries' expectations (replacing the
+    /// last manifest's), unless a newer manifest was notified meanwhile.
     pub(super) fn apply_manifest(
         &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
+        b: &mut Batch,
         set_id: &str,
         manifest_time: i64,
         result: &Result<Vec<ExpectedLine>, String>,
-        now: i64,
     ) -> StoreResult<()> {
         self.reading.remove(set_id);
         if let Ok(lines) = result {
             let keys: Vec<(&str, &str)> = lines.iter().map(|(k, _)| (set_id, k.as_str())).collect();
-            prefetch_entries(tx, &keys)?;
+            b.prefetch_entries(&keys)?;
         }
-        let ds = work.dataset(tx, set_id, now)?;
+        let ds = b.dataset(set_id)?;
         if ds.manifest_loaded || ds.state.is_decided() {
             return Ok(());
         }
         if ds.manifest.as_ref().map(|m| m.event_time) != Some(manifest_time) {
             // A newer manifest was notified while this one was read.
             let read = manifest_read(ds);
-            work.manifest_reads.push(read);
+            b.effects.manifest_reads.push(read);
             return Ok(());
         }
         let reloading = ds.manifest_entries > 0;
@@ -58,39 +58,36 @@ impl Core {
             self.manifest_failed.insert(set_id.to_owned());
             return Ok(());
         }
-        let mut counts = ds.counts;
         let mut note = None;
         if reloading {
             // The old manifest's expectations go; the new one sets its own.
-            for mut row in tx.manifest_entries(set_id)? {
-                counts -= EntryRecord::contribution(Some(&row));
+            for mut row in b.tx.manifest_entries(set_id)? {
+                let before = EntryRecord::contribution(Some(&row));
                 row.expected = None;
                 if let Some(up) = row.upload.as_mut() {
                     up.matched = false;
                 }
-                counts += EntryRecord::contribution(Some(&row));
-                tx.put_entry(&row)?;
+                b.put_entry(before, &row)?;
             }
         }
         for (key, size) in &lines {
-            let prev = tx.entry(set_id, key)?;
-            counts -= EntryRecord::contribution(prev.as_ref());
+            let prev = b.tx.entry(set_id, key)?;
+            let before = EntryRecord::contribution(prev.as_ref());
             let mut row = prev.unwrap_or_else(|| EntryRecord::new(key, set_id));
             row.expected = Some(*size);
             if let Some(n) = self.judge(set_id, &mut row, None, &mut state) {
                 note = Some(n);
             }
-            counts += EntryRecord::contribution(Some(&row));
-            tx.put_entry(&row)?;
+            b.put_entry(before, &row)?;
         }
-        let ds = work.dataset(tx, set_id, now)?;
+        let ds = b.dataset(set_id)?;
         ds.policy_state = state;
-        ds.counts = counts;
         ds.manifest_entries = lines.len() as u64;
         ds.manifest_loaded = true;
         self.manifest_failed.remove(set_id);
         ds.note = note;
-        work.manifests_loaded
+        b.effects
+            .manifests_loaded
             .push((set_id.to_owned(), total, lines.len()));
         Ok(())
     }

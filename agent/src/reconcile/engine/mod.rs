@@ -28,7 +28,7 @@ use crate::notification::{Classification, Classifier, Notification, ObjectUpload
 use crate::outbound::{self, Origin};
 use crate::store::{
     Committed, Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadRecord, Verdict,
+    OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadOrigin, UploadRecord, Verdict,
 };
 use crate::telemetry;
 
@@ -40,6 +40,8 @@ mod local;
 mod manifest;
 mod recheck;
 mod upload;
+
+use upload::UploadAt;
 
 use batch::*;
 use effects::*;
@@ -86,11 +88,14 @@ pub enum Ingested {
     Other,
 }
 
-pub enum Command {
-    Ingest {
-        items: Vec<Ingested>,
-        reply: oneshot::Sender<Result<IngestReceipt, EngineError>>,
-    },
+/// One unit of a batch's work. A batch that conflicts runs its steps
+/// again on fresh reads, so a step is plain data; who to answer travels
+/// beside it, in the [`Command`].
+#[derive(Clone)]
+pub enum Step {
+    /// Notifications to record.
+    Ingest(Vec<Ingested>),
+    /// A manifest read off the engine's thread.
     ManifestRead {
         set_id: String,
         /// The event time of the manifest notification the read was for.
@@ -98,7 +103,7 @@ pub enum Command {
         result: Result<Vec<ExpectedLine>, String>,
     },
     /// What the share watcher saw: files present (with their size) or gone.
-    Local { changes: Vec<LocalChange> },
+    Local(Vec<LocalChange>),
     /// After a full scan of a dataset that started at `scan_started_ms`:
     /// entries not seen since are gone.
     LocalPrune {
@@ -112,10 +117,31 @@ pub enum Command {
         result: Result<Vec<ListedObject>, String>,
         on_share: HashMap<String, LocalFile>,
     },
-    /// Periodic re-check: deadlines, manifests not yet readable, decisions.
-    Tick,
+    /// The periodic re-check: deadlines, manifests not yet readable,
+    /// uploads not judged, periodic listings.
+    Recheck,
+    /// Datasets whose policy calls were deferred by the policy's time budget.
+    Deferred(Vec<String>),
+    /// Datasets to decide again on a fresh read: the store said other
+    /// writers changed them while the last batch ran.
+    Revisit(Vec<String>),
     /// Commit what is queued, then stop.
     Shutdown,
+}
+
+/// Who hears that an ingest was committed, and with what receipt.
+pub type IngestReply = oneshot::Sender<Result<IngestReceipt, EngineError>>;
+
+/// What the engine's channel carries: a step, and for an ingest its sender.
+pub struct Command {
+    pub step: Step,
+    pub reply: Option<IngestReply>,
+}
+
+impl From<Step> for Command {
+    fn from(step: Step) -> Command {
+        Command { step, reply: None }
+    }
 }
 
 /// One observation of the share watcher.
@@ -126,33 +152,6 @@ pub struct LocalChange {
     pub entry: String,
     /// `None`: the path is gone.
     pub file: Option<LocalFile>,
-}
-
-/// A command's work without its reply channel: what a retry runs again.
-#[derive(Clone)]
-enum Step {
-    Ingest(Vec<Ingested>),
-    ManifestRead {
-        set_id: String,
-        manifest_time: i64,
-        result: Result<Vec<ExpectedLine>, String>,
-    },
-    Local(Vec<LocalChange>),
-    LocalPrune {
-        set_id: String,
-        scan_started_ms: i64,
-    },
-    Listed {
-        job: ListingJob,
-        result: Result<Vec<ListedObject>, String>,
-        on_share: HashMap<String, LocalFile>,
-    },
-    Tick,
-    /// Datasets whose policy calls were deferred by the policy's time budget.
-    Deferred(Vec<String>),
-    /// Datasets to decide again on a fresh read: the store said other
-    /// writers changed them while the last batch ran.
-    Revisit(Vec<String>),
 }
 
 /// How often a batch is run again after another writer changed what it
@@ -205,7 +204,10 @@ impl EngineHandle {
     ) -> Result<oneshot::Receiver<Result<IngestReceipt, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Ingest { items, reply })
+            .send(Command {
+                step: Step::Ingest(items),
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| EngineError::Stopped)?;
         Ok(rx)
@@ -215,16 +217,19 @@ impl EngineHandle {
     /// observations, waiting while the engine is busy.
     pub fn blocking_local(&self, changes: Vec<LocalChange>) -> Result<(), EngineError> {
         self.tx
-            .blocking_send(Command::Local { changes })
+            .blocking_send(Step::Local(changes).into())
             .map_err(|_| EngineError::Stopped)
     }
 
     pub fn blocking_prune(&self, set_id: String, scan_started_ms: i64) -> Result<(), EngineError> {
         self.tx
-            .blocking_send(Command::LocalPrune {
-                set_id,
-                scan_started_ms,
-            })
+            .blocking_send(
+                Step::LocalPrune {
+                    set_id,
+                    scan_started_ms,
+                }
+                .into(),
+            )
             .map_err(|_| EngineError::Stopped)
     }
 
@@ -232,15 +237,16 @@ impl EngineHandle {
         &self.classifier
     }
 
-    pub async fn tick(&self) -> Result<(), EngineError> {
+    /// Queues a re-check (the agent sends one every `recheck_interval`).
+    pub async fn recheck(&self) -> Result<(), EngineError> {
         self.tx
-            .send(Command::Tick)
+            .send(Step::Recheck.into())
             .await
             .map_err(|_| EngineError::Stopped)
     }
 
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let _ = self.tx.send(Step::Shutdown.into()).await;
     }
 
     /// False once the engine thread has stopped.
@@ -270,8 +276,9 @@ pub struct EngineSettings {
     pub verify: Option<VerifySettings>,
 }
 
-/// Everything the engine owns besides the store.
-struct Core {
+/// What the engine knows besides the store: the policy, the settings, and
+/// the work it has started off its thread (manifest reads, listings).
+struct Reconciler {
     policy: Box<dyn Policy>,
     settings: EngineSettings,
     /// Manifests being read from the share right now.
@@ -295,43 +302,9 @@ struct Core {
     manifest_failed: HashSet<String>,
 }
 
-/// One transaction's worth of changes, acted on once committed.
-#[derive(Default)]
-struct Work {
-    /// Datasets as this transaction left them...
-    touched: HashMap<String, DatasetRecord>,
-    /// ...and as it read them (`None`: new): only changed ones are written.
-    as_read: HashMap<String, Option<DatasetRecord>>,
-    events: Vec<OutboxEvent>,
-    counters: HashMap<&'static str, i64>,
-    /// (set id, manifest key, manifest event time).
-    manifest_reads: Vec<(String, String, i64)>,
-    /// Manifests loaded: (set id, lines, lines taking part). Logged only
-    /// once committed, since a conflicting batch runs again.
-    manifests_loaded: Vec<(String, usize, usize)>,
-    /// Uploads applied (logged once committed).
-    uploads_seen: Vec<(UploadKind, String, String, u64)>,
-    /// Listings claimed: started once committed.
-    listings: Vec<ListingJob>,
-    /// Listings applied in this batch, by set-id.
-    listed: HashMap<String, ListingOutcome>,
-}
-
-/// What applying one dataset's listing found.
-struct ListingOutcome {
-    objects: usize,
-    recorded: u64,
-    /// Objects not counted: partial or stale copies.
-    partial: usize,
-    /// Manifest entries S3 does not hold either.
-    lacking: usize,
-    /// Names what S3 lacks, for the Timeout (None: it lacks nothing).
-    lacking_note: Option<String>,
-}
-
 pub struct Engine {
     store: Box<dyn Store>,
-    core: Core,
+    reconciler: Reconciler,
     outbox: watch::Sender<i64>,
     rx: mpsc::Receiver<Command>,
     /// What the share watcher saw that a failed batch did not record: it
@@ -357,7 +330,7 @@ impl Engine {
         let waker = tx.clone();
         // A full queue means a batch is coming anyway.
         policy.set_waker(Arc::new(move || {
-            let _ = waker.try_send(Command::Tick);
+            let _ = waker.try_send(Step::Recheck.into());
         }));
         let handle = EngineHandle {
             tx: tx.clone(),
@@ -373,7 +346,7 @@ impl Engine {
             .as_ref()
             .map(|v| listing::spawn(v, tx.clone()));
         let manifest_reader = manifest_reader::spawn(reader_settings, tx, settings.health.clone());
-        let core = Core {
+        let reconciler = Reconciler {
             policy,
             settings,
             reading: HashSet::new(),
@@ -388,7 +361,7 @@ impl Engine {
         (
             Engine {
                 store,
-                core,
+                reconciler,
                 outbox,
                 rx,
                 unrecorded_local: Vec::new(),
@@ -402,13 +375,13 @@ impl Engine {
         let open = self.store.open_datasets()?.len();
         info!(open_datasets = open, "reconcile engine started");
         // Resume: re-read manifests and re-check deadlines right away.
-        self.process(vec![Command::Tick]);
+        self.process(vec![Step::Recheck.into()]);
         // Deferred policy work runs in batches of its own, taking turns with
         // batches of commands: it always progresses, and a command never
         // waits for more than one slow policy call besides its own batch.
         let mut deferred_turn = false;
         loop {
-            if !self.core.deferred.is_empty() && (deferred_turn || self.rx.is_empty()) {
+            if !self.reconciler.deferred.is_empty() && (deferred_turn || self.rx.is_empty()) {
                 self.process(Vec::new());
                 deferred_turn = false;
                 continue;
@@ -425,7 +398,7 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            let stop = batch.iter().any(|c| matches!(c, Command::Shutdown));
+            let stop = batch.iter().any(|c| matches!(c.step, Step::Shutdown));
             self.process(batch);
             if stop {
                 break;
@@ -436,62 +409,38 @@ impl Engine {
     }
 
     fn process(&mut self, batch: Vec<Command>) {
-        let reloaded = self.core.policy.begin_batch();
+        let reloaded = self.reconciler.policy.begin_batch();
         let mut replies = Vec::new();
         let batch_len = batch.len();
         // Observations a failed batch left go first: newer ones follow.
         let mut steps = std::mem::take(&mut self.unrecorded_local);
-        for cmd in batch {
-            steps.push(match cmd {
-                Command::Ingest { items, reply } => {
-                    replies.push((reply, receipt_of(&items)));
-                    Step::Ingest(items)
+        for Command { step, reply } in batch {
+            match &step {
+                // Re-checks queued while a batch ran are one re-check.
+                Step::Recheck if steps.iter().any(|s| matches!(s, Step::Recheck)) => continue,
+                Step::Shutdown | Step::Deferred(_) | Step::Revisit(_) => continue,
+                Step::Listed { job, .. } => {
+                    self.reconciler.listing_in_flight.remove(&job.set_id);
                 }
-                Command::ManifestRead {
-                    set_id,
-                    manifest_time,
-                    result,
-                } => Step::ManifestRead {
-                    set_id,
-                    manifest_time,
-                    result,
-                },
-                Command::Local { changes } => Step::Local(changes),
-                Command::LocalPrune {
-                    set_id,
-                    scan_started_ms,
-                } => Step::LocalPrune {
-                    set_id,
-                    scan_started_ms,
-                },
-                Command::Listed {
-                    job,
-                    result,
-                    on_share,
-                } => {
-                    self.core.listing_in_flight.remove(&job.set_id);
-                    Step::Listed {
-                        job,
-                        result,
-                        on_share,
+                Step::Ingest(items) => {
+                    if let Some(reply) = reply {
+                        replies.push((reply, receipt_of(items)));
                     }
                 }
-                // Re-checks queued while a batch ran are one re-check.
-                Command::Tick if steps.iter().any(|s| matches!(s, Step::Tick)) => continue,
-                Command::Tick => Step::Tick,
-                Command::Shutdown => continue,
-            });
+                _ => {}
+            }
+            steps.push(step);
         }
-        if reloaded && !steps.iter().any(|s| matches!(s, Step::Tick)) {
+        if reloaded && !steps.iter().any(|s| matches!(s, Step::Recheck)) {
             // A replaced plugin judges what its predecessor could not.
-            steps.push(Step::Tick);
+            steps.push(Step::Recheck);
         }
-        if steps.is_empty() && !self.core.deferred.is_empty() {
-            steps.push(Step::Deferred(self.core.deferred.drain().collect()));
+        if steps.is_empty() && !self.reconciler.deferred.is_empty() {
+            steps.push(Step::Deferred(self.reconciler.deferred.drain().collect()));
         }
-        let health = self.core.settings.health.clone();
+        let health = self.reconciler.settings.health.clone();
         health.batch_started();
-        let had_recheck = steps.iter().any(|s| matches!(s, Step::Tick));
+        let had_recheck = steps.iter().any(|s| matches!(s, Step::Recheck));
         let result = self.commit_steps(&steps, batch_len);
         health.batch_finished(had_recheck && result.is_ok());
         if had_recheck && result.is_ok() {
@@ -519,8 +468,8 @@ impl Engine {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(EngineError::Store(message.clone())));
                 }
-                // Manifest reads of the failed batch are lost; the next tick re-reads.
-                self.core.reading.clear();
+                // Manifest reads of the failed batch are lost; the next re-check re-reads.
+                self.reconciler.reading.clear();
                 self.keep_local(&steps);
             }
         }

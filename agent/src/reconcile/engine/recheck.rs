@@ -3,17 +3,12 @@
 
 use super::*;
 
-impl Core {
+impl Reconciler {
     /// Re-check of every dataset still reconciling: manifests not read yet,
     /// uploads a failed policy call left unjudged, then (in `decide_touched`)
     /// the decision and the deadline.
-    pub(super) fn tick(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        open: &[DatasetRecord],
-        now: i64,
-    ) -> StoreResult<()> {
+    pub(super) fn recheck(&mut self, b: &mut Batch, open: &[DatasetRecord]) -> StoreResult<()> {
+        let now = b.now;
         if let Some((every, after)) = self.settings.verify.as_ref().and_then(|v| v.periodic) {
             let (every, after) = (every.as_millis() as i64, after.as_millis() as i64);
             // Periodic listings are bounded: what does not fit now is
@@ -30,9 +25,8 @@ impl Core {
                 if due && room > 0 {
                     room -= 1;
                     let mut jobs = Vec::new();
-                    let ds = work.dataset(tx, &d.set_id, now)?;
-                    self.claim_listing(ds, &mut jobs, now);
-                    work.listings.extend(jobs);
+                    self.claim_listing(b.dataset(&d.set_id)?, &mut jobs, now);
+                    b.effects.listings.extend(jobs);
                 }
             }
         }
@@ -41,16 +35,16 @@ impl Core {
             .filter(|d| d.state == DatasetState::Reconciling)
             .map(|d| d.set_id.as_str())
             .collect();
-        tx.prefetch(&reconciling, &[])?;
+        b.tx.prefetch(&reconciling, &[])?;
         for set_id in reconciling {
-            let ds = work.dataset(tx, set_id, now)?;
+            let ds = b.dataset(set_id)?;
             let unjudged = ds.counts.unjudged > 0;
             if !ds.manifest_loaded && !self.reading.contains(set_id) {
                 let read = manifest_read(ds);
-                work.manifest_reads.push(read);
+                b.effects.manifest_reads.push(read);
             }
             if unjudged {
-                self.rejudge(tx, work, set_id, now)?;
+                self.rejudge(b, set_id)?;
             }
         }
         Ok(())
@@ -58,36 +52,23 @@ impl Core {
 
     /// Continues a dataset whose policy calls were deferred: judges what is
     /// left unjudged, and (in `decide_touched`) decides.
-    pub(super) fn continue_deferred(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        set_id: &str,
-        now: i64,
-    ) -> StoreResult<()> {
-        let ds = work.dataset(tx, set_id, now)?;
+    pub(super) fn continue_deferred(&mut self, b: &mut Batch, set_id: &str) -> StoreResult<()> {
+        let ds = b.dataset(set_id)?;
         if ds.state.is_decided() {
             return Ok(());
         }
         if ds.counts.unjudged > 0 {
-            self.rejudge(tx, work, set_id, now)?;
+            self.rejudge(b, set_id)?;
         }
         Ok(())
     }
 
     /// Judges again the uploads whose policy call failed or was deferred.
-    pub(super) fn rejudge(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        set_id: &str,
-        now: i64,
-    ) -> StoreResult<()> {
-        const PER_TICK: usize = 10_000;
-        let rows = tx.unjudged_entries(set_id, PER_TICK)?;
-        let mut state = work.dataset(tx, set_id, now)?.policy_state.take();
+    pub(super) fn rejudge(&mut self, b: &mut Batch, set_id: &str) -> StoreResult<()> {
+        const PER_RECHECK: usize = 10_000;
+        let rows = b.tx.unjudged_entries(set_id, PER_RECHECK)?;
+        let mut state = b.dataset(set_id)?.policy_state.take();
         let mut delta_note = None;
-        let mut counts_delta = (Counts::default(), Counts::default());
         self.deferred.remove(set_id);
         for mut row in rows {
             let before = EntryRecord::contribution(Some(&row));
@@ -99,14 +80,10 @@ impl Core {
             if let Some(n) = note {
                 delta_note = Some(n);
             }
-            counts_delta.0 += before;
-            counts_delta.1 += EntryRecord::contribution(Some(&row));
-            tx.put_entry(&row)?;
+            b.put_entry(before, &row)?;
         }
-        let ds = work.dataset(tx, set_id, now)?;
+        let ds = b.dataset(set_id)?;
         ds.policy_state = state;
-        ds.counts -= counts_delta.0;
-        ds.counts += counts_delta.1;
         ds.note = delta_note;
         Ok(())
     }

@@ -368,7 +368,7 @@ async fn a_dataset_is_never_timed_out_before_its_manifest_is_read(kind: Kind) {
             "{:?}",
             h.dataset("Gone")
         );
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let d = h.dataset("Gone").unwrap();
@@ -401,7 +401,7 @@ async fn a_resealed_dataset_is_decided_on_its_newest_manifest(kind: Kind) {
     .await;
     h.send("R1-vaultjob/b", 1, 100).await;
     for _ in 0..3 {
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
     }
     h.send("R1-vaultjob/b", 1, 100).await; // a batch after the re-checks
     let d = h.dataset("R1").unwrap();
@@ -455,11 +455,11 @@ async fn missing_file_times_out_once_at_the_deadline(kind: Kind) {
         h.dataset("S4").is_some_and(|d| d.manifest_loaded)
     })
     .await;
-    h.handle.tick().await.unwrap();
+    h.handle.recheck().await.unwrap();
     assert!(h.events().is_empty(), "not before the deadline");
     tokio::time::sleep(Duration::from_millis(350)).await;
-    h.handle.tick().await.unwrap();
-    h.handle.tick().await.unwrap();
+    h.handle.recheck().await.unwrap();
+    h.handle.recheck().await.unwrap();
     h.wait_for("timeout", |h| h.events().len() == 1).await;
     let v: serde_json::Value = serde_json::from_str(&h.events()[0].payload).unwrap();
     assert_eq!(v["detail-type"], "File Upload Reconciliation Timeout");
@@ -488,7 +488,7 @@ async fn unexpected_upload_blocks_exact_match_and_says_why(kind: Kind) {
         h.dataset("S5").is_some_and(|d| d.manifest_loaded)
     })
     .await;
-    h.handle.tick().await.unwrap();
+    h.handle.recheck().await.unwrap();
     let d = h.dataset("S5").unwrap();
     assert_eq!(d.state, DatasetState::Reconciling);
     assert_eq!(d.unexpected(), Some(1));
@@ -514,7 +514,7 @@ async fn state_survives_a_restart(kind: Kind) {
     .await;
     assert_eq!(h.events().len(), 1);
     h.restart(HOUR).await;
-    h.handle.tick().await.unwrap();
+    h.handle.recheck().await.unwrap();
     assert_eq!(h.events().len(), 1);
 }
 
@@ -533,7 +533,7 @@ async fn unreadable_manifest_is_retried_at_each_recheck(kind: Kind) {
             .starts_with("cannot read manifest")
     );
     h.write_dataset("S7", &[]);
-    h.handle.tick().await.unwrap();
+    h.handle.recheck().await.unwrap();
     h.wait_for("manifest load", |h| {
         h.dataset("S7").is_some_and(|d| d.manifest_loaded)
     })
@@ -599,7 +599,7 @@ async fn a_listing_heals_its_dataset_and_a_hung_one_holds_only_its_own_for_one_r
             "{:?}",
             h.events()
         );
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let outcome = |set_id: &str| h.dataset(set_id).unwrap();
@@ -607,7 +607,7 @@ async fn a_listing_heals_its_dataset_and_a_hung_one_holds_only_its_own_for_one_r
     assert_eq!(heals.state, DatasetState::Succeeded);
     assert_eq!(heals.listed_entries, 1);
     let entry = h.entry("Heals", "Heals-vaultjob/b").unwrap();
-    assert!(entry.upload.unwrap().listed);
+    assert!(entry.upload.unwrap().origin.is_listed());
     let hangs = outcome("Hangs");
     assert_eq!(hangs.state, DatasetState::TimedOut);
     // Its listing gave up, or the re-check came first: either way it
@@ -702,11 +702,11 @@ async fn a_partial_copy_in_s3_is_not_counted_until_the_whole_file_is_listed() {
             "{:?}",
             h.dataset("Part")
         );
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for _ in 0..5 {
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
     }
     h.send("Part-vaultjob/a", 1, 5).await; // a batch after the re-checks
     let d = h.dataset("Part").unwrap();
@@ -732,7 +732,7 @@ async fn a_partial_copy_in_s3_is_not_counted_until_the_whole_file_is_listed() {
             "{:?}",
             h.dataset("Part")
         );
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let d = h.dataset("Part").unwrap();
@@ -742,7 +742,7 @@ async fn a_partial_copy_in_s3_is_not_counted_until_the_whole_file_is_listed() {
         .unwrap()
         .upload
         .unwrap();
-    assert_eq!((big.size, big.listed), (1 << 20, true));
+    assert_eq!((big.size, big.origin), (1 << 20, UploadOrigin::Listed));
 }
 
 /// Observed: beside 10 idle datasets listed periodically, a dataset S3
@@ -793,7 +793,7 @@ async fn a_listing_backlog_never_drops_a_result_and_deadline_listings_go_first()
             "{:?}",
             h.dataset("Whole")
         );
-        h.handle.tick().await.unwrap();
+        h.handle.recheck().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let d = h.dataset("Whole").unwrap();
@@ -897,7 +897,7 @@ async fn what_the_watcher_saw_survives_a_failed_batch() {
     // A batch that fails: the store is down.
     assert!(handle.ingest(Vec::new()).await.is_err());
     down.store(false, std::sync::atomic::Ordering::SeqCst);
-    handle.tick().await.unwrap();
+    handle.recheck().await.unwrap();
     handle.ingest(Vec::new()).await.unwrap();
     let reader = memory.reader();
     let d = tokio::task::block_in_place(|| reader.dataset_detail("Down", 10).unwrap());

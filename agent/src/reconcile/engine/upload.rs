@@ -18,14 +18,17 @@ pub(super) fn view<'a>(
     }
 }
 
-impl Core {
-    pub(super) fn ingest(
-        &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
-        mut items: Vec<&Ingested>,
-        now: i64,
-    ) -> StoreResult<()> {
+/// Which entry an upload is of, and how the agent learnt of it.
+pub(super) struct UploadAt<'a> {
+    pub set_id: &'a str,
+    pub entry: &'a str,
+    pub kind: UploadKind,
+    pub origin: UploadOrigin,
+}
+
+impl Reconciler {
+    /// Records a batch's notifications, in key order.
+    pub(super) fn ingest(&mut self, b: &mut Batch, mut items: Vec<&Ingested>) -> StoreResult<()> {
         // Stable: repeats of one key keep their arrival order.
         fn sort_key(item: &Ingested) -> Option<&str> {
             match item {
@@ -41,18 +44,24 @@ impl Core {
                 _ => None,
             })
             .collect();
-        prefetch_entries(tx, &entries)?;
+        b.prefetch_entries(&entries)?;
         for item in items {
             match item {
-                Ingested::Outside => work.count("outside_keys"),
-                Ingested::Other => work.count("other_events"),
+                Ingested::Outside => b.count("outside_keys"),
+                Ingested::Other => b.count("other_events"),
                 Ingested::Upload {
                     upload,
                     set_id,
                     entry,
                     kind,
                 } => {
-                    self.apply_upload(tx, work, upload, set_id, entry, *kind, false, now)?;
+                    let at = UploadAt {
+                        set_id,
+                        entry,
+                        kind: *kind,
+                        origin: UploadOrigin::Notified,
+                    };
+                    self.apply_upload(b, upload, at)?;
                 }
             }
         }
@@ -116,30 +125,34 @@ impl Core {
         note
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records an upload of an entry (replacing an older one), has the
+    /// policy judge it, and notes a dataset's manifest when it is one.
     pub(super) fn apply_upload(
         &mut self,
-        tx: &mut dyn StoreTx,
-        work: &mut Work,
+        b: &mut Batch,
         upload: &ObjectUpload,
-        set_id: &str,
-        entry: &str,
-        kind: UploadKind,
-        listed: bool,
-        now: i64,
+        at: UploadAt,
     ) -> StoreResult<()> {
+        let UploadAt {
+            set_id,
+            entry,
+            kind,
+            origin,
+        } = at;
+        let now = b.now;
         // The batch may run again on a conflict: log once it commits.
-        work.uploads_seen
+        b.effects
+            .uploads_seen
             .push((kind, set_id.to_owned(), upload.key.clone(), upload.size));
-        work.count("uploads");
-        let prev = tx.entry(set_id, entry)?;
+        b.count("uploads");
+        let prev = b.tx.entry(set_id, entry)?;
         if let Some(old) = prev.as_ref().and_then(|p| p.upload.as_ref())
             && old.event_time > upload.event_time
             // A listed record gives way to any notification.
-            && (!old.listed || listed)
+            && (!old.origin.is_listed() || origin.is_listed())
         {
             // An older notification arriving late must not undo a newer one.
-            work.count("stale_uploads");
+            b.count("stale_uploads");
             return Ok(());
         }
         let before = EntryRecord::contribution(prev.as_ref());
@@ -161,7 +174,7 @@ impl Core {
                 UploadKind::Data => outbound::DATA_UPLOAD,
                 UploadKind::Manifest => outbound::MANIFEST_UPLOAD,
             };
-            work.events.push(outbound::upload_event(
+            b.effects.events.push(outbound::upload_event(
                 detail_type,
                 set_id,
                 &this,
@@ -177,19 +190,17 @@ impl Core {
             verdict: Verdict::Unjudged,
             matched: false,
             modified: upload.modified,
-            listed,
+            origin,
         });
         // The policy state travels with the dataset: taken for the calls,
         // put back after (a failed transaction discards both).
-        let mut state = work.dataset(tx, set_id, now)?.policy_state.take();
+        let mut state = b.dataset(set_id)?.policy_state.take();
         let note = self.judge(set_id, &mut row, Some(kind), &mut state);
-        tx.put_entry(&row)?;
+        b.put_entry(before, &row)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
-        let ds = work.dataset(tx, set_id, now)?;
+        let ds = b.dataset(set_id)?;
         ds.policy_state = state;
-        ds.counts -= before;
-        ds.counts += EntryRecord::contribution(Some(&row));
         ds.last_seen_ms = ds.last_seen_ms.max(now);
         if note.is_some() {
             ds.note = note;
@@ -207,7 +218,7 @@ impl Core {
                 ds.manifest_seen_ms = Some(now);
                 ds.deadline_ms = Some(now.saturating_add(deadline));
                 let read = manifest_read(ds);
-                work.manifest_reads.push(read);
+                b.effects.manifest_reads.push(read);
             } else if newer && ds.state == DatasetState::Reconciling {
                 // Re-sealed: decide on the new manifest, never the old one.
                 if ds.manifest_loaded {
@@ -215,7 +226,7 @@ impl Core {
                     ds.note = Some("the manifest was rewritten; reading it again".into());
                 }
                 let read = manifest_read(ds);
-                work.manifest_reads.push(read);
+                b.effects.manifest_reads.push(read);
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::store::{
     Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent,
-    POLICY_STATE_BYTES, PolicyState, StoreError, StoreResult, UploadRecord, Verdict,
+    POLICY_STATE_BYTES, PolicyState, StoreError, StoreResult, UploadOrigin, UploadRecord, Verdict,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -107,7 +107,7 @@ pub fn entry_item(e: &EntryRecord, ver: i64) -> Item {
         if let Some(m) = u.modified {
             item.insert("modifiedTime".into(), n(m));
         }
-        if u.listed {
+        if u.origin.is_listed() {
             item.insert("listed".into(), AttributeValue::Bool(true));
         }
     }
@@ -142,7 +142,7 @@ pub fn entry_from_item(item: &Item) -> StoreResult<(EntryRecord, i64)> {
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown verdict code {code}")))?,
             matched: get_bool(item, "matched"),
             modified: get_n(item, "modifiedTime")?,
-            listed: get_bool(item, "listed"),
+            origin: UploadOrigin::from_listed(get_bool(item, "listed")),
         });
     }
     if get_bool(item, "inManifest") {
@@ -268,7 +268,7 @@ mod tests {
             verdict: Verdict::Count,
             matched: true,
             modified: Some(1_699_999_999),
-            listed: true,
+            origin: UploadOrigin::Listed,
         });
         e.expected = Some(Some(0));
         e.local = Some(LocalFile {

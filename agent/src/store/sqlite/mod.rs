@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 
 use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadRecord, Verdict,
+    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadOrigin, UploadRecord, Verdict,
 };
 use super::{
     Committed, DatasetGauges, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult,

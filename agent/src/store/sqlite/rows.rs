@@ -96,7 +96,7 @@ pub(super) fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
                 verdict: Verdict::Count,
                 matched: r.get(7)?,
                 modified: r.get(10)?,
-                listed: r.get(15)?,
+                origin: UploadOrigin::from_listed(r.get(15)?),
             }),
             None => None,
         };

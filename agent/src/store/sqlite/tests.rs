@@ -39,7 +39,7 @@ fn sample_entry(key: &str, size: u64) -> EntryRecord {
             verdict: Verdict::Ignore,
             matched: true,
             modified: Some(1_619_863_100),
-            listed: false,
+            origin: UploadOrigin::Notified,
         }),
         expected: Some(None),
         local: Some(LocalFile {

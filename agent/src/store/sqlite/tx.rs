@@ -44,7 +44,7 @@ impl SqliteTx<'_> {
             e.local.map(|l| l.mtime),
             e.local.map(|l| l.is_dir),
             e.local.map(|l| l.seen_ms),
-            u.is_some_and(|u| u.listed),
+            u.is_some_and(|u| u.origin.is_listed()),
         ])
         .map_err(self.err())
     }
