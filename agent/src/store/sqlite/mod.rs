@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use std::sync::LazyLock;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, Transaction, named_params};
 
 use super::model::{
     Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
@@ -24,27 +26,9 @@ use crate::config::SyncMode;
 
 pub const DATABASE_FILE: &str = "vault-agent.db";
 
-/// The columns of an entry row, `$set` being the parameter that carries the
-/// set-id (rows do not store it: the key's top directory determines it).
-/// A macro so the SQL is a literal: no formatting on the hot path.
-macro_rules! entry_columns {
-    ($set:literal) => {
-        concat!(
-            "key, ",
-            $set,
-            ", object_key, bucket, size, event_time, verdict, matched, in_manifest, \
-             expected_size, modified, local_size, local_mtime, local_dir, local_seen, listed"
-        )
-    };
-}
-
 /// A dataset's rows: its root entry and the key range below it ('0' sorts
-/// right after '/'); `?1` is the dataset directory.
-macro_rules! in_dataset {
-    () => {
-        "(key = ?1 OR (key >= ?1 || '/' AND key < ?1 || '0'))"
-    };
-}
+/// right after '/'); `:dir` is the dataset directory.
+const IN_DATASET: &str = "(key = :dir OR (key >= :dir || '/' AND key < :dir || '0'))";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -73,7 +57,7 @@ impl SqliteStore {
                     .into(),
             });
         }
-        let conn = Connection::open(&path).map_err(&err)?;
+        let mut conn = Connection::open(&path).map_err(&err)?;
         let synchronous = match sync {
             SyncMode::Full => "FULL",
             SyncMode::Normal => "NORMAL",
@@ -100,15 +84,7 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        // A new file (version 0) gets the current schema directly.
-        for (from, sql) in MIGRATIONS {
-            if found != 0 && found <= *from {
-                conn.execute_batch(sql).map_err(&err)?;
-            }
-        }
-        conn.execute_batch(SCHEMA).map_err(&err)?;
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .map_err(&err)?;
+        migrate(&mut conn, found).map_err(&err)?;
         conn.set_prepared_statement_cache_capacity(64);
         drop(err);
         let opened = std::fs::File::open(&path).map_err(|e| StoreError::StateDir {
@@ -190,10 +166,12 @@ fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 
 impl Store for SqliteStore {
     fn open_datasets(&mut self) -> StoreResult<Vec<DatasetRecord>> {
-        let sql = format!(
-            "SELECT {DATASET_COLUMNS} FROM datasets WHERE state IN ('collecting', 'reconciling')"
-        );
-        query_datasets(&self.conn, &sql, &self.path)
+        static OPEN: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {DATASET_COLUMNS} FROM datasets WHERE state IN ('collecting', 'reconciling')"
+            )
+        });
+        query_datasets(&self.conn, &OPEN, &self.path)
     }
 
     fn begin(&mut self) -> StoreResult<Box<dyn StoreTx + '_>> {
@@ -214,7 +192,6 @@ impl Store for SqliteStore {
     }
 }
 
-// After the macros above, which they use.
 mod outbox;
 mod reader;
 mod rows;

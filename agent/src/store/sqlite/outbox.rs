@@ -39,21 +39,16 @@ impl Outbox for SqliteOutbox {
 
     fn pending(&self, sink: &str, limit: usize) -> OutboxResult<Vec<OutboxEvent>> {
         Ok(self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, id, set_id, detail_type, payload, created_ms FROM outbox \
-                 WHERE seq > coalesce((SELECT seq FROM sink_cursors WHERE sink = ?1), 0) \
-                 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![sink, limit as i64], |r| {
-                Ok(OutboxEvent {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    set_id: r.get(2)?,
-                    detail_type: r.get(3)?,
-                    payload: r.get(4)?,
-                    created_ms: r.get(5)?,
-                })
-            })?;
+            static PENDING: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > \
+                     coalesce((SELECT seq FROM sink_cursors WHERE sink = :sink), 0) \
+                     ORDER BY seq LIMIT :limit"
+                )
+            });
+            let mut stmt = c.prepare_cached(&PENDING)?;
+            let params = named_params! {":sink": sink, ":limit": limit as i64};
+            let rows = stmt.query_map(params, event_from_row)?;
             rows.collect()
         })?)
     }
@@ -64,10 +59,10 @@ impl Outbox for SqliteOutbox {
         };
         Ok(self.with(|c| {
             c.prepare_cached(
-                "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
+                "INSERT INTO sink_cursors (sink, seq) VALUES (:sink, :seq) \
                  ON CONFLICT(sink) DO UPDATE SET seq = max(seq, excluded.seq)",
             )?
-            .execute(params![sink, seq])
+            .execute(named_params! {":sink": sink, ":seq": seq})
             .map(drop)
         })?)
     }

@@ -29,7 +29,7 @@ impl SqliteReader {
     fn query_page(
         &self,
         sql: &str,
-        params: impl rusqlite::Params,
+        params: &[(&str, &dyn ToSql)],
     ) -> StoreResult<Vec<DatasetRecord>> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn.prepare(sql).map_err(sqlite_error(&self.path))?;
@@ -58,9 +58,11 @@ impl StoreReader for SqliteReader {
 
     fn datasets_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
         let sql = format!(
-            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > ?1 ORDER BY set_id LIMIT ?2"
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > :after ORDER BY set_id \
+             LIMIT :limit"
         );
-        self.query_page(&sql, params![after.unwrap_or(""), limit as i64])
+        let params = named_params! {":after": after.unwrap_or(""), ":limit": limit as i64};
+        self.query_page(&sql, params)
     }
 
     fn datasets_page_by_activity(
@@ -71,18 +73,19 @@ impl StoreReader for SqliteReader {
     ) -> StoreResult<Vec<DatasetRecord>> {
         let not = if active { "" } else { "NOT" };
         let sql = format!(
-            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > ?1 \
-             AND {not} (state IN ('collecting', 'reconciling')) ORDER BY set_id LIMIT ?2"
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id > :after \
+             AND {not} (state IN ('collecting', 'reconciling')) ORDER BY set_id LIMIT :limit"
         );
-        self.query_page(&sql, params![after.unwrap_or(""), limit as i64])
+        let params = named_params! {":after": after.unwrap_or(""), ":limit": limit as i64};
+        self.query_page(&sql, params)
     }
 
     fn recent_decisions(&self, limit: usize) -> StoreResult<Vec<DatasetRecord>> {
         let sql = format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE decided_ms IS NOT NULL \
-             ORDER BY decided_ms DESC, set_id LIMIT ?1"
+             ORDER BY decided_ms DESC, set_id LIMIT :limit"
         );
-        self.query_page(&sql, params![limit as i64])
+        self.query_page(&sql, named_params! {":limit": limit as i64})
     }
 
     fn dataset_totals(&self) -> StoreResult<Vec<(String, u64)>> {
@@ -113,27 +116,26 @@ impl StoreReader for SqliteReader {
     fn dataset_detail(&self, set_id: &str, limit: usize) -> StoreResult<Option<DatasetDetail>> {
         let dataset_dir = format!("{set_id}{}", self.job_dir_suffix);
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = ?1");
+        let sql = format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = :set_id");
         let record = conn
-            .query_row(&sql, [set_id], |r| Ok(dataset_from_row(r)))
+            .query_row(&sql, named_params! {":set_id": set_id}, |r| {
+                Ok(dataset_from_row(r))
+            })
             .optional()
             .map_err(sqlite_error(&self.path))?
             .transpose()?;
         let Some(record) = record else {
             return Ok(None);
         };
-        // The dataset's rows: its root entry and the key range below it
-        // ('0' sorts right after '/').
-        let range = in_dataset!();
         let list = |condition: &str| -> StoreResult<Vec<String>> {
             let sql = format!(
-                "SELECT key FROM entries WHERE {range} AND {condition} ORDER BY key LIMIT ?2"
+                "SELECT key FROM entries WHERE {IN_DATASET} AND {condition} ORDER BY key \
+                 LIMIT :limit"
             );
             let mut stmt = conn.prepare(&sql).map_err(sqlite_error(&self.path))?;
+            let params = named_params! {":dir": dataset_dir, ":limit": limit as i64};
             let keys = stmt
-                .query_map(params![dataset_dir, limit as i64], |r| {
-                    r.get::<_, String>(0)
-                })
+                .query_map(params, |r| r.get::<_, String>(0))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sqlite_error(&self.path))?;
             Ok(keys)

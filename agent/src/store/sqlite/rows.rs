@@ -1,6 +1,134 @@
-//! Rows to records: the only place that reads the columns back.
+//! Records to rows and back: the only file that knows the columns' order.
+//! Each table's columns are declared once, by name; the SQL elsewhere binds
+//! them as named parameters (`:name`).
 
 use super::*;
+
+/// Declares a table's columns once: `$list` (the select list, in this
+/// order), `$params` (the same names as `:name` parameters), `$assign`
+/// (`name = :name, ...`) and an enum `$at` of their positions in `$list`.
+macro_rules! columns {
+    ($at:ident, $list:ident, $params:ident, $assign:ident: $first:ident $(, $rest:ident)* $(,)?) => {
+        #[allow(non_snake_case, non_upper_case_globals, dead_code)]
+        pub(super) mod $at {
+            #[allow(non_camel_case_types)]
+            enum Position {
+                $first,
+                $($rest,)*
+            }
+            pub const $first: usize = Position::$first as usize;
+            $(pub const $rest: usize = Position::$rest as usize;)*
+        }
+        pub(super) const $list: &str = concat!(stringify!($first) $(, ", ", stringify!($rest))*);
+        #[allow(dead_code)]
+        pub(super) const $params: &str =
+            concat!(":", stringify!($first) $(, ", :", stringify!($rest))*);
+        #[allow(dead_code)]
+        pub(super) const $assign: &str = concat!(
+            stringify!($first), " = :", stringify!($first)
+            $(, ", ", stringify!($rest), " = :", stringify!($rest))*
+        );
+    };
+}
+
+columns!(D, DATASET_COLUMNS, DATASET_PARAMS, DATASET_ASSIGN:
+    set_id, state, manifest_key, manifest_bucket, manifest_size, manifest_event_time,
+    manifest_loaded, manifest_entries, received, matched, mismatched, ignored, rejected,
+    first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, unjudged,
+    local_files, local_bytes, pending, pending_bytes, last_local_ms, policy_name, policy_state,
+    listing_ms, listed_entries);
+
+// Rows do not store the set-id: the key's top directory determines it.
+columns!(E, ENTRY_COLUMNS, ENTRY_PARAMS, ENTRY_ASSIGN:
+    key, object_key, bucket, size, event_time, verdict, matched, in_manifest, expected_size,
+    modified, local_size, local_mtime, local_dir, local_seen, listed);
+
+columns!(O, OUTBOX_COLUMNS, OUTBOX_PARAMS, OUTBOX_ASSIGN:
+    seq, id, set_id, detail_type, payload, created_ms);
+
+/// An outbox event from a row selecting `OUTBOX_COLUMNS`.
+pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<OutboxEvent> {
+    Ok(OutboxEvent {
+        seq: r.get(O::seq)?,
+        id: r.get(O::id)?,
+        set_id: r.get(O::set_id)?,
+        detail_type: r.get(O::detail_type)?,
+        payload: r.get(O::payload)?,
+        created_ms: r.get(O::created_ms)?,
+    })
+}
+
+/// Runs `f` with a dataset's columns bound as named parameters
+/// (`DATASET_PARAMS`).
+pub(super) fn with_dataset_params<T>(
+    d: &DatasetRecord,
+    f: impl FnOnce(&[(&str, &dyn ToSql)]) -> T,
+) -> T {
+    let m = d.manifest.as_ref();
+    let c = &d.counts;
+    let p = d.policy_state.as_ref();
+    f(named_params! {
+        ":set_id": d.set_id,
+        ":state": d.state.as_str(),
+        ":manifest_key": m.map(|m| &m.key),
+        ":manifest_bucket": m.map(|m| &m.bucket),
+        ":manifest_size": m.map(|m| m.size as i64),
+        ":manifest_event_time": m.map(|m| m.event_time),
+        ":manifest_loaded": d.manifest_loaded,
+        ":manifest_entries": d.manifest_entries as i64,
+        ":received": c.received as i64,
+        ":matched": c.matched as i64,
+        ":mismatched": c.mismatched as i64,
+        ":ignored": c.ignored as i64,
+        ":rejected": c.rejected as i64,
+        ":first_seen_ms": d.first_seen_ms,
+        ":last_seen_ms": d.last_seen_ms,
+        ":manifest_seen_ms": d.manifest_seen_ms,
+        ":deadline_ms": d.deadline_ms,
+        ":decided_ms": d.decided_ms,
+        ":note": d.note,
+        ":unjudged": c.unjudged as i64,
+        ":local_files": c.local_files as i64,
+        ":local_bytes": c.local_bytes as i64,
+        ":pending": c.pending as i64,
+        ":pending_bytes": c.pending_bytes as i64,
+        ":last_local_ms": d.last_local_ms,
+        ":policy_name": p.map(|p| &p.policy),
+        ":policy_state": p.map(|p| &p.value),
+        ":listing_ms": d.listing_ms,
+        ":listed_entries": d.listed_entries as i64,
+    })
+}
+
+/// Runs `f` with an entry's columns bound as named parameters
+/// (`ENTRY_PARAMS`).
+pub(super) fn with_entry_params<T>(
+    e: &EntryRecord,
+    f: impl FnOnce(&[(&str, &dyn ToSql)]) -> T,
+) -> T {
+    let u = e.upload.as_ref();
+    let l = e.local;
+    // The notified key is stored only where it differs from the entry
+    // (directory keys with their '/'): most rows get shorter.
+    let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
+    f(named_params! {
+        ":key": e.key,
+        ":object_key": object_key,
+        ":bucket": u.map(|u| &u.bucket),
+        ":size": u.map(|u| u.size as i64),
+        ":event_time": u.map(|u| u.event_time),
+        ":verdict": u.map(|u| u.verdict.code()),
+        ":matched": u.is_some_and(|u| u.matched),
+        ":in_manifest": e.expected.is_some(),
+        ":expected_size": e.expected.flatten().map(|s| s as i64),
+        ":modified": u.and_then(|u| u.modified),
+        ":local_size": l.map(|l| l.size as i64),
+        ":local_mtime": l.map(|l| l.mtime),
+        ":local_dir": l.map(|l| l.is_dir),
+        ":local_seen": l.map(|l| l.seen_ms),
+        ":listed": u.is_some_and(|u| u.origin.is_listed()),
+    })
+}
 
 pub(super) fn query_datasets(
     conn: &Connection,
@@ -15,56 +143,56 @@ pub(super) fn query_datasets(
     rows.into_iter().collect()
 }
 
+/// A dataset from a row selecting `DATASET_COLUMNS`.
 pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
+    let count = |at: usize| r.get::<_, i64>(at).map(|n| n as u64);
     let read = || -> rusqlite::Result<(DatasetRecord, String)> {
-        let state: String = r.get(1)?;
-        let manifest = match r.get::<_, Option<String>>(2)? {
+        let manifest = match r.get::<_, Option<String>>(D::manifest_key)? {
             Some(key) => Some(ManifestRef {
                 key,
-                bucket: r.get(3)?,
-                size: r.get::<_, i64>(4)? as u64,
-                event_time: r.get(5)?,
+                bucket: r.get(D::manifest_bucket)?,
+                size: count(D::manifest_size)?,
+                event_time: r.get(D::manifest_event_time)?,
             }),
             None => None,
         };
+        let policy_state = match (
+            r.get::<_, Option<String>>(D::policy_name)?,
+            r.get::<_, Option<Vec<u8>>>(D::policy_state)?,
+        ) {
+            (Some(policy), Some(value)) if !value.is_empty() => Some(PolicyState { policy, value }),
+            _ => None,
+        };
         let record = DatasetRecord {
-            set_id: r.get(0)?,
+            set_id: r.get(D::set_id)?,
             state: DatasetState::Collecting,
             manifest,
-            manifest_loaded: r.get(6)?,
-            manifest_entries: r.get::<_, i64>(7)? as u64,
+            manifest_loaded: r.get(D::manifest_loaded)?,
+            manifest_entries: count(D::manifest_entries)?,
             counts: Counts {
-                received: r.get::<_, i64>(8)? as u64,
-                matched: r.get::<_, i64>(9)? as u64,
-                mismatched: r.get::<_, i64>(10)? as u64,
-                ignored: r.get::<_, i64>(11)? as u64,
-                rejected: r.get::<_, i64>(12)? as u64,
-                unjudged: r.get::<_, i64>(19)? as u64,
-                local_files: r.get::<_, i64>(20)? as u64,
-                local_bytes: r.get::<_, i64>(21)? as u64,
-                pending: r.get::<_, i64>(22)? as u64,
-                pending_bytes: r.get::<_, i64>(23)? as u64,
+                received: count(D::received)?,
+                matched: count(D::matched)?,
+                mismatched: count(D::mismatched)?,
+                ignored: count(D::ignored)?,
+                rejected: count(D::rejected)?,
+                unjudged: count(D::unjudged)?,
+                local_files: count(D::local_files)?,
+                local_bytes: count(D::local_bytes)?,
+                pending: count(D::pending)?,
+                pending_bytes: count(D::pending_bytes)?,
             },
-            first_seen_ms: r.get(13)?,
-            last_seen_ms: r.get(14)?,
-            manifest_seen_ms: r.get(15)?,
-            deadline_ms: r.get(16)?,
-            decided_ms: r.get(17)?,
-            note: r.get(18)?,
-            last_local_ms: r.get(24)?,
-            policy_state: match (
-                r.get::<_, Option<String>>(25)?,
-                r.get::<_, Option<Vec<u8>>>(26)?,
-            ) {
-                (Some(policy), Some(value)) if !value.is_empty() => {
-                    Some(PolicyState { policy, value })
-                }
-                _ => None,
-            },
-            listing_ms: r.get(27)?,
-            listed_entries: r.get::<_, i64>(28)? as u64,
+            first_seen_ms: r.get(D::first_seen_ms)?,
+            last_seen_ms: r.get(D::last_seen_ms)?,
+            manifest_seen_ms: r.get(D::manifest_seen_ms)?,
+            deadline_ms: r.get(D::deadline_ms)?,
+            decided_ms: r.get(D::decided_ms)?,
+            note: r.get(D::note)?,
+            last_local_ms: r.get(D::last_local_ms)?,
+            policy_state,
+            listing_ms: r.get(D::listing_ms)?,
+            listed_entries: count(D::listed_entries)?,
         };
-        Ok((record, state))
+        Ok((record, r.get(D::state)?))
     };
     let (mut record, state) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let Some(p) = &record.policy_state
@@ -81,44 +209,44 @@ pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
     Ok(record)
 }
 
-pub(super) fn entry_from_row(r: &Row<'_>) -> StoreResult<EntryRecord> {
+/// An entry of `set_id` from a row selecting `ENTRY_COLUMNS`.
+pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryRecord> {
     let read = || -> rusqlite::Result<(EntryRecord, Option<i64>)> {
-        let verdict: Option<i64> = r.get(6)?;
-        let key: String = r.get(0)?;
-        let upload = match r.get::<_, Option<i64>>(4)? {
+        let key: String = r.get(E::key)?;
+        let upload = match r.get::<_, Option<i64>>(E::size)? {
             Some(size) => Some(UploadRecord {
                 object_key: r
-                    .get::<_, Option<String>>(2)?
+                    .get::<_, Option<String>>(E::object_key)?
                     .unwrap_or_else(|| key.clone()),
-                bucket: r.get(3)?,
+                bucket: r.get(E::bucket)?,
                 size: size as u64,
-                event_time: r.get(5)?,
+                event_time: r.get(E::event_time)?,
                 verdict: Verdict::Count,
-                matched: r.get(7)?,
-                modified: r.get(10)?,
-                origin: UploadOrigin::from_listed(r.get(15)?),
+                matched: r.get(E::matched)?,
+                modified: r.get(E::modified)?,
+                origin: UploadOrigin::from_listed(r.get(E::listed)?),
             }),
             None => None,
         };
-        let local = match r.get::<_, Option<i64>>(11)? {
+        let local = match r.get::<_, Option<i64>>(E::local_size)? {
             Some(size) => Some(LocalFile {
                 size: size as u64,
-                mtime: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
-                is_dir: r.get::<_, Option<bool>>(13)?.unwrap_or(false),
-                seen_ms: r.get::<_, Option<i64>>(14)?.unwrap_or(0),
+                mtime: r.get::<_, Option<i64>>(E::local_mtime)?.unwrap_or(0),
+                is_dir: r.get::<_, Option<bool>>(E::local_dir)?.unwrap_or(false),
+                seen_ms: r.get::<_, Option<i64>>(E::local_seen)?.unwrap_or(0),
             }),
             None => None,
         };
-        let in_manifest: bool = r.get(8)?;
-        let expected_size: Option<i64> = r.get(9)?;
+        let in_manifest: bool = r.get(E::in_manifest)?;
+        let expected_size: Option<i64> = r.get(E::expected_size)?;
         let entry = EntryRecord {
             key,
-            set_id: r.get(1)?,
+            set_id: set_id.to_owned(),
             upload,
             expected: in_manifest.then_some(expected_size.map(|s| s as u64)),
             local,
         };
-        Ok((entry, verdict))
+        Ok((entry, r.get(E::verdict)?))
     };
     let (mut entry, verdict) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {

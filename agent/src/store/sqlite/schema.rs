@@ -1,5 +1,7 @@
 //! The schema, and the migrations that bring older files to it.
 
+use rusqlite::Connection;
+
 /// Bumped whenever the schema changes; older agents refuse newer files.
 pub(super) const SCHEMA_VERSION: i64 = 6;
 
@@ -48,26 +50,37 @@ CREATE TABLE IF NOT EXISTS sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
-pub(super) const DATASET_COLUMNS: &str = "set_id, state, manifest_key, manifest_bucket, manifest_size, \
-    manifest_event_time, manifest_loaded, manifest_entries, received, matched, mismatched, \
-    ignored, rejected, first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, \
-    unjudged, local_files, local_bytes, pending, pending_bytes, last_local_ms, policy_name, \
-    policy_state, listing_ms, listed_entries";
-
 /// SQL for "this entry exists locally and the cloud has not confirmed it".
 pub const PENDING_SQL: &str = "local_size IS NOT NULL AND NOT (size IS NOT NULL AND \
     (local_dir = 1 OR (size = local_size AND coalesce(modified, event_time) >= local_mtime)))";
 
-/// Upgrades an older database in place (`from` is its schema version).
-pub(super) const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
-    ),
-    (2, "ALTER TABLE entries DROP COLUMN set_id;"),
-    (
-        3,
-        "ALTER TABLE datasets ADD COLUMN local_files INTEGER NOT NULL DEFAULT 0;
+/// One step of the way from an older schema to the current one.
+pub(super) struct Migration {
+    /// The version this step brings a file to.
+    pub to: i64,
+    /// What the version added, for the log line.
+    pub what: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every step since schema version 1, in order: a file at version `v`
+/// takes each step with `to > v`. Each version has a fixture in
+/// `fixtures/` that the tests migrate.
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        what: "uploads a failed policy call left unjudged",
+        sql: "ALTER TABLE datasets ADD COLUMN unjudged INTEGER NOT NULL DEFAULT 0;",
+    },
+    Migration {
+        to: 3,
+        what: "entries without the set-id their key determines",
+        sql: "ALTER TABLE entries DROP COLUMN set_id;",
+    },
+    Migration {
+        to: 4,
+        what: "files the share watcher saw (pending files)",
+        sql: "ALTER TABLE datasets ADD COLUMN local_files INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE datasets ADD COLUMN local_bytes INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE datasets ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE datasets ADD COLUMN pending_bytes INTEGER NOT NULL DEFAULT 0;
@@ -77,16 +90,34 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE entries ADD COLUMN local_mtime INTEGER;
          ALTER TABLE entries ADD COLUMN local_dir INTEGER;
          ALTER TABLE entries ADD COLUMN local_seen INTEGER;",
-    ),
-    (
-        4,
-        "ALTER TABLE datasets ADD COLUMN policy_name TEXT;
+    },
+    Migration {
+        to: 5,
+        what: "durable per-dataset policy state",
+        sql: "ALTER TABLE datasets ADD COLUMN policy_name TEXT;
          ALTER TABLE datasets ADD COLUMN policy_state BLOB;",
-    ),
-    (
-        5,
-        "ALTER TABLE datasets ADD COLUMN listing_ms INTEGER;
+    },
+    Migration {
+        to: 6,
+        what: "uploads recorded from S3 listings, and listing claims",
+        sql: "ALTER TABLE datasets ADD COLUMN listing_ms INTEGER;
          ALTER TABLE datasets ADD COLUMN listed_entries INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE entries ADD COLUMN listed INTEGER NOT NULL DEFAULT 0;",
-    ),
+    },
 ];
+
+/// Brings a file at schema version `found` to the current one, in one
+/// transaction: a failed step leaves the file as it was. A new file
+/// (version 0) gets the current schema directly.
+pub(super) fn migrate(conn: &mut Connection, found: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    if found != 0 {
+        for step in MIGRATIONS.iter().filter(|m| m.to > found) {
+            tracing::info!(to = step.to, "migrating the state database: {}", step.what);
+            tx.execute_batch(step.sql)?;
+        }
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    tx.commit()
+}

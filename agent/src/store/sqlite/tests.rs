@@ -121,33 +121,92 @@ fn outbox_is_idempotent_by_id_and_cursors_only_advance() {
     assert_eq!(outbox.pending("stdout", 10).unwrap()[0].seq, a);
 }
 
+/// A file of every older schema version, as that version's agent wrote it.
+const FIXTURES: &[(i64, &str)] = &[
+    (1, include_str!("fixtures/v1.sql")),
+    (2, include_str!("fixtures/v2.sql")),
+    (3, include_str!("fixtures/v3.sql")),
+    (4, include_str!("fixtures/v4.sql")),
+    (5, include_str!("fixtures/v5.sql")),
+];
+
 #[test]
-fn older_files_are_migrated() {
-    let dir = tempfile::tempdir().unwrap();
-    let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE datasets (set_id TEXT PRIMARY KEY, state TEXT NOT NULL, manifest_key TEXT, \
-         manifest_bucket TEXT, manifest_size INTEGER, manifest_event_time INTEGER, \
-         manifest_loaded INTEGER NOT NULL, manifest_entries INTEGER NOT NULL, received INTEGER NOT NULL, \
-         matched INTEGER NOT NULL, mismatched INTEGER NOT NULL, ignored INTEGER NOT NULL, \
-         rejected INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, \
-         manifest_seen_ms INTEGER, deadline_ms INTEGER, decided_ms INTEGER, note TEXT) WITHOUT ROWID;
-         CREATE TABLE entries (key TEXT PRIMARY KEY, set_id TEXT NOT NULL, object_key TEXT, bucket TEXT, \
-         size INTEGER, event_time INTEGER, verdict INTEGER, matched INTEGER NOT NULL DEFAULT 0, \
-         in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER) WITHOUT ROWID;
-         INSERT INTO datasets VALUES ('S', 'collecting', NULL, NULL, NULL, NULL, 0, 0, 1, 0, 0, 0, 0, 1, 1, NULL, NULL, NULL, NULL);
-         INSERT INTO entries VALUES ('S-vaultjob/a', 'S', NULL, 'b', 3, 7, 0, 0, 0, NULL);
-         PRAGMA user_version = 1;",
-    )
-    .unwrap();
-    drop(conn);
-    let mut store = SqliteStore::open(dir.path(), SyncMode::Normal, "-vaultjob").unwrap();
-    assert_eq!(store.open_datasets().unwrap()[0].counts.received, 1);
-    let mut tx = store.begin().unwrap();
-    let row = tx.entry("S", "S-vaultjob/a").unwrap().unwrap();
-    assert_eq!(row.upload.as_ref().map(|u| u.size), Some(3));
-    tx.put_entry(&sample_entry("S-vaultjob/b", 1)).unwrap();
-    tx.commit().unwrap();
+fn every_older_schema_version_has_a_fixture_and_a_migration() {
+    let versions: Vec<i64> = FIXTURES.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, (1..SCHEMA_VERSION).collect::<Vec<_>>());
+    let steps: Vec<i64> = MIGRATIONS.iter().map(|m| m.to).collect();
+    assert_eq!(steps, (2..=SCHEMA_VERSION).collect::<Vec<_>>());
+}
+
+/// Each table's columns as (name, type, not null, default), by name.
+fn columns_of(conn: &Connection) -> Vec<(String, String, String, bool, Option<String>)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.name, p.name, p.type, p.\"notnull\", p.dflt_value FROM sqlite_schema m, \
+             pragma_table_info(m.name) p WHERE m.type = 'table' ORDER BY m.name, p.name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+#[test]
+fn every_older_schema_version_migrates_with_nothing_lost() {
+    let fresh = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(fresh.path(), SyncMode::Normal, "-vaultjob").unwrap());
+    let current = columns_of(&Connection::open(fresh.path().join(DATABASE_FILE)).unwrap());
+    for (version, fixture) in FIXTURES {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        conn.execute_batch(fixture).unwrap();
+        drop(conn);
+        let mut store = SqliteStore::open(dir.path(), SyncMode::Normal, "-vaultjob")
+            .unwrap_or_else(|e| panic!("schema {version}: {e}"));
+        let migrated = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        assert_eq!(
+            columns_of(&migrated),
+            current,
+            "schema {version}: the migrated tables"
+        );
+        let found: i64 = migrated
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(found, SCHEMA_VERSION);
+
+        // What the old agent recorded is all there.
+        let open = store.open_datasets().unwrap();
+        assert_eq!(open.len(), 1, "schema {version}");
+        let ds = &open[0];
+        assert_eq!(ds.state, DatasetState::Reconciling);
+        assert_eq!((ds.manifest_loaded, ds.manifest_entries), (true, 2));
+        assert_eq!((ds.counts.received, ds.counts.matched), (1, 1));
+        assert_eq!(ds.deadline_ms, Some(1_700_000_900_000));
+        assert_eq!(ds.note.as_deref(), Some("waiting for b"));
+        assert_eq!(ds.manifest.as_ref().map(|m| m.size), Some(40));
+        let mut tx = store.begin().unwrap();
+        let a = tx.entry("S", "S-vaultjob/a").unwrap().unwrap();
+        let up = a.upload.as_ref().unwrap();
+        assert_eq!((up.size, up.verdict, up.matched), (3, Verdict::Count, true));
+        assert_eq!(up.origin, UploadOrigin::Notified);
+        assert_eq!(a.expected, Some(Some(3)));
+        assert_eq!(a.set_id, "S");
+        let b = tx.entry("S", "S-vaultjob/b").unwrap().unwrap();
+        assert_eq!((b.upload, b.expected), (None, Some(Some(5))));
+        assert_eq!(tx.manifest_entries("S").unwrap().len(), 2);
+        // And the file takes today's records.
+        tx.put_entry(&sample_entry("S-vaultjob/c", 1)).unwrap();
+        tx.commit().unwrap();
+        let outbox = store.outbox().unwrap();
+        let pending = outbox.pending("file", 10).unwrap();
+        assert_eq!(pending.len(), 1, "schema {version}: the undelivered event");
+        assert_eq!(pending[0].id, "event-1");
+        let counters = store.reader().unwrap().counters().unwrap();
+        assert_eq!(counters, vec![("uploads".to_owned(), 7)]);
+    }
 }
 
 #[test]
