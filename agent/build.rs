@@ -71,34 +71,41 @@ fn main() {
 }
 
 /// `wit_package.rs`: the WIT packages this agent implements, read from the
-/// `package` lines of `wit/reconcile.wit` (the current version) and of the
-/// frozen older versions in `wit/<version>/reconcile.wit` (the one place each
-/// version is written).
+/// `package` lines of `wit/<version>/reconcile.wit` (the one place each
+/// version is written). The newest is the current one: what new plugins
+/// build against (`plugin new` ships its text).
 fn write_wit_package(wit_dir: &Path, out_dir: &Path) {
-    let current = package_of(&wit_dir.join("reconcile.wit"));
-    let mut older: Vec<String> = std::fs::read_dir(wit_dir)
+    let mut versions: Vec<(Vec<u64>, String, PathBuf)> = std::fs::read_dir(wit_dir)
         .unwrap_or_else(|e| panic!("{}: {e}", wit_dir.display()))
         .filter_map(Result::ok)
         .map(|e| e.path().join("reconcile.wit"))
         .filter(|p| p.is_file())
-        .map(|p| package_of(&p))
+        .map(|p| {
+            let package = package_of(&p);
+            let version = package
+                .split_once('@')
+                .and_then(|(_, v)| v.split('.').map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| panic!("{}: package {package} has no version", p.display()));
+            (version, package, p)
+        })
         .collect();
-    older.sort();
-    older.reverse();
-    let (name, _) = current
-        .split_once('@')
-        .unwrap_or_else(|| panic!("wit/reconcile.wit: package {current} has no version"));
-    let all: Vec<String> = std::iter::once(&current)
-        .chain(&older)
-        .map(|p| format!("{p:?}"))
-        .collect();
+    versions.sort();
+    versions.reverse();
+    let (_, current, current_path) = versions
+        .first()
+        .unwrap_or_else(|| panic!("{}: no <version>/reconcile.wit", wit_dir.display()));
+    let (name, _) = current.split_once('@').expect("checked above");
+    let all: Vec<String> = versions.iter().map(|(_, p, _)| format!("{p:?}")).collect();
     let code = format!(
-        "/// The current WIT package (wit/reconcile.wit): what new plugins build against.\n\
+        "/// The current WIT package (the newest in wit/): what new plugins build against.\n\
          pub const SUPPORTED_PACKAGE: &str = {current:?};\n\
+         /// Its text, which `plugin new` ships with the SDK.\n\
+         pub const SUPPORTED_WIT: &str = include_str!({path:?});\n\
          /// Every WIT package this agent loads plugins of, newest first.\n\
          pub const SUPPORTED_PACKAGES: &[&str] = &[{}];\n\
          const POLICY_EXPORT_PREFIX: &str = \"{name}/policy@\";\n",
-        all.join(", ")
+        all.join(", "),
+        path = current_path.display().to_string(),
     );
     std::fs::write(out_dir.join("wit_package.rs"), code).expect("OUT_DIR is writable");
 }

@@ -15,8 +15,8 @@ use crate::notification::{Classifier, Notification, parse_body, parse_event};
 use crate::outbound::Origin;
 use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::plugin::{
-    self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, SUPPORTED_PACKAGES, WasmPolicy,
-    bundled,
+    self, Limits, PluginHost, PluginSource, SUPPORTED_PACKAGE, SUPPORTED_PACKAGES, SUPPORTED_WIT,
+    WasmPolicy, bundled,
 };
 use crate::reconcile::policy::{
     Decision, ExpectedEntry, NATIVE_EXACT_MATCH, Policy, PolicyError, PolicyState, Summary,
@@ -27,7 +27,7 @@ use crate::store::{DatasetState, StoreReader};
 
 pub fn list() {
     println!(
-        "plugin interface: {SUPPORTED_PACKAGE} (wit/reconcile.wit); new plugins build against it"
+        "plugin interface: {SUPPORTED_PACKAGE} (the newest in wit/); new plugins build against it"
     );
     println!(
         "loads plugins built against: {}",
@@ -347,7 +347,6 @@ impl Policy for SharedWasm {
 
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 const SDK_EXACT_MATCH: &str = include_str!("../../../plugins/sdk/src/exact_match.rs");
-const WIT: &str = include_str!("../../../wit/reconcile.wit");
 
 /// Scaffolds a policy crate (with its own copy of the SDK and WIT) that
 /// builds with `cargo build --release`.
@@ -394,7 +393,7 @@ pub fn new(name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
         ),
         ("sample/SAMPLE0000000001.manifest".into(), SAMPLE_LINES.join("\n") + "\n"),
         ("sample/events.jsonl".into(), sample_events()),
-        ("vault-policy-sdk/wit/reconcile.wit".into(), WIT.into()),
+        ("vault-policy-sdk/wit/reconcile.wit".into(), SUPPORTED_WIT.into()),
         (
             "README.md".into(),
             format!(

@@ -73,27 +73,84 @@ pub enum Decision {
     Fail(String),
 }
 
+/// A policy's hooks, as the WIT names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Expects,
+    OnUpload,
+    EntryMatches,
+    Decide,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Expects => "expects",
+            Hook::OnUpload => "on-upload",
+            Hook::EntryMatches => "entry-matches",
+            Hook::Decide => "decide",
+        }
+    }
+
+    /// Whether a call may wait for a later batch once the policy's time in
+    /// this one is used. Only the first hook of a unit of work waits: an
+    /// upload's `entry-matches` follows its `on-upload` (or the judgment
+    /// would start over forever), and `expects` runs while a manifest
+    /// loads, which cannot resume part-way; the call deadline bounds those.
+    pub fn may_defer(self) -> bool {
+        matches!(self, Hook::OnUpload | Hook::Decide)
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a policy call gave no verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyErrorKind {
+    /// The call failed (trapped, timed out, ran out of memory, was refused,
+    /// or the plugin is broken or quarantined).
+    Failed,
+    /// Not a fault: the policy used its time for this batch, and the call
+    /// is made in a later one.
+    Deferred,
+}
+
 /// A policy call that did not return a verdict. The engine fails closed: the
 /// upload stays unjudged and the decision waits.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("policy {policy}: {call} {}: {message}", if *.deferred { "deferred" } else { "failed" })]
+#[error("policy {policy}: {hook} {}: {message}", match .kind { PolicyErrorKind::Deferred => "deferred", PolicyErrorKind::Failed => "failed" })]
 pub struct PolicyError {
     pub policy: String,
-    pub call: &'static str,
+    pub hook: Hook,
+    pub kind: PolicyErrorKind,
     pub message: String,
-    /// Not a fault: the policy used its time for this batch, and the call
-    /// is made in a later one.
-    pub deferred: bool,
 }
 
 impl PolicyError {
-    pub fn failed(policy: String, call: &'static str, message: String) -> Self {
+    pub fn failed(policy: String, hook: Hook, message: String) -> Self {
         PolicyError {
             policy,
-            call,
+            hook,
+            kind: PolicyErrorKind::Failed,
             message,
-            deferred: false,
         }
+    }
+
+    pub fn deferred(policy: String, hook: Hook, message: String) -> Self {
+        PolicyError {
+            policy,
+            hook,
+            kind: PolicyErrorKind::Deferred,
+            message,
+        }
+    }
+
+    pub fn is_deferred(&self) -> bool {
+        self.kind == PolicyErrorKind::Deferred
     }
 }
 

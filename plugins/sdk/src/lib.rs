@@ -23,13 +23,13 @@
 //!
 //! The hooks are the methods of [`Policy`]; each has the exact-match
 //! behaviour by default. The types a hook sees ([`Upload`], [`Summary`], ...)
-//! come from the interface `wit/reconcile.wit`. Read this documentation with
+//! come from the interface `wit/0.2.0/reconcile.wit`. Read this documentation with
 //! `cargo doc --open -p vault-policy-sdk` (in the agent's `plugins/`
 //! workspace, or in a crate made by `vault-agent plugin new`).
 
 #![warn(missing_docs)]
 
-/// The bindings generated from `wit/reconcile.wit`.
+/// The bindings generated from `wit/0.2.0/reconcile.wit`.
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({

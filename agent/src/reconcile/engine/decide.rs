@@ -89,7 +89,7 @@ impl Reconciler {
                             ds.note = Some(with_partial(ds.note.as_deref(), &partial));
                         }
                     }
-                    Err(e) if e.deferred => {
+                    Err(e) if e.is_deferred() => {
                         self.deferred.insert(ds.set_id.clone());
                     }
                     Err(e) => {

@@ -97,7 +97,7 @@ impl Reconciler {
                 note = Some(format!("upload {} rejected: {reason}", up.object_key));
                 Verdict::Reject
             }
-            Err(e) if e.deferred => {
+            Err(e) if e.is_deferred() => {
                 self.deferred.insert(set_id.to_owned());
                 Verdict::Unjudged
             }

@@ -23,9 +23,10 @@ use wasmtime::Store;
 use super::bindings::{BoundPolicy, PolicyPre};
 use super::host::{HostState, Limits, LoadedFrom, PluginHost, capped};
 use super::reloader::{self, Prepared, Reloader, Waker};
-use super::{HealthSlot, PluginError, PluginHealth, PluginSource};
+use super::{HealthSlot, PluginError, PluginHealth, PluginSource, PluginState};
 use crate::reconcile::policy::{
-    Decision, ExpectedEntry, Policy, PolicyError, PolicyState, Summary, UploadVerdict, UploadView,
+    Decision, ExpectedEntry, Hook, Policy, PolicyError, PolicyState, Summary, UploadVerdict,
+    UploadView,
 };
 use crate::telemetry;
 
@@ -63,7 +64,7 @@ pub struct WasmPolicy {
     host: Arc<PluginHost>,
     loaded: Result<Loaded, PluginError>,
     /// Failures in a row, per hook.
-    failures_in_a_row: Vec<(&'static str, u32)>,
+    failures_in_a_row: Vec<(Hook, u32)>,
     /// Time spent in calls since the batch began, and their number.
     batch_spent: Duration,
     batch_calls: u32,
@@ -232,29 +233,24 @@ impl WasmPolicy {
     /// returns).
     fn call<T>(
         &mut self,
-        call: &'static str,
+        hook: Hook,
         state: &mut Option<PolicyState>,
         f: impl FnOnce(&mut BoundPolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyError> {
         let fail = |policy: &WasmPolicy, message: String| {
-            PolicyError::failed(policy.label(), call, message)
+            PolicyError::failed(policy.label(), hook, message)
         };
-        // Only the first hook of a unit of work waits: an upload's
-        // `entry-matches` follows its `on-upload` (or the judgment would
-        // start over forever), and `expects` runs while a manifest loads,
-        // which cannot resume part-way; the call deadline bounds those.
         let budget = (self.host.limits.batch_budget)
             .saturating_add(ALLOWANCE_PER_CALL.saturating_mul(self.batch_calls));
-        if matches!(call, "on-upload" | "decide") && self.batch_spent >= budget {
-            return Err(PolicyError {
-                policy: self.label(),
-                call,
-                message: format!(
+        if hook.may_defer() && self.batch_spent >= budget {
+            return Err(PolicyError::deferred(
+                self.label(),
+                hook,
+                format!(
                     "its time in this batch ({:?}) is used; the call waits for the next batch",
                     self.batch_spent
                 ),
-                deferred: true,
-            });
+            ));
         }
         if let Some(until) = self.quarantined_until {
             if Instant::now() < until {
@@ -285,7 +281,7 @@ impl WasmPolicy {
                         l.wants_sizes = wants_sizes;
                     }
                 }
-                Err(message) => return Err(self.failed(call, message)),
+                Err(message) => return Err(self.failed(hook, message)),
             }
         }
         let Ok(Loaded {
@@ -324,7 +320,7 @@ impl WasmPolicy {
                         .unwrap_or_default();
                     self.captured.extend(lines);
                 }
-                if let Some((_, n)) = self.failures_in_a_row.iter_mut().find(|(c, _)| *c == call)
+                if let Some((_, n)) = self.failures_in_a_row.iter_mut().find(|(h, _)| *h == hook)
                     && *n > 0
                 {
                     *n = 0;
@@ -338,24 +334,24 @@ impl WasmPolicy {
                 if let Ok(l) = &mut self.loaded {
                     l.live = None;
                 }
-                Err(self.failed(call, message))
+                Err(self.failed(hook, message))
             }
         }
     }
 
-    fn failed(&mut self, call: &'static str, message: String) -> PolicyError {
-        let in_a_row = match self.failures_in_a_row.iter_mut().find(|(c, _)| *c == call) {
+    fn failed(&mut self, hook: Hook, message: String) -> PolicyError {
+        let in_a_row = match self.failures_in_a_row.iter_mut().find(|(h, _)| *h == hook) {
             Some((_, n)) => {
                 *n += 1;
                 *n
             }
             None => {
-                self.failures_in_a_row.push((call, 1));
+                self.failures_in_a_row.push((hook, 1));
                 1
             }
         };
         self.metrics.failures.increment(1);
-        let error = PolicyError::failed(self.label(), call, message);
+        let error = PolicyError::failed(self.label(), hook, message);
         tracing::error!(error = %error, failures_in_a_row = in_a_row, "policy call failed; failing closed");
         self.last_error = Some(error.to_string());
         if in_a_row >= QUARANTINE_AFTER {
@@ -441,15 +437,15 @@ impl WasmPolicy {
     fn publish(&mut self) {
         self.published_calls = self.stats.calls;
         let state = match (&self.loaded, self.quarantined_until) {
-            (Err(_), _) => "broken",
-            (Ok(_), Some(_)) => "quarantined",
-            (Ok(_), None) => "ready",
+            (Err(_), _) => PluginState::Broken,
+            (Ok(_), Some(_)) => PluginState::Quarantined,
+            (Ok(_), None) => PluginState::Ready,
         };
         let entry = PluginHealth {
             name: self.name.clone(),
             route: self.health.route.clone(),
             source: self.source.to_string(),
-            state: state.to_owned(),
+            state,
             calls: self.stats.calls,
             last_error: self.last_error.clone(),
         };
@@ -501,7 +497,7 @@ impl Policy for WasmPolicy {
         entry: &str,
         state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
-        self.call("expects", state, |p, s| p.expects(s, entry))
+        self.call(Hook::Expects, state, |p, s| p.expects(s, entry))
     }
 
     fn begin_batch(&mut self) -> bool {
@@ -530,7 +526,7 @@ impl Policy for WasmPolicy {
         view: &UploadView<'_>,
         state: &mut Option<PolicyState>,
     ) -> Result<UploadVerdict, PolicyError> {
-        self.call("on-upload", state, |p, s| p.on_upload(s, view))
+        self.call(Hook::OnUpload, state, |p, s| p.on_upload(s, view))
     }
 
     fn entry_matches(
@@ -539,7 +535,7 @@ impl Policy for WasmPolicy {
         view: &UploadView<'_>,
         state: &mut Option<PolicyState>,
     ) -> Result<bool, PolicyError> {
-        self.call("entry-matches", state, |p, s| {
+        self.call(Hook::EntryMatches, state, |p, s| {
             p.entry_matches(s, expected, view)
         })
     }
@@ -549,6 +545,6 @@ impl Policy for WasmPolicy {
         summary: &Summary<'_>,
         state: &mut Option<PolicyState>,
     ) -> Result<Decision, PolicyError> {
-        self.call("decide", state, |p, s| p.decide(s, summary))
+        self.call(Hook::Decide, state, |p, s| p.decide(s, summary))
     }
 }

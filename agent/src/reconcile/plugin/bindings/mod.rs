@@ -1,12 +1,13 @@
 //! One module per supported version of the plugin interface, as Zed's
 //! extension host does: each binds its frozen WIT (`v0_1`: `wit/0.1.0/`,
-//! `v0_2`: `wit/`, the current one) and converts between the agent's policy
+//! `v0_2`: `wit/0.2.0/`, the current one), names its package, and converts between the agent's policy
 //! types and that version's generated ones ([`version_module!`]). A component
 //! is bound to the version it was built against, so a plugin built years ago
 //! keeps loading unchanged.
 //!
-//! Adding a version: freeze the current WIT into `wit/<version>/`, add a
-//! module here for it, and an arm to [`PolicyPre::new`] and to [`each!`].
+//! Adding a version: write it in `wit/<version>/` (the newest folder is the
+//! current interface; point `plugins/sdk/wit` at it), add a module here for
+//! it, and an arm to [`PolicyPre::new`] and to [`each!`].
 
 #[macro_use]
 mod version_module;
@@ -37,8 +38,8 @@ impl PolicyPre {
     /// Binds `pre` as a policy of `package` (one of `SUPPORTED_PACKAGES`).
     pub fn new(package: &str, pre: InstancePre<HostState>) -> wasmtime::Result<PolicyPre> {
         Ok(match package {
-            "vault:reconcile@0.1.0" => PolicyPre::V0_1(v0_1::ReconcilePolicyPre::new(pre)?),
-            "vault:reconcile@0.2.0" => PolicyPre::V0_2(v0_2::ReconcilePolicyPre::new(pre)?),
+            v0_1::PACKAGE => PolicyPre::V0_1(v0_1::ReconcilePolicyPre::new(pre)?),
+            v0_2::PACKAGE => PolicyPre::V0_2(v0_2::ReconcilePolicyPre::new(pre)?),
             other => wasmtime::bail!("no bindings for {other}"),
         })
     }
@@ -119,13 +120,13 @@ mod tests {
         let host = PluginHost::new(None, Limits::default()).unwrap();
         let built = [
             (
-                "vault:reconcile@0.2.0",
+                super::v0_2::PACKAGE,
                 super::super::bundled::bytes("exact-match")
                     .unwrap()
                     .to_vec(),
             ),
             (
-                "vault:reconcile@0.1.0",
+                super::v0_1::PACKAGE,
                 std::fs::read(concat!(
                     env!("OUT_DIR"),
                     "/plugins/fixture_legacy_v0_1.wasm"

@@ -1,7 +1,9 @@
-//! `vault:reconcile@0.2.0` (`wit/`, the current interface): 0.1.0 plus
-//! durable per-dataset policy state.
+//! `vault:reconcile@0.2.0` (`wit/0.2.0/`, the current interface): 0.1.0
+//! plus durable per-dataset policy state.
 
-wasmtime::component::bindgen!({ path: "../wit", world: "reconcile-policy" });
+wasmtime::component::bindgen!({ path: "../wit/0.2.0", world: "reconcile-policy" });
+
+pub const PACKAGE: &str = "vault:reconcile@0.2.0";
 
 version_module!();
 
