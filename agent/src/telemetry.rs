@@ -29,6 +29,7 @@ pub const PLUGIN_QUARANTINES: &str = "vault_agent_plugin_quarantines_total";
 pub const PLUGIN_CALL_SECONDS: &str = "vault_agent_plugin_call_duration_seconds";
 pub const SINK_DELIVERED: &str = "vault_agent_sink_delivered_total";
 pub const SINK_FAILURES: &str = "vault_agent_sink_failures_total";
+pub const SINK_REFUSED: &str = "vault_agent_sink_refused_total";
 pub const SINK_LAG: &str = "vault_agent_sink_lag_seconds";
 pub const SQS_RECEIVED: &str = "vault_agent_sqs_messages_received_total";
 pub const SQS_DELETED: &str = "vault_agent_sqs_messages_deleted_total";
@@ -144,6 +145,10 @@ fn describe() {
     );
     describe_counter!(SINK_DELIVERED, "Events delivered, by sink");
     describe_counter!(SINK_FAILURES, "Failed delivery attempts, by sink");
+    describe_counter!(
+        SINK_REFUSED,
+        "Events a sink refused for good (not delivered; they stay in the outbox), by sink"
+    );
     describe_gauge!(
         SINK_LAG,
         Unit::Seconds,

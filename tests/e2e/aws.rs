@@ -203,7 +203,7 @@ fn notifications_through_eventbridge_and_sqs_reconcile_onto_a_custom_bus() {
             assert_eq!(out.failed_entry_count, 0);
         }
     });
-    let events = env.wait_for_events(set_id, 1, Duration::from_secs(30));
+    let events = env.wait_for_events(set_id, 1, crate::support::LONG);
     assert_eq!(
         events[0]["detail-type"],
         "File Upload Reconciliation Successful"
@@ -455,7 +455,7 @@ fn put_events_partial_failures_and_throttling_lose_nothing() {
     }
     assert_eq!(agent.post(&json!(all).to_string()).0, 202);
     for set_id in &set_ids {
-        env.wait_for_events(set_id, 1, Duration::from_secs(20));
+        env.wait_for_events(set_id, 1, crate::support::LONG);
     }
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     rt.block_on(async {

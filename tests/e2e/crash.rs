@@ -120,7 +120,7 @@ fn sigkill_mid_ingest_loses_nothing_accepted_and_emits_one_event_per_dataset() {
         assert_eq!(code, 202, "{answer}");
     }
     for set_id in &set_ids {
-        env.wait_for_events(set_id, 1, Duration::from_secs(10));
+        env.wait_for_events(set_id, 1, crate::support::LONG);
     }
     agent.stop();
     let agent = env.start();

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Env, free_port, gateway_event, http_get, uploads_at, wait_until};
-
-const LONG: Duration = Duration::from_secs(60);
+use crate::support::{BIN, Env, LONG, free_port, gateway_event, http_get, uploads_at, wait_until};
 
 fn healthz(base: &str) -> (u16, String) {
     http_get(&format!("{base}/healthz")).expect("healthz answers")
@@ -219,7 +217,13 @@ fn links_on_the_share_are_never_followed() {
     wait_until("the real dataset auto-sealed", LONG, || {
         env.share().join("REAL-vaultjob/REAL.manifest").exists()
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // A dataset written after that one is sealed by a later pass, which
+    // looked at the link again.
+    env.write_dataset("LATER", &["b.bin".to_string()]);
+    std::fs::remove_file(env.share().join("LATER-vaultjob/LATER.manifest")).unwrap();
+    wait_until("a later pass auto-sealed another dataset", LONG, || {
+        env.share().join("LATER-vaultjob/LATER.manifest").exists()
+    });
     assert!(
         !outside.join("EVIL.manifest").exists(),
         "auto-seal wrote through the link"

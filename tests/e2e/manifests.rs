@@ -1,13 +1,9 @@
 //! Manifests are untrusted input: a FIFO, a link to /dev/zero or to a
 //! secret, a BOM, `..` lines, and a dataset re-sealed with a new manifest.
 
-use std::time::Duration;
-
 use serde_json::json;
 
-use crate::support::{Env, gateway_event, http_get, uploads_at, wait_until};
-
-const LONG: Duration = Duration::from_secs(60);
+use crate::support::{Env, LONG, gateway_event, http_get, uploads_at, wait_until};
 
 #[test]
 fn hostile_manifests_mark_only_their_own_dataset() {

@@ -8,25 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Env, file_names, http_get, http_get_with};
-
-/// The value of the sample `name{labels}` (labels as written), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// The value of the first sample whose series starts with `prefix`.
-fn sample_starting(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
+use crate::support::{Env, file_names, http_get, http_get_with, sample};
 
 #[test]
 fn metrics_are_valid_prometheus_and_count_what_happened() {
@@ -44,7 +26,7 @@ fn metrics_are_valid_prometheus_and_count_what_happened() {
     assert_eq!(code, 202);
     assert_eq!(agent.post_with("not json", &key).0, 400);
     assert_eq!(agent.post("[]").0, 401);
-    env.wait_for_events("METRICS0000001", 1, Duration::from_secs(30));
+    env.wait_for_events("METRICS0000001", 1, crate::support::LONG);
 
     // Reads need the key; /healthz stays open for probes.
     let url = format!("{}/metrics", agent.base);
@@ -76,7 +58,7 @@ fn metrics_are_valid_prometheus_and_count_what_happened() {
         let (code, body) = http_get_with(&url, &key).unwrap();
         assert_eq!(code, 200, "{body}");
         text = body;
-        sample_starting(&text, "vault_agent_sink_delivered_total{sink=\"file:").is_some()
+        sample(&text, "vault_agent_sink_delivered_total{sink=\"file:").is_some()
     });
     let data = lines.len() as f64 - 1.0;
     for (series, value) in [

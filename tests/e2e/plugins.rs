@@ -7,19 +7,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{AgentProcess, Env, file_names};
+use crate::support::{AgentProcess, Env, file_names, plugin_fixture};
 
 /// A test component built by the agent's build script from plugins/fixtures.
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("OUT_DIR"), "/plugins")).join(format!("{name}.wasm"))
-}
-
 /// Posts every manifest line's upload (plus `extra` keys) for a dataset.
 fn upload_all(env: &Env, agent: &AgentProcess, lines: &[String], extra: &[Value]) {
     let mut events: Vec<Value> = lines.iter().map(|l| env.upload_for(l)).collect();
     events.extend(extra.iter().cloned());
-    let (code, answer) = agent.post(&json!(events).to_string());
-    assert_eq!(code, 202, "{answer}");
+    agent.post_events(&events);
 }
 
 fn nfs_file(set_id: &str) -> Value {
@@ -75,9 +70,9 @@ fn bundled_policies_on_reference_datasets_and_routing() {
     events[3]["detail"]["object-size"] = json!(1);
     assert_eq!(agent.post(&json!(events).to_string()).0, 202);
 
-    env.wait_for_events("IGN00000000001", 1, Duration::from_secs(10));
-    env.wait_for_events("SIZE0000000001", 1, Duration::from_secs(10));
-    env.wait_for_events("EXACT0000000002", 1, Duration::from_secs(10));
+    env.wait_for_events("IGN00000000001", 1, crate::support::LONG);
+    env.wait_for_events("SIZE0000000001", 1, crate::support::LONG);
+    env.wait_for_events("EXACT0000000002", 1, crate::support::LONG);
     crate::support::wait_rechecks(&agent, 2);
     assert!(
         env.events_for("EXACT0000000001").is_empty(),
@@ -112,7 +107,7 @@ fn bundled_policies_on_reference_datasets_and_routing() {
 /// sleep now ends at once, so a sleep forever is a loop the deadline stops.
 #[test]
 fn sleeping_policies_neither_wedge_the_agent_nor_outlive_their_timeout() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\niterations = 300\nplugin_timeout = \"100ms\"\n\
          [[reconcile.route]]\nset_ids = \"NAP*\"\npolicy = \"{c}\"\n\
@@ -159,7 +154,7 @@ fn sleeping_policies_neither_wedge_the_agent_nor_outlive_their_timeout() {
 /// batch wait for a later one, so other datasets go first.
 #[test]
 fn a_slow_policy_delays_only_its_own_datasets() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\niterations = 3000\nplugin_timeout = \"10s\"\n\
          [[reconcile.route]]\nset_ids = \"SLOW*\"\npolicy = \"{}\"\n\
@@ -201,7 +196,7 @@ fn a_slow_policy_delays_only_its_own_datasets() {
 /// failures. Failures are now counted per hook.
 #[test]
 fn a_hook_that_keeps_failing_is_quarantined_though_another_succeeds() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\niterations = 3000\nplugin_timeout = \"50ms\"\n\
          [[reconcile.route]]\nset_ids = \"FLAKY*\"\npolicy = \"{}\"\n\
@@ -243,7 +238,7 @@ fn a_hook_that_keeps_failing_is_quarantined_though_another_succeeds() {
 /// kept whole (1 MB reasons grew memory, `/status` and the log).
 #[test]
 fn printing_and_long_answers_cost_the_agent_a_bounded_amount() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let route = |glob: &str, mode: &str, hook: &str| {
         format!(
             "[[reconcile.route]]\nset_ids = \"{glob}\"\npolicy = \"{}\"\n\
@@ -296,7 +291,7 @@ fn printing_and_long_answers_cost_the_agent_a_bounded_amount() {
 /// policy overriding the exact-match rule did so silently.
 #[test]
 fn each_route_reports_its_own_health_and_overrides_are_logged() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let env = Env::new(&format!(
         "[reconcile]\nwait = \"200ms\"\niterations = 3000\n\
          [[reconcile.route]]\nset_ids = \"TRAPA*\"\npolicy = \"{c}\"\n\
@@ -368,7 +363,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
             path.display()
         )
     };
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     let env = Env {
         extra_config: [
             "[reconcile]\nwait = \"200ms\"\niterations = 15\nplugin_timeout = \"50ms\"\nplugin_memory_mb = 32\nplugin_max_size = \"1MiB\"\n".to_string(),
@@ -376,8 +371,8 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
             route("BOMB*", &chaos, "policy_config = { mode = \"bomb\" }\n"),
             route("TRAP*", &chaos, "policy_config = { mode = \"trap\", hook = \"on-upload\" }\n"),
             route("INIT*", &chaos, "policy_config = { mode = \"trap\", hook = \"init\" }\n"),
-            route("MISS*", &fixture("fixture_no_policy"), ""),
-            route("VERS*", &fixture("fixture_wrong_version"), ""),
+            route("MISS*", &plugin_fixture("fixture_no_policy"), ""),
+            route("VERS*", &plugin_fixture("fixture_wrong_version"), ""),
             route("JUNK*", &junk, ""),
             route("BIG*", &big, ""),
         ]
@@ -395,7 +390,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     }
     let good = env.write_dataset("GOOD0000000001", &file_names(5));
     upload_all(&env, &agent, &good, &[]);
-    env.wait_for_events("GOOD0000000001", 1, Duration::from_secs(10));
+    env.wait_for_events("GOOD0000000001", 1, crate::support::LONG);
     assert_eq!(
         env.events_for("GOOD0000000001")[0]["detail-type"],
         "File Upload Reconciliation Successful"
@@ -444,8 +439,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     let junk_health = policies.iter().find(|p| p["name"] == "junk").unwrap();
     assert_eq!(junk_health["state"], "broken", "{junk_health}");
     for prefix in bad {
-        let events =
-            env.wait_for_events(&format!("{prefix}0000000001"), 1, Duration::from_secs(10));
+        let events = env.wait_for_events(&format!("{prefix}0000000001"), 1, crate::support::LONG);
         assert_eq!(events.len(), 1);
         assert_eq!(
             events[0]["detail-type"], "File Upload Reconciliation Timeout",
@@ -460,7 +454,7 @@ fn misbehaving_components_fail_closed_and_the_agent_keeps_going() {
     // Still reconciling new datasets after all that.
     let later = env.write_dataset("GOOD0000000002", &file_names(3));
     upload_all(&env, &agent, &later, &[]);
-    env.wait_for_events("GOOD0000000002", 1, Duration::from_secs(5));
+    env.wait_for_events("GOOD0000000002", 1, crate::support::LONG);
 }
 
 /// Under the default config (re-checks every 30 s) a replaced file once
@@ -496,10 +490,10 @@ fn replacing_the_plugin_file_is_picked_up_without_a_restart() {
 
     // Swap in a working component (write + rename, as a deploy would).
     let tmp = env.dir.path().join("policy.wasm.new");
-    std::fs::copy(fixture("exact_match"), &tmp).unwrap();
+    std::fs::copy(plugin_fixture("exact_match"), &tmp).unwrap();
     std::fs::rename(&tmp, &plugin).unwrap();
     // Well before the first re-check (30 s after start).
-    env.wait_for_events("RELOAD00000001", 1, Duration::from_secs(20));
+    env.wait_for_events("RELOAD00000001", 1, crate::support::LONG);
     assert!(agent.logs().contains("reloaded"));
 }
 
@@ -703,7 +697,7 @@ fn plugin_test_and_new_guide_a_first_time_author() {
 /// own memory and threads are not at stake), and other datasets go on.
 #[test]
 fn compiling_a_plugin_is_bounded_in_time_and_memory() {
-    let chaos = fixture("fixture_chaos");
+    let chaos = plugin_fixture("fixture_chaos");
     for (limit, message) in [
         (
             "plugin_compile_timeout = \"1ms\"",

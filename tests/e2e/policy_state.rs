@@ -2,21 +2,15 @@
 //! in the store, so it survives agent restarts, plugin reloads and traps;
 //! and components built against 0.1.0 keep loading.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{AgentProcess, Env, file_names, run_ok, wait_until};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("OUT_DIR"), "/plugins")).join(format!("{name}.wasm"))
-}
+use crate::support::{AgentProcess, Env, file_names, plugin_fixture, run_ok, wait_until};
 
 fn post(env: &Env, agent: &AgentProcess, lines: &[&String]) {
     let events: Vec<Value> = lines.iter().map(|l| env.upload_for(l)).collect();
-    let (code, answer) = agent.post(&json!(events).to_string());
-    assert_eq!(code, 202, "{answer}");
+    agent.post_events(&events);
 }
 
 fn policy_state_text(agent: &AgentProcess, set_id: &str) -> Option<String> {
@@ -34,7 +28,7 @@ fn the_marker_is_remembered_across_a_reload_and_a_restart() {
     let env = Env::new("");
     // A plugin file of its own, so it can be replaced while the agent runs.
     let plugin = env.dir.path().join("marker.wasm");
-    std::fs::copy(fixture("marker"), &plugin).unwrap();
+    std::fs::copy(plugin_fixture("marker"), &plugin).unwrap();
     let env = Env {
         extra_config: format!(
             "[reconcile]\nwait = \"1s\"\niterations = 600\npolicy = \"{}\"\n",
@@ -74,7 +68,7 @@ fn the_marker_is_remembered_across_a_reload_and_a_restart() {
 
     // Reload: a new instance of the plugin, which never saw the marker.
     let tmp = env.dir.path().join("marker.wasm.new");
-    std::fs::copy(fixture("marker"), &tmp).unwrap();
+    std::fs::copy(plugin_fixture("marker"), &tmp).unwrap();
     std::fs::rename(&tmp, &plugin).unwrap();
     wait_until(
         "the replaced plugin is reloaded",
@@ -91,7 +85,7 @@ fn the_marker_is_remembered_across_a_reload_and_a_restart() {
     assert!(env.events_for("MARK0000000001").is_empty());
 
     post(&env, &agent, &last);
-    let events = env.wait_for_events("MARK0000000001", 1, Duration::from_secs(30));
+    let events = env.wait_for_events("MARK0000000001", 1, crate::support::LONG);
     assert_eq!(
         events[0]["detail-type"], "File Upload Reconciliation Successful",
         "{events:?}"
@@ -113,8 +107,8 @@ fn a_trapping_call_changes_no_state_and_a_0_1_component_still_loads() {
          [[reconcile.route]]\nset_ids = \"TRAP*\"\npolicy = \"{}\"\n\
          [reconcile.route.policy_config]\nmode = \"stateful\"\nhook = \"none\"\n\
          [[reconcile.route]]\nset_ids = \"OLD*\"\npolicy = \"{}\"\n",
-        fixture("fixture_chaos").display(),
-        fixture("fixture_legacy_v0_1").display(),
+        plugin_fixture("fixture_chaos").display(),
+        plugin_fixture("fixture_legacy_v0_1").display(),
     ));
     let agent = env.start();
     let lines = env.write_dataset(
@@ -143,7 +137,7 @@ fn a_trapping_call_changes_no_state_and_a_0_1_component_still_loads() {
     names.push("scratch.tmp".into());
     let old = env.write_dataset("OLD00000000001", &names);
     post(&env, &agent, &old.iter().collect::<Vec<_>>());
-    let events = env.wait_for_events("OLD00000000001", 1, Duration::from_secs(30));
+    let events = env.wait_for_events("OLD00000000001", 1, crate::support::LONG);
     assert_eq!(
         events[0]["detail-type"],
         "File Upload Reconciliation Successful"

@@ -60,7 +60,7 @@ fn out_of_order_dataset_with_repeats_and_strays_succeeds_exactly_once() {
     let sent = Instant::now();
     let (code, body) = agent.post(&env.upload_for(&last_line).to_string());
     assert_eq!(code, 202, "{body}");
-    let events = env.wait_for_events(set_id, 1, Duration::from_secs(5));
+    let events = env.wait_for_events(set_id, 1, crate::support::LONG);
     eprintln!(
         "success event written {:?} after the last upload was posted",
         sent.elapsed()

@@ -245,6 +245,19 @@ impl AgentProcess {
         self.post_with(body, &[])
     }
 
+    /// Posts gateway events, which the agent must accept (202).
+    pub fn post_events(&self, events: &[Value]) {
+        let (code, answer) = self.post(&Value::from(events.to_vec()).to_string());
+        assert_eq!(code, 202, "{answer}");
+    }
+
+    /// The value of the first `/metrics` sample whose line starts with
+    /// `prefix` (a name, or a name and labels), if there is one.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, text) = http_get_with(&format!("{}/metrics", self.base), &[])?;
+        sample(&text, prefix)
+    }
+
     pub fn post_with(&self, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         let client = client();
         let mut req = client
@@ -293,7 +306,7 @@ impl AgentProcess {
         let start = Instant::now();
         while self.child.try_wait().ok().flatten().is_none() {
             assert!(
-                start.elapsed() < Duration::from_secs(25),
+                start.elapsed() < Duration::from_secs(60),
                 "agent did not stop on SIGTERM:\n{}",
                 self.logs()
             );
@@ -430,18 +443,30 @@ pub fn file_names(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The value of the first Prometheus sample in `text` whose line starts
+/// with `prefix` (a name followed by a space or its labels).
+pub fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter(|l| {
+            prefix.contains('{') || matches!(l.as_bytes().get(prefix.len()), Some(b' ' | b'{'))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
+}
+
+/// The deadline for what takes a while but must happen: generous, since
+/// CI shares the machine with builds.
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// A test plugin component built from `plugins/fixtures/` (or a bundled
+/// policy), by name.
+pub fn plugin_fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("OUT_DIR"), "/plugins")).join(format!("{name}.wasm"))
+}
+
 /// The agent's re-checks committed so far (`vault_agent_rechecks_total`).
 pub fn rechecks(agent: &AgentProcess) -> u64 {
-    http_get_with(&format!("{}/metrics", agent.base), &[])
-        .and_then(|(_, text)| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("vault_agent_rechecks_total ")?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .unwrap_or(0.0) as u64
+    agent.metric("vault_agent_rechecks_total").unwrap_or(0.0) as u64
 }
 
 /// Waits (generously) until the agent has committed `n` more re-checks:

@@ -2,16 +2,13 @@
 //! promise (issue 19), replayed with the real binary. Each test failed on
 //! the code before the fix.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::aws::runtime;
 use crate::moto::Moto;
-use crate::support::{AgentProcess, Env, wait_rechecks, wait_until};
+use crate::support::{AgentProcess, Env, LONG, wait_rechecks, wait_until};
 
 const BUCKET: &str = "trust-bucket";
-const LONG: Duration = Duration::from_secs(120);
 
 fn put(rt: &tokio::runtime::Runtime, s3: &aws_sdk_s3::Client, key: &str, body: Vec<u8>) {
     rt.block_on(
@@ -37,11 +34,6 @@ fn status_of(agent: &AgentProcess, set_id: &str) -> Value {
         .filter(|(code, _)| *code == 200)
         .and_then(|(_, body)| serde_json::from_str(&body).ok())
         .unwrap_or(Value::Null)
-}
-
-fn post(agent: &AgentProcess, events: Vec<Value>) {
-    let (code, body) = agent.post(&json!(events).to_string());
-    assert_eq!(code, 202, "{body}");
 }
 
 fn at(mut event: Value, time: &str) -> Value {
@@ -74,7 +66,7 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
         .filter(|l| !l.ends_with("b.dat"))
         .map(|l| env.upload_for(l))
         .collect();
-    post(&agent, first);
+    agent.post_events(&first);
     wait_until("the first manifest loaded", LONG, || {
         agent.status(Some(set_id))["manifest-entries"] == 4
     });
@@ -82,17 +74,11 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
     // Re-sealed with one more file: a newer manifest notification.
     let resealed = env.write_dataset(set_id, &["a.dat".into(), "b.dat".into(), "c.dat".into()]);
     let manifest = resealed.last().unwrap();
-    post(
-        &agent,
-        vec![at(env.upload_for(manifest), "2021-05-01T11:00:00Z")],
-    );
+    agent.post_events(&[at(env.upload_for(manifest), "2021-05-01T11:00:00Z")]);
     wait_until("the new manifest loaded", LONG, || {
         agent.status(Some(set_id))["manifest-entries"] == 5
     });
-    post(
-        &agent,
-        vec![env.upload_for(&format!("{set_id}-vaultjob/b.dat"))],
-    );
+    agent.post_events(&[env.upload_for(&format!("{set_id}-vaultjob/b.dat"))]);
     wait_rechecks(&agent, 8);
     let status = agent.status(Some(set_id));
     assert!(
@@ -101,10 +87,7 @@ fn a_resealed_dataset_on_dynamodb_is_decided_on_its_new_manifest() {
     );
     assert_eq!(status["missing"], 1, "{status}");
 
-    post(
-        &agent,
-        vec![env.upload_for(&format!("{set_id}-vaultjob/c.dat"))],
-    );
+    agent.post_events(&[env.upload_for(&format!("{set_id}-vaultjob/c.dat"))]);
     let events = env.wait_for_events(set_id, 1, LONG);
     assert_eq!(
         events[0]["detail-type"],
@@ -151,7 +134,7 @@ fn partial_copy_is_counted_only_once_whole(policy: &str, set_id: &str) {
             e
         })
         .collect();
-    post(&agent, sent);
+    agent.post_events(&sent);
 
     // Listed with the partial copy in S3 (or, before the fix, counted).
     wait_until("a listing of the partial copy", LONG, || {
@@ -227,7 +210,7 @@ fn a_listing_backlog_never_times_out_a_dataset_s3_holds() {
     for i in 0..30 {
         let idle = format!("IdleDataset{i:05}");
         let lines = env.write_dataset(&idle, &["x.dat".into()]);
-        post(&agent, vec![env.upload_for(&lines[1])]);
+        agent.post_events(&[env.upload_for(&lines[1])]);
     }
     // Sorts after the idle ones: the last listing of each round.
     let set_id = "ZzHeldByS3000001";
@@ -255,7 +238,7 @@ fn a_listing_backlog_never_times_out_a_dataset_s3_holds() {
             e
         })
         .collect();
-    post(&agent, sent);
+    agent.post_events(&sent);
     let events = env.wait_for_events(set_id, 1, LONG);
     let status = agent.status(Some(set_id));
     assert_eq!(

@@ -247,15 +247,7 @@ fn verify_follows_every_page_of_a_large_prefix() {
 
 /// The sum of a counter over agents' `/metrics`.
 fn counter(agents: &[&crate::support::AgentProcess], name: &str) -> f64 {
-    agents
-        .iter()
-        .map(|a| {
-            let (_, text) = crate::support::http_get(&format!("{}/metrics", a.base)).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-                .unwrap_or(0.0)
-        })
-        .sum()
+    agents.iter().map(|a| a.metric(name).unwrap_or(0.0)).sum()
 }
 
 #[test]

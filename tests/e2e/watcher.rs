@@ -104,7 +104,7 @@ fn tree_copied_by_cp_is_tracked_with_no_file_missed() {
         &agent,
         "CPTREE",
         "the manifest tracked",
-        Duration::from_secs(10),
+        crate::support::LONG,
         |d| d["local-files"].as_u64() == Some(expected.len() as u64 + 1),
     );
 }
@@ -124,7 +124,7 @@ fn pending_falls_to_zero_with_the_last_notification_and_rises_on_rewrite() {
         .lines()
         .map(str::to_owned)
         .collect();
-    let d = wait_status(&agent, "PEND", "all local", Duration::from_secs(10), |d| {
+    let d = wait_status(&agent, "PEND", "all local", crate::support::LONG, |d| {
         d["local-files"] == json!(lines.len())
     });
     assert_eq!(d["pending"], json!(lines.len()));
@@ -140,18 +140,20 @@ fn pending_falls_to_zero_with_the_last_notification_and_rises_on_rewrite() {
     let d = agent.status(Some("PEND"));
     assert_eq!(d["pending"], 0, "{d}");
     assert_eq!(d["pending-bytes"], 0);
-    env.wait_for_events("PEND", 1, Duration::from_secs(5));
+    env.wait_for_events("PEND", 1, crate::support::LONG);
 
     // Rewritten after its notification (later mtime, new size): pending again.
-    std::thread::sleep(Duration::from_millis(1100));
     std::fs::write(dir.join("a.bin"), "a longer new version").unwrap();
-    let d = wait_status(
-        &agent,
-        "PEND",
-        "rewrite seen",
-        Duration::from_secs(10),
-        |d| d["pending"] == 1,
-    );
+    // A later mtime than the notification's, whatever the clock did.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("a.bin"))
+        .and_then(|f| f.set_modified(later))
+        .unwrap();
+    let d = wait_status(&agent, "PEND", "rewrite seen", crate::support::LONG, |d| {
+        d["pending"] == 1
+    });
     assert_eq!(d["pending-bytes"], 20);
     let out = Command::new(BIN)
         .args(["status", "--url", &agent.base, "--pending", "PEND"])
@@ -173,13 +175,9 @@ fn pending_falls_to_zero_with_the_last_notification_and_rises_on_rewrite() {
 
     // Deleting files and directories is seen too.
     std::fs::remove_dir_all(dir.join("sub")).unwrap();
-    wait_status(
-        &agent,
-        "PEND",
-        "deletion seen",
-        Duration::from_secs(10),
-        |d| d["local-files"] == json!(lines.len() - 2),
-    );
+    wait_status(&agent, "PEND", "deletion seen", crate::support::LONG, |d| {
+        d["local-files"] == json!(lines.len() - 2)
+    });
 }
 
 /// The gateway's notification for a path as it is now on the share, with
@@ -264,12 +262,12 @@ fn odd_names_round_trip_through_vault_manifest_and_reconcile() {
         &agent,
         "ODD-names.1",
         "all tracked",
-        Duration::from_secs(10),
+        crate::support::LONG,
         |d| d["local-files"] == json!(lines.len()),
     );
     let events: Vec<Value> = lines.iter().map(|l| uploaded(&env, l)).collect();
     assert_eq!(agent.post(&json!(events).to_string()).0, 202);
-    let events = env.wait_for_events("ODD-names.1", 1, Duration::from_secs(5));
+    let events = env.wait_for_events("ODD-names.1", 1, crate::support::LONG);
     assert_eq!(
         events[0]["detail-type"],
         "File Upload Reconciliation Successful"
@@ -347,7 +345,7 @@ fn poll_mode_tracks_files_and_auto_seal_writes_the_manifest() {
     let start = Instant::now();
     while !manifest.exists() {
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < crate::support::LONG,
             "no auto-seal:\n{}",
             agent.logs()
         );
@@ -358,7 +356,7 @@ fn poll_mode_tracks_files_and_auto_seal_writes_the_manifest() {
         text,
         "POLL-vaultjob\nPOLL-vaultjob/x\nPOLL-vaultjob/POLL.manifest\nPOLL-vaultjob/two.bin\nPOLL-vaultjob/x/one.bin\n"
     );
-    wait_status(&agent, "POLL", "polled", Duration::from_secs(10), |d| {
+    wait_status(&agent, "POLL", "polled", crate::support::LONG, |d| {
         d["local-files"] == 5
     });
     assert!(agent.logs().contains("auto-sealed"));

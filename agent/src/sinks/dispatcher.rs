@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::Sink;
+use super::{Delivery, Retry, Sink, SinkError};
 use crate::backoff::Backoff;
 use crate::notification::time::now_ms;
 use crate::outbound::{Outbox, OutboxEvent, OutboxResult};
@@ -47,6 +47,7 @@ async fn run_with_lease(
     let lag_gauge = metrics::gauge!(telemetry::SINK_LAG, "sink" => name.clone());
     let delivered = metrics::counter!(telemetry::SINK_DELIVERED, "sink" => name.clone());
     let failures = metrics::counter!(telemetry::SINK_FAILURES, "sink" => name.clone());
+    let refused = metrics::counter!(telemetry::SINK_REFUSED, "sink" => name.clone());
     let mut hold = Hold {
         outbox: outbox.clone(),
         sink: name.clone(),
@@ -91,34 +92,35 @@ async fn run_with_lease(
             .filter(|e| sink.wants(&e.detail_type))
             .cloned()
             .collect();
-        if !wanted.is_empty() {
-            let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
-            let done = loop {
-                match attempt(sink.as_mut(), &wanted, &mut hold, &cancel).await {
-                    Attempt::Done => break true,
-                    Attempt::Failed(error) => {
-                        failures.increment(1);
-                        warn!(sink = %name, %error, attempt = backoff.attempts() + 1, "delivery failed; will retry");
-                        if !backoff.wait(&cancel).await {
-                            return;
-                        }
-                    }
-                    // Another agent may hold the sink now; it delivers these.
-                    Attempt::HoldLost => break false,
-                    Attempt::Cancelled => return,
-                }
+        let mut todo = wanted;
+        let count_wanted = todo.len();
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+        while !todo.is_empty() {
+            let results = match attempt(sink.as_mut(), &todo, &mut hold, &cancel).await {
+                Attempt::Delivered(results) => results,
+                // Another agent may hold the sink now; it delivers these.
+                Attempt::HoldLost => break,
+                Attempt::Cancelled => return,
             };
-            if !done {
-                continue;
+            let (again, error) = judge(&name, todo, results, &delivered, &refused);
+            todo = again;
+            if let Some(error) = error {
+                failures.increment(1);
+                warn!(sink = %name, %error, events = todo.len(), attempt = backoff.attempts() + 1, "delivery failed; will retry");
+                if !backoff.wait(&cancel).await {
+                    return;
+                }
             }
         }
-        delivered.increment(wanted.len() as u64);
+        if !todo.is_empty() {
+            continue;
+        }
         let sink_name = name.clone();
         let count = events.len();
         // Every event read is done, delivered or not wanted. If recording
         // fails, the batch is delivered again later: same event ids.
         read(&outbox, move |o| o.delivered(&sink_name, &events)).await;
-        debug!(sink = %name, delivered = wanted.len(), done = count, "events delivered");
+        debug!(sink = %name, wanted = count_wanted, done = count, "events delivered");
     }
 }
 
@@ -174,9 +176,50 @@ impl Hold {
     }
 }
 
+/// The dispatcher's one retry rule: of the events a sink was given, those
+/// that failed retryably are delivered again (returned, with the last such
+/// error); those it refused for good are reported and moved past. A sink
+/// that answered for fewer events than it was given is retried for the rest.
+fn judge(
+    sink: &str,
+    events: Vec<OutboxEvent>,
+    results: Delivery,
+    delivered: &metrics::Counter,
+    refused: &metrics::Counter,
+) -> (Vec<OutboxEvent>, Option<SinkError>) {
+    let mut again = Vec::new();
+    let mut last = None;
+    let mut results = results.into_iter();
+    for event in events {
+        match results.next() {
+            Some(Ok(())) => delivered.increment(1),
+            Some(Err(e)) if e.retry == Retry::Never => {
+                refused.increment(1);
+                error!(
+                    sink, event_id = %event.id, set_id = %event.set_id, error = %e,
+                    "EVENT NOT DELIVERED: the sink refused it for good; its payload stays in the outbox"
+                );
+            }
+            Some(Err(e)) => {
+                last = Some(e);
+                again.push(event);
+            }
+            None => {
+                last = Some(SinkError::new(
+                    sink,
+                    Retry::Later,
+                    "the sink did not say what became of every event",
+                ));
+                again.push(event);
+            }
+        }
+    }
+    (again, last)
+}
+
 enum Attempt {
-    Done,
-    Failed(String),
+    /// What became of each event.
+    Delivered(Delivery),
     /// The lease could not be kept: the attempt was dropped before it ran out.
     HoldLost,
     Cancelled,
@@ -211,12 +254,7 @@ async fn attempt(
             tokio::time::timeout_at(give_up_at.into(), hold.renew()).await
         };
         tokio::select! {
-            r = &mut delivery => {
-                return match r {
-                    Ok(()) => Attempt::Done,
-                    Err(e) => Attempt::Failed(e.to_string()),
-                };
-            }
+            results = &mut delivery => return Attempt::Delivered(results),
             renewed = renewal => {
                 if !matches!(renewed, Ok(Some(true))) {
                     hold.until = None;
@@ -275,7 +313,7 @@ mod tests {
                 }
                 let mut delivered = self.delivered.lock().unwrap();
                 delivered.extend(events.iter().map(|e| e.id.clone()));
-                Ok(())
+                super::super::retry::all(events.len(), Ok(()))
             })
         }
     }

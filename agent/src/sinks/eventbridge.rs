@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use super::{AwsConfig, Sink, SinkError, SinkSettings};
+use super::{AwsConfig, Retry, Sink, SinkError, SinkSettings};
 
 #[cfg(feature = "aws")]
 mod put_events;
@@ -69,10 +69,11 @@ impl SinkSettings for EventBridgeSettings {
     }
     fn open(&self, name: String, aws: Option<&AwsConfig>) -> Result<Box<dyn Sink>, SinkError> {
         let Some(aws) = aws else {
-            return Err(SinkError {
-                sink: name,
-                message: "AWS configuration not loaded".into(),
-            });
+            return Err(SinkError::new(
+                &name,
+                Retry::Never,
+                "AWS configuration not loaded",
+            ));
         };
         open_sink(self, name, aws)
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{DeliverFuture, Sink, SinkError, SinkSettings};
+use super::{DeliverFuture, Retry, Sink, SinkError, SinkSettings, retry};
 use crate::outbound::OutboxEvent;
 
 /// `[[sink]] kind = "file"`.
@@ -62,9 +62,9 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn open(name: String, path: &Path) -> Result<Self, SinkError> {
-        let fail = |message: String| SinkError {
-            sink: name.clone(),
-            message: format!("{}: {message}", path.display()),
+        let fail = |message: String| {
+            let message = format!("{}: {message}", path.display());
+            SinkError::new(&name, Retry::Never, message)
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -123,16 +123,17 @@ impl Sink for FileSink {
                 buf.push(b'\n');
             }
             if buf.is_empty() {
-                return Ok(());
+                return retry::all(events.len(), Ok(()));
             }
             let result = tokio::task::block_in_place(|| {
                 self.file.write_all(&buf)?;
                 self.file.sync_data()
             });
-            result.map_err(|e| SinkError {
-                sink: self.name.clone(),
-                message: format!("{}: {e}", self.path.display()),
-            })
+            let result = result.map_err(|e| {
+                let message = format!("{}: {e}", self.path.display());
+                SinkError::new(&self.name, Retry::Later, message)
+            });
+            retry::all(events.len(), result)
         })
     }
 }
@@ -158,9 +159,8 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c").unwrap();
         let mut sink = FileSink::open("file".into(), &path).unwrap();
-        sink.deliver(&[event("b"), event("c"), event("d")])
-            .await
-            .unwrap();
+        let results = sink.deliver(&[event("b"), event("c"), event("d")]).await;
+        assert!(results.iter().all(Result::is_ok));
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n"
@@ -173,7 +173,7 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"id\":").unwrap();
         let mut sink = FileSink::open("file".into(), &path).unwrap();
-        sink.deliver(&[event("x")]).await.unwrap();
+        assert!(sink.deliver(&[event("x")]).await[0].is_ok());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"x\"}\n");
     }
 }

@@ -6,6 +6,7 @@
 pub mod dispatcher;
 pub mod eventbridge;
 pub mod file;
+pub mod retry;
 pub mod stdout;
 pub mod webhook;
 
@@ -17,14 +18,29 @@ use serde::Deserialize;
 
 use crate::outbound::OutboxEvent;
 
-#[derive(Debug, thiserror::Error)]
+pub use retry::{Delivery, Retry};
+
+/// Why a sink did not deliver an event (or could not open), and whether
+/// trying again may help.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("sink {sink}: {message}")]
 pub struct SinkError {
     pub sink: String,
     pub message: String,
+    pub retry: Retry,
 }
 
-pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+impl SinkError {
+    pub fn new(sink: &str, retry: Retry, message: impl Into<String>) -> Self {
+        SinkError {
+            sink: sink.to_owned(),
+            message: message.into(),
+            retry,
+        }
+    }
+}
+
+pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Delivery> + Send + 'a>>;
 
 pub trait Sink: Send {
     fn name(&self) -> &str;
@@ -33,7 +49,9 @@ pub trait Sink: Send {
     fn wants(&self, detail_type: &str) -> bool {
         crate::outbound::is_decision(detail_type)
     }
-    /// Delivers events in order; `Ok` means all of them are safely out.
+    /// Delivers events in order, and says what became of each (`Ok`: it
+    /// is safely out). It never retries or gives up on its own: the
+    /// dispatcher decides, from each error's [`Retry`].
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a>;
 }
 

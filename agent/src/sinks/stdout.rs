@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde::Deserialize;
 
-use super::{DeliverFuture, Sink, SinkError, SinkSettings};
+use super::{DeliverFuture, Retry, Sink, SinkError, SinkSettings, retry};
 use crate::outbound::OutboxEvent;
 
 /// `[[sink]] kind = "stdout"` (the default when no sink is configured).
@@ -52,16 +52,12 @@ impl Sink for StdoutSink {
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a> {
         Box::pin(async move {
             let mut out = std::io::stdout().lock();
-            for event in events {
-                writeln!(out, "{}", event.payload).map_err(|e| SinkError {
-                    sink: self.name.clone(),
-                    message: e.to_string(),
-                })?;
-            }
-            out.flush().map_err(|e| SinkError {
-                sink: self.name.clone(),
-                message: e.to_string(),
-            })
+            let result = events
+                .iter()
+                .try_for_each(|event| writeln!(out, "{}", event.payload))
+                .and_then(|()| out.flush())
+                .map_err(|e| SinkError::new(&self.name, Retry::Later, e.to_string()));
+            retry::all(events.len(), result)
         })
     }
 }

@@ -1,14 +1,13 @@
 //! `[[sink]] kind = "webhook"`: POSTs each event's JSON envelope to a URL.
-//! 2xx is delivered; 5xx, 429 and network errors are retried (by the
-//! dispatcher, with backoff); other 4xx are reported loudly and skipped.
+//! 2xx is delivered; what any other answer means is [`Retry::http`]'s call
+//! (5xx, 408, 429 and network errors are retried, other 4xx refuse the
+//! event), and the dispatcher acts on it.
 
 use std::time::Duration;
 
-use tracing::error;
-
 use serde::Deserialize;
 
-use super::{DeliverFuture, Sink, SinkError, SinkSettings, is_http_url};
+use super::{DeliverFuture, Retry, Sink, SinkError, SinkSettings, is_http_url, retry};
 use crate::outbound::OutboxEvent;
 
 /// `[[sink]] kind = "webhook"`.
@@ -68,10 +67,7 @@ impl WebhookSink {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| SinkError {
-                sink: name.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| SinkError::new(&name, Retry::Never, e.to_string()))?;
         Ok(WebhookSink {
             name,
             url,
@@ -88,11 +84,7 @@ impl Sink for WebhookSink {
 
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a> {
         Box::pin(async move {
-            let fail = |message: String| SinkError {
-                sink: self.name.clone(),
-                message,
-            };
-            for event in events {
+            for (at, event) in events.iter().enumerate() {
                 let mut request = self
                     .client
                     .post(&self.url)
@@ -102,20 +94,22 @@ impl Sink for WebhookSink {
                 if let Some(token) = &self.bearer_token {
                     request = request.header("authorization", format!("Bearer {token}"));
                 }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| fail(format!("POST {}: {e}", self.url)))?;
-                let status = response.status();
-                if status.is_success() {
-                    continue;
-                }
-                if status.is_server_error() || status.as_u16() == 429 {
-                    return Err(fail(format!("POST {} answered {status}", self.url)));
-                }
-                error!(sink = %self.name, event_id = %event.id, %status, "EVENT NOT DELIVERED: the webhook refused it");
+                let error = match request.send().await {
+                    Ok(response) if response.status().is_success() => continue,
+                    Ok(response) => {
+                        let status = response.status();
+                        let message = format!("POST {} answered {status}", self.url);
+                        SinkError::new(&self.name, Retry::http(status.as_u16()), message)
+                    }
+                    Err(e) => {
+                        let message = format!("POST {}: {e}", self.url);
+                        SinkError::new(&self.name, Retry::Later, message)
+                    }
+                };
+                // In order: the events after a failed one wait for it.
+                return retry::stopped_at(events.len(), at, error);
             }
-            Ok(())
+            retry::all(events.len(), Ok(()))
         })
     }
 }

@@ -1,19 +1,15 @@
 //! The EventBridge sink itself: PutEvents in batches within the service
-//! limits, retrying only the entries that failed retryably.
-
-use std::time::Duration;
+//! limits, saying of each entry whether it failed retryably
+//! ([`Retry::eventbridge`]); the dispatcher retries only those.
 
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use serde_json::Value;
-use tracing::{error, warn};
 
-use super::super::{DeliverFuture, Sink, SinkError};
-use crate::backoff::Backoff;
+use super::super::{DeliverFuture, Delivery, Retry, Sink, SinkError};
 use crate::outbound::{OutboxEvent, SUCCESSFUL, TIMEOUT};
 
 const MAX_ENTRIES: usize = 10;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct EventBridgeSink {
     name: String,
@@ -40,76 +36,53 @@ impl EventBridgeSink {
         }
     }
 
-    fn error(&self, message: String) -> SinkError {
-        SinkError {
-            sink: self.name.clone(),
-            message,
-        }
+    fn error(&self, retry: Retry, message: String) -> SinkError {
+        SinkError::new(&self.name, retry, message)
     }
 
-    /// Sends one batch, retrying only the entries that failed retryably.
-    async fn put(
-        &self,
-        mut entries: Vec<(String, PutEventsRequestEntry)>,
-    ) -> Result<(), SinkError> {
-        // Only failed entries are sent again (the SDK retries whole failed
-        // requests itself). No limit: the dispatcher drops this on shutdown.
-        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
-        loop {
-            let request: Vec<PutEventsRequestEntry> =
-                entries.iter().map(|(_, e)| e.clone()).collect();
-            let out = self
-                .client
-                .put_events()
-                .set_entries(Some(request))
-                .send()
-                .await
-                .map_err(|e| {
-                    self.error(format!(
-                        "PutEvents: {}",
-                        crate::logging::clean_external(
-                            &aws_sdk_eventbridge::error::DisplayErrorContext(&e).to_string()
-                        )
-                    ))
-                })?;
-            if out.failed_entry_count() == 0 {
-                return Ok(());
+    /// One PutEvents request: what became of each of its entries.
+    async fn put(&self, entries: Vec<PutEventsRequestEntry>) -> Delivery {
+        let count = entries.len();
+        let out = match self
+            .client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let message = crate::logging::clean_external(
+                    &aws_sdk_eventbridge::error::DisplayErrorContext(&e).to_string(),
+                );
+                let error = self.error(Retry::Later, format!("PutEvents: {message}"));
+                return super::super::retry::all(count, Err(error));
             }
-            let mut retry = Vec::new();
-            for ((id, entry), result) in entries.into_iter().zip(out.entries()) {
-                let Some(code) = result.error_code() else {
-                    continue;
-                };
-                let message = result.error_message().unwrap_or_default();
-                if retryable(code) {
-                    warn!(sink = %self.name, event_id = %id, code, message, "PutEvents entry failed; retrying it");
-                    retry.push((id, entry));
-                } else {
-                    error!(
-                        sink = %self.name, event_id = %id, code, message,
-                        "EVENT NOT DELIVERED: EventBridge refused it permanently; its payload is in the outbox"
-                    );
+        };
+        let mut results: Delivery = out
+            .entries()
+            .iter()
+            .map(|entry| match entry.error_code() {
+                None => Ok(()),
+                Some(code) => {
+                    let message = crate::logging::clean_external(&format!(
+                        "PutEvents entry: {code}: {}",
+                        entry.error_message().unwrap_or_default()
+                    ));
+                    Err(self.error(Retry::eventbridge(code), message))
                 }
-            }
-            if retry.is_empty() {
-                return Ok(());
-            }
-            entries = retry;
-            if let Some(delay) = backoff.next_delay() {
-                tokio::time::sleep(delay).await;
-            }
+            })
+            .collect();
+        // An answer with fewer entries than asked says nothing of the rest.
+        while results.len() < count {
+            let message = "PutEvents answered for fewer entries than it was sent".into();
+            results.push(Err(self.error(Retry::Later, message)));
         }
+        results.truncate(count);
+        results
     }
 }
 
-fn retryable(code: &str) -> bool {
-    matches!(
-        code,
-        "ThrottlingException" | "InternalFailure" | "InternalException" | "ServiceUnavailable"
-    )
-}
-
-/// An entry's size as EventBridge counts it toward the request limit.
 fn entry_size(e: &PutEventsRequestEntry) -> usize {
     14 + e.source().map_or(0, str::len)
         + e.detail_type().map_or(0, str::len)
@@ -128,12 +101,22 @@ impl Sink for EventBridgeSink {
 
     fn deliver<'a>(&'a mut self, events: &'a [OutboxEvent]) -> DeliverFuture<'a> {
         Box::pin(async move {
-            let mut batch: Vec<(String, PutEventsRequestEntry)> = Vec::new();
+            let mut results = Delivery::with_capacity(events.len());
+            // The entries of the request being built, and where their
+            // results go in `results`.
+            let mut batch: Vec<(usize, PutEventsRequestEntry)> = Vec::new();
             let mut bytes = 0;
             for event in events {
-                let envelope: Value = serde_json::from_str(&event.payload).map_err(|e| {
-                    self.error(format!("event {} in the outbox is not JSON: {e}", event.id))
-                })?;
+                results.push(Ok(()));
+                let envelope: Value = match serde_json::from_str(&event.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let message = format!("event {} in the outbox is not JSON: {e}", event.id);
+                        *results.last_mut().expect("pushed above") =
+                            Err(self.error(Retry::Never, message));
+                        continue;
+                    }
+                };
                 let entry = PutEventsRequestEntry::builder()
                     .event_bus_name(&self.bus)
                     .source(envelope["source"].as_str().unwrap_or_default())
@@ -144,16 +127,26 @@ impl Sink for EventBridgeSink {
                 if !batch.is_empty()
                     && (batch.len() == MAX_ENTRIES || bytes + size > self.max_request_bytes)
                 {
-                    self.put(std::mem::take(&mut batch)).await?;
+                    self.put_batch(std::mem::take(&mut batch), &mut results)
+                        .await;
                     bytes = 0;
                 }
                 bytes += size;
-                batch.push((event.id.clone(), entry));
+                batch.push((results.len() - 1, entry));
             }
             if !batch.is_empty() {
-                self.put(batch).await?;
+                self.put_batch(batch, &mut results).await;
             }
-            Ok(())
+            results
         })
+    }
+}
+
+impl EventBridgeSink {
+    async fn put_batch(&self, batch: Vec<(usize, PutEventsRequestEntry)>, results: &mut Delivery) {
+        let (at, entries): (Vec<usize>, Vec<PutEventsRequestEntry>) = batch.into_iter().unzip();
+        for (i, result) in at.into_iter().zip(self.put(entries).await) {
+            results[i] = result;
+        }
     }
 }
