@@ -13,8 +13,10 @@
 #[doc(hidden)]
 pub mod item;
 mod outbox;
+mod plan;
 mod table;
 mod tx;
+mod update;
 
 pub use outbox::DynamoReader;
 pub use table::Table;
