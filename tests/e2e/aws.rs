@@ -483,8 +483,8 @@ fn put_events_partial_failures_and_throttling_lose_nothing() {
     );
     let logs = agent.logs();
     assert!(
-        logs.contains("PutEvents entry failed; retrying it"),
-        "failures were injected and retried"
+        logs.contains("delivery failed; will retry") && logs.contains("ThrottlingException"),
+        "failures were injected and retried: {logs}"
     );
 }
 
@@ -533,7 +533,10 @@ fn sigterm_exits_promptly_while_put_events_is_throttled_forever_and_the_event_wa
     crate::support::wait_until(
         "the throttled PutEvents to be retried",
         Duration::from_secs(60),
-        || agent.logs().contains("PutEvents entry failed; retrying it"),
+        || {
+            let logs = agent.logs();
+            logs.contains("delivery failed; will retry") && logs.contains("ThrottlingException")
+        },
     );
     agent.stop();
     let logs = agent.logs();
