@@ -120,6 +120,10 @@ struct SealArgs {
     /// Write the manifest even if one exists.
     #[arg(long)]
     force: bool,
+    /// Skip the checksums (`<share>/.vault-agent/checksums/<SET-ID>.jsonl`):
+    /// the agent then computes each file's when it verifies its content.
+    #[arg(long)]
+    no_checksums: bool,
     /// Take the suffixes from this config.
     #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -389,6 +393,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
     let options = vault_agent::share::seal::SealOptions {
         wait_for_writers: args.wait,
         force: args.force,
+        checksums: (!args.no_checksums).then(Default::default),
     };
     let r = vault_agent::share::seal::seal(&args.dir, &c, &options)?;
     println!(
@@ -399,6 +404,14 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         r.files,
         r.manifest.display()
     );
+    if let Some((path, read)) = &r.checksums {
+        println!(
+            "checksums (CRC64NVME) of {} files in {} ({} read)",
+            r.files,
+            path.display(),
+            bytesize::ByteSize(*read)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

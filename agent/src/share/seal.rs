@@ -12,6 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::checksum::{self, Algorithm, Stamp};
+use super::checksum_file::{ChecksumFileError, Checksums, FileChecksum};
 use crate::notification::Classifier;
 
 /// Where temporary manifests are written, at the share root.
@@ -31,6 +33,8 @@ pub enum SealError {
     NotUtf8 { path: String },
     #[error("files are still open for writing: {}", list(.paths))]
     StillWriting { paths: Vec<String> },
+    #[error("checksums: {0}")]
+    Checksums(#[from] ChecksumFileError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -59,6 +63,11 @@ pub struct SealOptions {
     pub wait_for_writers: Duration,
     /// Write the manifest even if one exists.
     pub force: bool,
+    /// Write the dataset's checksum file (`checksum_file`), the manifest's
+    /// own included: the CRC64NVME of every file, reading each file once
+    /// unless it is here already, of its current version (as `vault`
+    /// hands over what it computed while copying). None: no checksums.
+    pub checksums: Option<Checksums>,
 }
 
 #[derive(Debug)]
@@ -68,6 +77,8 @@ pub struct SealReport {
     pub lines: usize,
     pub directories: usize,
     pub files: usize,
+    /// The checksum file written, and the bytes read to compute it.
+    pub checksums: Option<(PathBuf, u64)>,
 }
 
 /// Seals the dataset directory `dir` (which sits directly in the share).
@@ -135,7 +146,12 @@ pub fn seal(
             files.push(text.to_owned());
         }
     }
-    files.push(format!("{name}/{manifest_name}"));
+    let mut sums = match &options.checksums {
+        Some(known) => Some(checksum_files(share, &files, known)?),
+        None => None,
+    };
+    let manifest_line = format!("{name}/{manifest_name}");
+    files.push(manifest_line.clone());
     dirs.sort();
     files.sort();
     let mut text = String::with_capacity((dirs.len() + files.len()) * 64);
@@ -143,14 +159,78 @@ pub fn seal(
         text.push_str(line);
         text.push('\n');
     }
-    write_atomically(share, &manifest, &set_id, text.as_bytes())?;
+    let mut checksums = None;
+    write_atomically(share, &manifest, &set_id, text.as_bytes(), |temp| {
+        // The manifest's own checksum, of the file that is renamed into
+        // place, and the checksum file before the manifest appears: an
+        // agent seeing the manifest finds every checksum.
+        if let Some((sums, read)) = sums.as_mut() {
+            let meta = std::fs::metadata(temp).map_err(io(temp))?;
+            let crc = checksum::of_bytes(Algorithm::Crc64Nvme, text.as_bytes());
+            sums.insert(FileChecksum::new(manifest_line, Stamp::of(&meta), crc));
+            checksums = Some((sums.write(share, &set_id)?, *read));
+        }
+        Ok(())
+    })?;
     Ok(SealReport {
         manifest,
         set_id,
         lines: dirs.len() + files.len(),
         directories: dirs.len(),
         files: files.len(),
+        checksums,
     })
+}
+
+/// The CRC64NVME of every file (paths relative to the share): what `known`
+/// has of a file's current version, else read from the file once, with
+/// progress. Returns them and the bytes read.
+fn checksum_files(
+    share: &Path,
+    files: &[String],
+    known: &Checksums,
+) -> Result<(Checksums, u64), SealError> {
+    let mut sums = Checksums::default();
+    let mut todo = Vec::new();
+    for file in files {
+        let path = share.join(file);
+        let (_, meta) = checksum::open_regular(&path).map_err(io(&path))?;
+        let stamp = Stamp::of(&meta);
+        match known.fresh(file, stamp) {
+            Some(crc) => sums.insert(FileChecksum::new(file.clone(), stamp, crc.to_owned())),
+            None => todo.push((file, stamp.size)),
+        }
+    }
+    let total: u64 = todo.iter().map(|(_, size)| size).sum();
+    let progress = indicatif::ProgressBar::new(total);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} checksums [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut last_line = Instant::now();
+    let mut read = 0u64;
+    for (file, _) in todo {
+        let path = share.join(file);
+        let (stamp, crc) = checksum::of_file(&path, Algorithm::Crc64Nvme, |n| {
+            progress.inc(n);
+            read += n;
+            // Plain lines when stderr is not a terminal.
+            if progress.is_hidden() && last_line.elapsed() >= Duration::from_secs(2) {
+                last_line = Instant::now();
+                eprintln!(
+                    "checksums: {} of {}",
+                    bytesize::ByteSize(read),
+                    bytesize::ByteSize(total)
+                );
+            }
+        })
+        .map_err(io(&path))?;
+        sums.insert(FileChecksum::new(file.clone(), stamp, crc));
+    }
+    progress.finish_and_clear();
+    Ok((sums, read))
 }
 
 fn wait_for_writers(dir: &Path, wait: Duration) -> Result<(), SealError> {
@@ -185,12 +265,14 @@ fn wait_for_writers(dir: &Path, wait: Duration) -> Result<(), SealError> {
     }
 }
 
-/// temp file (outside the dataset) -> fsync -> rename -> fsync the directory.
+/// temp file (outside the dataset) -> fsync -> `before_rename` -> rename
+/// -> fsync the directory.
 fn write_atomically(
     share: &Path,
     target: &Path,
     set_id: &str,
     bytes: &[u8],
+    before_rename: impl FnOnce(&Path) -> Result<(), SealError>,
 ) -> Result<(), SealError> {
     let temp_dir = share.join(TEMP_DIR);
     std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
@@ -205,6 +287,7 @@ fn write_atomically(
         file.write_all(bytes).map_err(io(&temp))?;
         file.sync_all().map_err(io(&temp))?;
         drop(file);
+        before_rename(&temp)?;
         std::fs::rename(&temp, target).map_err(io(target))?;
         if let Some(parent) = target.parent() {
             std::fs::File::open(parent)
@@ -231,6 +314,7 @@ mod tests {
         SealOptions {
             wait_for_writers: Duration::ZERO,
             force: false,
+            checksums: None,
         }
     }
 
@@ -270,6 +354,59 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn checksums_cover_every_file_reuse_what_is_current_and_include_the_manifest() {
+        let share = tempfile::tempdir().unwrap();
+        let dir = share.path().join("C-vaultjob");
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        std::fs::write(dir.join("d/a.bin"), "aaaa").unwrap();
+        std::fs::write(dir.join("b.bin"), "bb").unwrap();
+        // What a copy computed for b.bin as it is now is taken as is (a
+        // wrong value proves it was not read again); a.bin's is stale.
+        let stamp = |p: &str| Stamp::of(&std::fs::metadata(dir.join(p)).unwrap());
+        let mut known = Checksums::default();
+        known.insert(FileChecksum::new(
+            "C-vaultjob/b.bin".into(),
+            stamp("b.bin"),
+            "from-a-copy=".into(),
+        ));
+        let old = Stamp {
+            size: 4,
+            mtime_ns: 1,
+        };
+        known.insert(FileChecksum::new(
+            "C-vaultjob/d/a.bin".into(),
+            old,
+            "stale-value=".into(),
+        ));
+        let report = seal(
+            &dir,
+            &classifier(),
+            &SealOptions {
+                checksums: Some(known),
+                ..options()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            report.checksums.as_ref().unwrap().1,
+            4,
+            "only a.bin was read"
+        );
+        let sums = Checksums::read(share.path(), "C").unwrap();
+        assert_eq!(sums.by_path.len(), 3);
+        assert_eq!(sums.by_path["C-vaultjob/b.bin"].crc64nvme, "from-a-copy=");
+        assert_eq!(
+            sums.by_path["C-vaultjob/d/a.bin"].crc64nvme,
+            checksum::of_bytes(Algorithm::Crc64Nvme, b"aaaa")
+        );
+        let manifest = std::fs::read(dir.join("C.manifest")).unwrap();
+        assert_eq!(
+            sums.fresh("C-vaultjob/C.manifest", stamp("C.manifest")),
+            Some(checksum::of_bytes(Algorithm::Crc64Nvme, &manifest).as_str())
+        );
     }
 
     #[test]

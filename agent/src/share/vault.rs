@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
+use super::checksum::{self, Stamp};
+use super::checksum_file::{Checksums, FileChecksum};
 use super::seal::{self, SealOptions};
 use crate::notification::Classifier;
 
@@ -178,6 +180,9 @@ pub fn vault(
     let done_bytes = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<VaultError>> = Mutex::new(None);
+    // The CRC64NVME of each file, computed from the bytes as they are copied.
+    let checksums: Mutex<Checksums> = Mutex::default();
+    let dataset_dir = classifier.dataset_dir(&set_id);
     let total_files = plan.files.len();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
@@ -188,9 +193,14 @@ pub fn vault(
                         return;
                     };
                     let (from, to) = (source.join(rel), dest.join(rel));
-                    match copy_file(&from, &to) {
-                        Ok(n) => {
-                            progress.inc(n);
+                    match copy_file(&from, &to, |n| progress.inc(n)) {
+                        Ok((n, stamp, crc)) => {
+                            let path = format!("{dataset_dir}/{}", rel.display());
+                            let line = FileChecksum::new(path, stamp, crc);
+                            checksums
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(line);
                             done_bytes.fetch_add(n, Ordering::Relaxed);
                             let files = done_files.fetch_add(1, Ordering::Relaxed) + 1;
                             progress.set_message(format!("{files}/{total_files} files"));
@@ -241,6 +251,7 @@ pub fn vault(
         &SealOptions {
             wait_for_writers: Duration::from_secs(30),
             force: false,
+            checksums: Some(checksums.into_inner().unwrap_or_else(|p| p.into_inner())),
         },
     )?;
     Ok(VaultReport {
@@ -268,18 +279,24 @@ fn copy_error(path: &Path, dest: &str, source: std::io::Error) -> VaultError {
     }
 }
 
-/// Copies content (copy_file_range where the kernel can) and permissions,
-/// then the modification and access times.
-fn copy_file(from: &Path, to: &Path) -> std::io::Result<u64> {
-    let n = std::fs::copy(from, to)?;
+/// Copies content (its CRC64NVME computed on the way: the bytes pass
+/// through once), permissions, then the modification and access times.
+/// Returns the bytes copied, the copy's size and mtime, and the checksum.
+fn copy_file(
+    from: &Path,
+    to: &Path,
+    progress: impl FnMut(u64),
+) -> std::io::Result<(u64, Stamp, String)> {
+    let (n, crc) = checksum::copy_with_crc64nvme(from, to, progress)?;
     let meta = std::fs::metadata(from)?;
+    std::fs::set_permissions(to, meta.permissions())?;
     let file = std::fs::OpenOptions::new().write(true).open(to)?;
     file.set_times(
         FileTimes::new()
             .set_modified(meta.modified()?)
             .set_accessed(meta.accessed()?),
     )?;
-    Ok(n)
+    Ok((n, Stamp::of(&file.metadata()?), crc))
 }
 
 fn copy_dir_meta(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -345,6 +362,18 @@ mod tests {
         assert_eq!(
             manifest,
             "SET1-vaultjob\nSET1-vaultjob/a\nSET1-vaultjob/a/b\nSET1-vaultjob/SET1.manifest\nSET1-vaultjob/a/b/f.bin\nSET1-vaultjob/top file\n"
+        );
+        // Every file's CRC64NVME, computed while copying, the manifest's too.
+        let sums = Checksums::read(share.path(), "SET1").unwrap();
+        assert_eq!(sums.by_path.len(), 3);
+        assert_eq!(
+            sums.by_path["SET1-vaultjob/a/b/f.bin"].crc64nvme,
+            checksum::of_bytes(checksum::Algorithm::Crc64Nvme, &[7u8; 100_000])
+        );
+        let stamp = Stamp::of(&std::fs::metadata(dest.join("SET1.manifest")).unwrap());
+        assert_eq!(
+            sums.fresh("SET1-vaultjob/SET1.manifest", stamp),
+            Some(checksum::of_bytes(checksum::Algorithm::Crc64Nvme, manifest.as_bytes()).as_str())
         );
         // The same set-id again is refused; so are a missing source and share.
         let e = vault(src.path(), share.path(), Some("SET1"), 4, &c)

@@ -355,9 +355,12 @@ impl State {
             .collect();
         for dir in quiet {
             self.last_change.remove(&dir);
+            // No checksums here: reading every file would hold the watcher;
+            // the agent computes each one when it verifies its content.
             let options = crate::share::seal::SealOptions {
                 wait_for_writers: Duration::ZERO,
                 force: false,
+                checksums: None,
             };
             match crate::share::seal::seal(&dir, &self.settings.classifier, &options) {
                 Ok(report) => {
