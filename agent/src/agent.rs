@@ -112,6 +112,7 @@ impl Agent {
             manifest_read_timeout: config.share.manifest_read_timeout.0,
             health: health.clone(),
             verify: verify_settings(config, aws.as_ref()),
+            content: content_settings(config, aws.as_ref()),
         };
         let (outbox_tx, outbox_rx) = watch::channel(0);
         let (engine, handle) = Engine::new(store, policy, settings, outbox_tx);
@@ -239,6 +240,50 @@ async fn load_aws(config: &Config) -> Option<AwsConfig> {
     // Refused by the preflight check.
     #[cfg(not(feature = "aws"))]
     None
+}
+
+/// `[reconcile] verify_content` as the engine needs it (None: off for every
+/// set-id). It is on only where the config uses AWS, so `aws` is loaded.
+fn content_settings(
+    config: &Config,
+    aws: Option<&AwsConfig>,
+) -> Option<crate::reconcile::content::ContentSettings> {
+    use crate::config::ContentMode;
+    let default = config.content_mode();
+    let routes: Vec<(glob::Pattern, ContentMode)> = config
+        .reconcile
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let mode = r.verify_content?;
+            Some((glob::Pattern::new(r.set_ids.get_ref()).ok()?, mode))
+        })
+        .collect();
+    if default == ContentMode::Off && routes.iter().all(|(_, m)| *m == ContentMode::Off) {
+        return None;
+    }
+    #[cfg(feature = "aws")]
+    {
+        let r = &config.reconcile;
+        let heads = crate::sources::s3_objects::S3Heads::from_sdk(
+            aws?,
+            r.verify_content_requests_per_second.get(),
+        );
+        info!(mode = ?default, routes = routes.len(), "uploads' bytes are checked against S3's checksums");
+        Some(crate::reconcile::content::ContentSettings {
+            heads: std::sync::Arc::new(heads),
+            default,
+            routes,
+            share: config.share.path.clone(),
+            give_up_after: r.wait.0.max(std::time::Duration::from_secs(60)),
+        })
+    }
+    // Refused by the preflight check.
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = aws;
+        None
+    }
 }
 
 /// `[reconcile] verify` as the engine needs it (None: off). It is on only

@@ -30,6 +30,10 @@ pub const PLUGIN_CALL_SECONDS: &str = "vault_agent_plugin_call_duration_seconds"
 pub const SINK_DELIVERED: &str = "vault_agent_sink_delivered_total";
 pub const SINK_FAILURES: &str = "vault_agent_sink_failures_total";
 pub const SINK_REFUSED: &str = "vault_agent_sink_refused_total";
+pub const S3_HEAD_REQUESTS: &str = "vault_agent_s3_head_requests_total";
+pub const S3_HEAD_FAILURES: &str = "vault_agent_s3_head_failures_total";
+pub const CONTENT_FILES: &str = "vault_agent_content_checks_total";
+pub const CONTENT_VERIFIED_BYTES: &str = "vault_agent_content_verified_bytes_total";
 pub const SINK_LAG: &str = "vault_agent_sink_lag_seconds";
 pub const SQS_RECEIVED: &str = "vault_agent_sqs_messages_received_total";
 pub const SQS_DELETED: &str = "vault_agent_sqs_messages_deleted_total";
@@ -145,6 +149,16 @@ fn describe() {
     );
     describe_counter!(SINK_DELIVERED, "Events delivered, by sink");
     describe_counter!(SINK_FAILURES, "Failed delivery attempts, by sink");
+    describe_counter!(S3_HEAD_REQUESTS, "S3 HeadObject requests (content checks)");
+    describe_counter!(S3_HEAD_FAILURES, "S3 HeadObject requests that failed");
+    describe_counter!(
+        CONTENT_FILES,
+        "Uploads whose S3 checksum was compared with their file's, by outcome (verified, mismatch, unverifiable)"
+    );
+    describe_counter!(
+        CONTENT_VERIFIED_BYTES,
+        "Bytes of uploads proven equal to their files on the share"
+    );
     describe_counter!(
         SINK_REFUSED,
         "Events a sink refused for good (not delivered; they stay in the outbox), by sink"

@@ -141,6 +141,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<bool> {
     let reader = store.reader();
     let settings = EngineSettings {
         verify: None,
+        content: None,
         share_path: share,
         classifier: classifier.clone(),
         deadline: Duration::from_secs(24 * 3600),

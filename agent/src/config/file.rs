@@ -134,6 +134,26 @@ pub struct ReconcileSection {
     pub verify_after: HumanDuration,
     /// Most S3 listing requests per second, over all datasets.
     pub verify_requests_per_second: NonZeroU32,
+    /// Prove uploads' bytes: compare S3's checksum of each object with the
+    /// file's on the share. `off`, `report` (outcomes recorded and shown;
+    /// decisions as without) or `required` (`Successful` only once every
+    /// file of the manifest is verified). Absent: `report` when the agent
+    /// uses AWS, else `off`.
+    pub verify_content: Option<ContentMode>,
+    /// Most `HeadObject` requests per second for content checks.
+    pub verify_content_requests_per_second: NonZeroU32,
+}
+
+/// Whether uploads' bytes are proven (see `[reconcile] verify_content`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentMode {
+    /// No checks.
+    Off,
+    /// Checked and reported; decisions as without.
+    Report,
+    /// `Successful` only once every file of the manifest is verified.
+    Required,
 }
 
 /// When the agent lists a dataset's S3 prefix (see `[reconcile] verify`).
@@ -155,6 +175,9 @@ pub struct RouteConfig {
     pub policy: Spanned<String>,
     #[serde(default)]
     pub policy_config: PolicySettings,
+    /// This route's `verify_content` (absent: `[reconcile] verify_content`).
+    #[serde(default)]
+    pub verify_content: Option<ContentMode>,
 }
 
 impl ReconcileSection {
@@ -182,6 +205,8 @@ impl Default for ReconcileSection {
             verify_every: HumanDuration(Duration::from_secs(600)),
             verify_after: HumanDuration(Duration::from_secs(3600)),
             verify_requests_per_second: NonZeroU32::new(20).expect("20 is not zero"),
+            verify_content: None,
+            verify_content_requests_per_second: NonZeroU32::new(100).expect("100 is not zero"),
         }
     }
 }
@@ -218,7 +243,31 @@ impl Config {
         ) {
             users.push("[reconcile] verify".to_owned());
         }
+        let routed = self
+            .reconcile
+            .routes
+            .iter()
+            .filter_map(|r| r.verify_content);
+        if self
+            .reconcile
+            .verify_content
+            .into_iter()
+            .chain(routed)
+            .any(|m| m != ContentMode::Off)
+        {
+            users.push("[reconcile] verify_content".to_owned());
+        }
         users
+    }
+
+    /// `[reconcile] verify_content` as it applies: when absent, `report` for
+    /// an agent that uses AWS anyway, `off` for one that does not.
+    pub fn content_mode(&self) -> ContentMode {
+        match self.reconcile.verify_content {
+            Some(mode) => mode,
+            None if cfg!(feature = "aws") && !self.aws_users().is_empty() => ContentMode::Report,
+            None => ContentMode::Off,
+        }
     }
 
     /// `[reconcile] verify` as it applies: when absent, `before-timeout`

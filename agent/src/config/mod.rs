@@ -8,8 +8,9 @@ pub mod policy_name;
 mod values;
 
 pub use file::{
-    AgentSection, AwsSection, Config, HttpSection, ReconcileSection, RouteConfig, ShareSection,
-    SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, VerifyMode, WatchKind,
+    AgentSection, AwsSection, Config, ContentMode, HttpSection, ReconcileSection, RouteConfig,
+    ShareSection, SinkConfig, SourceConfig, StoreBackend, StoreSection, SyncMode, VerifyMode,
+    WatchKind,
 };
 pub use load::{ConfigError, load, parse};
 pub use values::{ApiKey, ByteCount, HumanDuration, PolicySettings, Suffix};

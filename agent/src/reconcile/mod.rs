@@ -3,6 +3,7 @@
 //! [`policy`] for a decision; [`manifest`] reads the manifest from the share;
 //! [`listing`] cross-checks a dataset against its S3 listing.
 
+pub mod content;
 pub mod engine;
 pub mod listing;
 pub mod manifest;

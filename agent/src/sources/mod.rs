@@ -6,4 +6,6 @@ pub mod http;
 #[cfg(feature = "aws")]
 pub mod s3_listing;
 #[cfg(feature = "aws")]
+pub mod s3_objects;
+#[cfg(feature = "aws")]
 pub mod sqs;

@@ -131,20 +131,20 @@ impl crate::reconcile::listing::PrefixLister for S3Lister {
 }
 
 /// Spaces requests at least `1/rate` apart (a token bucket of one).
-struct Pace {
+pub(crate) struct Pace {
     every: Duration,
     next: Mutex<Instant>,
 }
 
 impl Pace {
-    fn new(rate: u32) -> Pace {
+    pub(crate) fn new(rate: u32) -> Pace {
         Pace {
             every: Duration::from_secs(1) / rate.max(1),
             next: Mutex::new(Instant::now()),
         }
     }
 
-    async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let at = {
             let mut next = self.next.lock().await;
             let at = (*next).max(Instant::now());

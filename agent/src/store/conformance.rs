@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Committed, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, Outbox,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, Store, StoreError, StoreReader, UploadOrigin,
-    UploadRecord, Verdict,
+    Committed, ContentCheck, ContentOutcome, DatasetRecord, DatasetState, EntryRecord, LocalFile,
+    ManifestRef, Outbox, OutboxEvent, POLICY_STATE_BYTES, PolicyState, Store, StoreError,
+    StoreReader, UploadOrigin, UploadRecord, Verdict,
 };
 
 /// One backend, opened: what an agent gets from it.
@@ -137,6 +137,11 @@ fn entry(set_id: &str, name: &str, verdict: Verdict) -> EntryRecord {
             mtime: 5,
             is_dir: false,
             seen_ms: 100,
+        }),
+        content: Some(ContentCheck {
+            upload_time: 1_619_863_200,
+            outcome: ContentOutcome::Verified,
+            detail: "CRC64NVME AAAAAAAAAAA=".into(),
         }),
         key,
         set_id: set_id.into(),

@@ -23,8 +23,9 @@ pub mod sqlite;
 pub mod state_lock;
 
 pub use model::{
-    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadOrigin, UploadRecord, Verdict,
+    CONTENT_DETAIL_BYTES, ContentCheck, ContentOutcome, Counts, DatasetDetail, DatasetRecord,
+    DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent, POLICY_STATE_BYTES,
+    PolicyState, UploadOrigin, UploadRecord, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]

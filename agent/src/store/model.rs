@@ -71,11 +71,23 @@ pub struct Counts {
     /// the local size since the last local change).
     pub pending: u64,
     pub pending_bytes: u64,
+    /// Manifest entries whose upload's bytes are proven: S3's checksum of
+    /// the object equals the file's on the share (a directory counts by its
+    /// upload).
+    pub verified: u64,
+    pub verified_bytes: u64,
+    /// Manifest entries whose S3 checksum differs from the file's.
+    pub content_mismatch: u64,
+    /// Manifest entries whose object has no usable checksum.
+    pub unverifiable: u64,
 }
 
 impl Counts {
+    /// How many counters there are.
+    pub const LEN: usize = 14;
+
     /// The counters' names, in the order of [`Counts::values`].
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; Counts::LEN] = [
         "received",
         "matched",
         "mismatched",
@@ -86,9 +98,13 @@ impl Counts {
         "localBytes",
         "pending",
         "pendingBytes",
+        "verified",
+        "verifiedBytes",
+        "contentMismatch",
+        "unverifiable",
     ];
 
-    pub fn values(&self) -> [u64; 10] {
+    pub fn values(&self) -> [u64; Counts::LEN] {
         [
             self.received,
             self.matched,
@@ -100,10 +116,14 @@ impl Counts {
             self.local_bytes,
             self.pending,
             self.pending_bytes,
+            self.verified,
+            self.verified_bytes,
+            self.content_mismatch,
+            self.unverifiable,
         ]
     }
 
-    pub fn from_values(v: [u64; 10]) -> Counts {
+    pub fn from_values(v: [u64; Counts::LEN]) -> Counts {
         Counts {
             received: v[0],
             matched: v[1],
@@ -115,22 +135,18 @@ impl Counts {
             local_bytes: v[7],
             pending: v[8],
             pending_bytes: v[9],
+            verified: v[10],
+            verified_bytes: v[11],
+            content_mismatch: v[12],
+            unverifiable: v[13],
         }
     }
 }
 
 impl AddAssign for Counts {
     fn add_assign(&mut self, o: Counts) {
-        self.received += o.received;
-        self.matched += o.matched;
-        self.mismatched += o.mismatched;
-        self.ignored += o.ignored;
-        self.rejected += o.rejected;
-        self.unjudged += o.unjudged;
-        self.local_files += o.local_files;
-        self.local_bytes += o.local_bytes;
-        self.pending += o.pending;
-        self.pending_bytes += o.pending_bytes;
+        let (a, b) = (self.values(), o.values());
+        *self = Counts::from_values(std::array::from_fn(|i| a[i] + b[i]));
     }
 }
 
@@ -375,6 +391,80 @@ pub struct EntryRecord {
     pub expected: Option<Option<u64>>,
     /// The local file, when the share watcher has seen it.
     pub local: Option<LocalFile>,
+    /// The last check of an upload's bytes against the file on the share.
+    pub content: Option<ContentCheck>,
+}
+
+/// What comparing S3's checksum of an upload with the file's found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentCheck {
+    /// The upload (its event time) it checked: a newer upload of the entry
+    /// is checked again, and until then this one says nothing of it.
+    pub upload_time: i64,
+    pub outcome: ContentOutcome,
+    /// Both checksums, or why there was nothing to compare (at most
+    /// [`CONTENT_DETAIL_BYTES`]).
+    pub detail: String,
+}
+
+/// Longest [`ContentCheck::detail`] kept.
+pub const CONTENT_DETAIL_BYTES: usize = 400;
+
+impl ContentCheck {
+    /// A check, its detail cut to [`CONTENT_DETAIL_BYTES`] (on a character).
+    pub fn new(upload_time: i64, outcome: ContentOutcome, detail: &str) -> ContentCheck {
+        let mut end = detail.len().min(CONTENT_DETAIL_BYTES);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        ContentCheck {
+            upload_time,
+            outcome,
+            detail: detail[..end].to_owned(),
+        }
+    }
+}
+
+/// A file's content outcome (without a check of its current upload it is
+/// `pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContentOutcome {
+    /// S3's checksum of the object equals the file's on the share.
+    Verified,
+    /// They differ.
+    Mismatch,
+    /// The object has no usable checksum (uploaded before S3's default, a
+    /// composite multipart checksum), or the file is not on the share to
+    /// compare with. Never counts as verified.
+    Unverifiable,
+}
+
+impl ContentOutcome {
+    pub fn code(self) -> i64 {
+        match self {
+            ContentOutcome::Verified => 0,
+            ContentOutcome::Mismatch => 1,
+            ContentOutcome::Unverifiable => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<ContentOutcome> {
+        Some(match code {
+            0 => ContentOutcome::Verified,
+            1 => ContentOutcome::Mismatch,
+            2 => ContentOutcome::Unverifiable,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentOutcome::Verified => "verified",
+            ContentOutcome::Mismatch => "mismatch",
+            ContentOutcome::Unverifiable => "unverifiable",
+        }
+    }
 }
 
 impl EntryRecord {
@@ -385,7 +475,24 @@ impl EntryRecord {
             upload: None,
             expected: None,
             local: None,
+            content: None,
         }
+    }
+
+    /// The check of the entry's current upload, if it was checked.
+    pub fn content_of_upload(&self) -> Option<&ContentCheck> {
+        let up = self.upload.as_ref()?;
+        self.content
+            .as_ref()
+            .filter(|c| c.upload_time == up.event_time)
+    }
+
+    /// Whether the entry's upload is a directory (its key ends with `/`):
+    /// it has no bytes, and counts by its presence.
+    pub fn is_directory_upload(&self) -> bool {
+        self.upload
+            .as_ref()
+            .is_some_and(|u| u.object_key.ends_with('/'))
     }
 
     /// What an entry (or its absence) adds to its dataset's counters. The
@@ -404,6 +511,21 @@ impl EntryRecord {
             }
         }
         let Some(up) = &row.upload else { return c };
+        if row.expected.is_some() {
+            if row.is_directory_upload() {
+                c.verified = 1;
+            } else {
+                match row.content_of_upload().map(|check| check.outcome) {
+                    Some(ContentOutcome::Verified) => {
+                        c.verified = 1;
+                        c.verified_bytes = up.size;
+                    }
+                    Some(ContentOutcome::Mismatch) => c.content_mismatch = 1,
+                    Some(ContentOutcome::Unverifiable) => c.unverifiable = 1,
+                    None => {}
+                }
+            }
+        }
         match up.verdict {
             Verdict::Ignore => c.ignored = 1,
             Verdict::Reject => c.rejected = 1,
@@ -504,12 +626,12 @@ mod tests {
 
     #[test]
     fn counts_round_trip_by_name_and_subtract_down_to_zero() {
-        let mut c = Counts::from_values([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-        assert_eq!(c.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let mut c = Counts::from_values([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        assert_eq!(c.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
         assert_eq!(Counts::NAMES.len(), c.values().len());
-        c -= Counts::from_values([2, 1, 3, 0, 0, 0, 0, 0, 0, 11]);
-        assert_eq!(c.values(), [0, 1, 0, 4, 5, 6, 7, 8, 9, 0]);
-        c += Counts::from_values([1; 10]);
-        assert_eq!(c.values(), [1, 2, 1, 5, 6, 7, 8, 9, 10, 1]);
+        c -= Counts::from_values([2, 1, 3, 0, 0, 0, 0, 0, 0, 11, 0, 12, 14, 1]);
+        assert_eq!(c.values(), [0, 1, 0, 4, 5, 6, 7, 8, 9, 0, 11, 0, 0, 13]);
+        c += Counts::from_values([1; Counts::LEN]);
+        assert_eq!(c.values(), [1, 2, 1, 5, 6, 7, 8, 9, 10, 1, 12, 1, 1, 14]);
     }
 }

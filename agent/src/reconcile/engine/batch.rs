@@ -127,6 +127,7 @@ impl Engine {
                     result,
                     on_share,
                 } => r.apply_listing(&mut b, job, result, on_share)?,
+                Step::ContentChecked { job, check } => r.apply_content_check(&mut b, job, check)?,
                 Step::Shutdown => {}
             }
         }
@@ -163,6 +164,10 @@ pub(super) struct Effects {
     pub uploads_seen: Vec<(UploadKind, String, String, u64)>,
     /// Listings claimed, to start.
     pub listings: Vec<ListingJob>,
+    /// Uploads whose content to check, once committed.
+    pub content_jobs: Vec<ContentJob>,
+    /// Content checks recorded (outcome, bytes), to count.
+    pub content_checked: Vec<(ContentOutcome, u64)>,
     /// Listings applied in this batch, by set-id.
     pub listed: HashMap<String, ListingOutcome>,
 }

@@ -45,6 +45,14 @@ impl Reconciler {
                 } else {
                     self.policy.decide(&summary, &mut ds.policy_state)
                 };
+                let decision = match decision {
+                    // `required`: the policy's word, and every file's bytes.
+                    Ok(Decision::Complete) => match self.content_unproven(ds) {
+                        Some(unproven) => Ok(Decision::Wait(unproven)),
+                        None => Ok(Decision::Complete),
+                    },
+                    other => other,
+                };
                 match decision {
                     Ok(Decision::Complete) => {
                         if summary.missing > 0 || summary.unexpected > 0 || summary.mismatched > 0 {
@@ -107,6 +115,17 @@ impl Reconciler {
                     now,
                 )
             {
+                if self.content_mode(&ds.set_id) != ContentMode::Off
+                    && ds.counts.verified < ds.manifest_entries
+                {
+                    let content = self.content_note(ds);
+                    ds.note = Some(
+                        match ds.note.take().filter(|n| !n.starts_with("content: ")) {
+                            Some(note) => format!("{note}; {content}"),
+                            None => content,
+                        },
+                    );
+                }
                 close(
                     ds,
                     DatasetState::TimedOut,

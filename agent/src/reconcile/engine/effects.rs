@@ -26,8 +26,17 @@ impl Reconciler {
                     .record(latency_ms.max(0) as f64 / 1e3);
             }
         }
+        for (outcome, bytes) in work.content_checked.drain(..) {
+            metrics::counter!(telemetry::CONTENT_FILES, "outcome" => outcome.as_str()).increment(1);
+            if outcome == ContentOutcome::Verified {
+                metrics::counter!(telemetry::CONTENT_VERIFIED_BYTES).increment(bytes);
+            }
+        }
+        let jobs = std::mem::take(&mut work.content_jobs);
+        self.start_content_checks(jobs);
         for ds in work.touched.values() {
             if ds.state.is_decided() {
+                self.content_problems.remove(&ds.set_id);
                 self.listing_failures.remove(&ds.set_id);
                 self.listed_past_deadline.remove(&ds.set_id);
                 self.manifest_failed.remove(&ds.set_id);

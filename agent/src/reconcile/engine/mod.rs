@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use super::content::{self, ContentChecks, ContentJob, ContentMode, ContentSettings};
 use super::listing::{self, ListedObject, ListingJob, Listings, VerifySettings};
 use super::manifest::ExpectedLine;
 use super::manifest_reader::{self, ManifestJob, ManifestReader, ReaderSettings};
@@ -27,12 +28,14 @@ use crate::notification::time::now_ms;
 use crate::notification::{Classification, Classifier, Notification, ObjectUpload, UploadKind};
 use crate::outbound::{self, Origin};
 use crate::store::{
-    Committed, Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadOrigin, UploadRecord, Verdict,
+    Committed, ContentCheck, ContentOutcome, Counts, DatasetRecord, DatasetState, EntryRecord,
+    LocalFile, ManifestRef, OutboxEvent, Store, StoreError, StoreResult, StoreTx, UploadOrigin,
+    UploadRecord, Verdict,
 };
 use crate::telemetry;
 
 mod batch;
+mod content_checked;
 mod decide;
 mod effects;
 mod listed;
@@ -116,6 +119,11 @@ pub enum Step {
         job: ListingJob,
         result: Result<Vec<ListedObject>, String>,
         on_share: HashMap<String, LocalFile>,
+    },
+    /// What comparing an upload's S3 checksum with its file found.
+    ContentChecked {
+        job: ContentJob,
+        check: ContentCheck,
     },
     /// The periodic re-check: deadlines, manifests not yet readable,
     /// uploads not judged, periodic listings.
@@ -274,6 +282,8 @@ pub struct EngineSettings {
     pub health: Health,
     /// `[reconcile] verify`: cross-check against S3 listings (None: off).
     pub verify: Option<VerifySettings>,
+    /// `[reconcile] verify_content`: prove uploads' bytes (None: off).
+    pub content: Option<ContentSettings>,
 }
 
 /// What the engine knows besides the store: the policy, the settings, and
@@ -290,6 +300,11 @@ struct Reconciler {
     deferred: HashSet<String>,
     /// The listing worker, with `[reconcile] verify`.
     listings: Option<Listings>,
+    /// The content-check worker, with `[reconcile] verify_content`.
+    content_checks: Option<ContentChecks>,
+    /// Per dataset, the last files whose content was not proven (a few),
+    /// for its note and its Timeout's.
+    content_problems: HashMap<String, Vec<String>>,
     /// Why each dataset's last listing failed (for its Timeout's note).
     listing_failures: HashMap<String, String>,
     /// Datasets whose listing is queued or running: never claimed again
@@ -345,6 +360,10 @@ impl Engine {
             .verify
             .as_ref()
             .map(|v| listing::spawn(v, tx.clone()));
+        let content_checks = settings
+            .content
+            .as_ref()
+            .map(|c| content::spawn(c, tx.clone()));
         let manifest_reader = manifest_reader::spawn(reader_settings, tx, settings.health.clone());
         let reconciler = Reconciler {
             policy,
@@ -353,6 +372,8 @@ impl Engine {
             manifest_reader,
             deferred: HashSet::new(),
             listings,
+            content_checks,
+            content_problems: HashMap::new(),
             listing_failures: HashMap::new(),
             listing_in_flight: HashSet::new(),
             listed_past_deadline: HashSet::new(),

@@ -46,6 +46,7 @@ impl Reconciler {
             if unjudged {
                 self.rejudge(b, set_id)?;
             }
+            self.recheck_content(b, set_id)?;
         }
         Ok(())
     }

@@ -98,10 +98,27 @@ impl Harness {
     }
 
     fn with_verify(kind: Kind, deadline: Duration, verify: Option<VerifySettings>) -> Harness {
+        Self::build(kind, deadline, verify, None)
+    }
+
+    /// With `verify_content` (its share is the harness's).
+    fn with_content(kind: Kind, deadline: Duration, content: ContentSettings) -> Harness {
+        Self::build(kind, deadline, None, Some(content))
+    }
+
+    fn build(
+        kind: Kind,
+        deadline: Duration,
+        verify: Option<VerifySettings>,
+        mut content: Option<ContentSettings>,
+    ) -> Harness {
         let (share, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let share_path = share.path().to_owned();
+        if let Some(c) = content.as_mut() {
+            c.share = share_path.clone();
+        }
         let (open, keep) = storage(kind, state.path());
-        let (handle, opened, thread) = Self::start(&open, &share_path, deadline, verify);
+        let (handle, opened, thread) = Self::start(&open, &share_path, deadline, verify, content);
         Harness {
             _dirs: (share, state),
             _keep: keep,
@@ -120,6 +137,7 @@ impl Harness {
         share: &Path,
         deadline: Duration,
         verify: Option<VerifySettings>,
+        content: Option<ContentSettings>,
     ) -> (
         EngineHandle,
         (Arc<dyn StoreReader>, Arc<dyn Outbox>),
@@ -128,6 +146,7 @@ impl Harness {
         let opened = tokio::task::block_in_place(open);
         let mut settings = settings(share, deadline);
         settings.verify = verify;
+        settings.content = content;
         let (engine, handle) = Engine::new(
             opened.store,
             Box::new(ExactMatch),
@@ -145,7 +164,7 @@ impl Harness {
         self.handle.shutdown().await;
         self.thread.take().unwrap().join().unwrap();
         let (handle, (reader, outbox), thread) =
-            Self::start(&self.open, &self.share, deadline, None);
+            Self::start(&self.open, &self.share, deadline, None, None);
         (self.handle, self.reader, self.outbox, self.thread) =
             (handle, reader, outbox, Some(thread));
     }
@@ -250,6 +269,7 @@ fn settings(share: &Path, deadline: Duration) -> EngineSettings {
         manifest_read_timeout: Duration::from_secs(60),
         health: Health::default(),
         verify: None,
+        content: None,
     }
 }
 
@@ -288,6 +308,7 @@ on_every_backend!(
     unexpected_upload_blocks_exact_match_and_says_why,
     state_survives_a_restart,
     unreadable_manifest_is_retried_at_each_recheck,
+    required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file,
 );
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -905,4 +926,106 @@ async fn what_the_watcher_saw_survives_a_failed_batch() {
     assert_eq!(d.record.counts.local_bytes, 5);
     handle.shutdown().await;
     thread.join().unwrap();
+}
+
+/// S3's checksums of objects, from a table a test changes (S3 itself is
+/// asked in the e2e tests, on moto).
+#[derive(Default)]
+struct TableHeads(std::sync::Mutex<HashMap<String, content::ObjectChecksums>>);
+
+impl TableHeads {
+    /// The object at `key` holds `bytes`, with S3's default checksum.
+    fn put(&self, key: &str, bytes: &[u8]) {
+        let crc =
+            crate::share::checksum::of_bytes(crate::share::checksum::Algorithm::Crc64Nvme, bytes);
+        self.0.lock().unwrap().insert(
+            key.to_owned(),
+            content::ObjectChecksums {
+                size: bytes.len() as u64,
+                checksums: vec![(crate::share::checksum::Algorithm::Crc64Nvme, crc)],
+                checksum_type: Some("FULL_OBJECT".into()),
+            },
+        );
+    }
+}
+
+impl content::ObjectHeads for Arc<TableHeads> {
+    fn head<'a>(&'a self, _bucket: &'a str, key: &'a str) -> content::HeadFuture<'a> {
+        let found = self.0.lock().unwrap().get(key).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(kind: Kind) {
+    let heads = Arc::new(TableHeads::default());
+    let content = ContentSettings {
+        heads: Arc::new(heads.clone()),
+        default: ContentMode::Required,
+        routes: Vec::new(),
+        share: PathBuf::new(),
+        give_up_after: Duration::from_secs(5),
+    };
+    let h = Harness::with_content(kind, Duration::from_secs(3600), content);
+    let lines = h.write_dataset("C1", &["a", "d/b"]);
+    for line in &lines {
+        let path = h.share.join(line);
+        if path.is_file() {
+            heads.put(line, &std::fs::read(&path).unwrap());
+        }
+    }
+    // S3 holds other bytes of the same size under `a`: every name is
+    // there, the count says complete, the bytes say no.
+    heads.put("C1-vaultjob/a", b"x");
+    for line in &lines {
+        let path = h.share.join(line);
+        if path.is_dir() {
+            h.send(&format!("{line}/"), 0, 5).await;
+        } else {
+            h.send(line, std::fs::metadata(&path).unwrap().len(), 5)
+                .await;
+        }
+    }
+    h.wait_for("every file checked", |h| {
+        h.dataset("C1").is_some_and(|d| {
+            d.counts.verified + d.counts.content_mismatch == d.manifest_entries
+                && d.manifest_entries > 0
+        })
+    })
+    .await;
+    for _ in 0..3 {
+        h.handle.recheck().await.unwrap();
+    }
+    h.wait_for("re-checked", |h| {
+        h.dataset("C1").is_some_and(|d| d.note.is_some())
+    })
+    .await;
+    let d = h.dataset("C1").unwrap();
+    assert_eq!(
+        d.state,
+        DatasetState::Reconciling,
+        "a mismatch never succeeds"
+    );
+    assert_eq!(
+        (d.counts.content_mismatch, d.counts.matched),
+        (1, d.manifest_entries)
+    );
+    let note = d.note.unwrap();
+    assert!(note.contains("C1-vaultjob/a (CRC64NVME: S3 "), "{note}");
+    assert!(h.events().is_empty());
+    let a = h.entry("C1", "C1-vaultjob/a").unwrap();
+    assert_eq!(a.content.unwrap().outcome, ContentOutcome::Mismatch);
+
+    // The gateway uploads the file again: the newer upload is checked.
+    heads.put("C1-vaultjob/a", b"a");
+    h.send("C1-vaultjob/a", 1, 6).await;
+    h.wait_for("success", |h| {
+        h.dataset("C1")
+            .is_some_and(|d| d.state == DatasetState::Succeeded)
+    })
+    .await;
+    let d = h.dataset("C1").unwrap();
+    assert_eq!(
+        (d.counts.verified, d.counts.content_mismatch),
+        (d.manifest_entries, 0)
+    );
 }

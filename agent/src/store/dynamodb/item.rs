@@ -14,8 +14,9 @@ use std::str::FromStr;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::store::{
-    Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef, OutboxEvent,
-    POLICY_STATE_BYTES, PolicyState, StoreError, StoreResult, UploadOrigin, UploadRecord, Verdict,
+    ContentCheck, ContentOutcome, Counts, DatasetRecord, DatasetState, EntryRecord, LocalFile,
+    ManifestRef, OutboxEvent, POLICY_STATE_BYTES, PolicyState, StoreError, StoreResult,
+    UploadOrigin, UploadRecord, Verdict,
 };
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -123,6 +124,11 @@ pub fn entry_item(e: &EntryRecord, ver: i64) -> Item {
         item.insert("localDir".into(), AttributeValue::Bool(l.is_dir));
         item.insert("localSeenMs".into(), n(l.seen_ms));
     }
+    if let Some(c) = &e.content {
+        item.insert("contentOutcome".into(), n(c.outcome.code()));
+        item.insert("contentTime".into(), n(c.upload_time));
+        item.insert("contentDetail".into(), s(&c.detail));
+    }
     item
 }
 
@@ -156,6 +162,13 @@ pub fn entry_from_item(item: &Item) -> StoreResult<(EntryRecord, i64)> {
             seen_ms: get_n(item, "localSeenMs")?.unwrap_or(0),
         });
     }
+    if let Some(code) = get_n::<i64>(item, "contentOutcome")? {
+        let outcome = ContentOutcome::from_code(code)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown content outcome {code}")))?;
+        let upload_time = required(get_n(item, "contentTime")?, item, "contentTime")?;
+        let detail = get_s(item, "contentDetail").unwrap_or_default();
+        e.content = Some(ContentCheck::new(upload_time, outcome, detail));
+    }
     Ok((e, get_n(item, VERSION)?.unwrap_or(0)))
 }
 
@@ -166,7 +179,7 @@ pub fn revision(item: &Item) -> StoreResult<i64> {
 
 pub fn dataset_from_item(item: &Item) -> StoreResult<DatasetRecord> {
     let set_id = required(get_s(item, PK), item, PK)?;
-    let mut values = [0u64; 10];
+    let mut values = [0u64; Counts::LEN];
     for (v, name) in values.iter_mut().zip(Counts::NAMES) {
         // Counters only ever move by the difference of an entry's
         // contribution; a negative sum would be a bug, shown as 0.

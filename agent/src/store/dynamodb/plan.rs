@@ -38,7 +38,7 @@ struct Unit<'t> {
     set_id: &'t str,
     entries: Vec<Item>,
     conditions: Vec<Option<i64>>,
-    delta: [i64; 10],
+    delta: [i64; Counts::LEN],
     /// The last unit of a dataset also carries its other fields, so a
     /// dataset never looks loaded before all its entries are in.
     last: bool,
@@ -72,13 +72,13 @@ impl Plan {
             };
             let count = chunks.len();
             for (i, chunk) in chunks.into_iter().enumerate() {
-                let mut delta = [0i64; 10];
+                let mut delta = [0i64; Counts::LEN];
                 let mut entries = Vec::new();
                 let mut conditions = Vec::new();
                 for (current, base) in chunk {
                     let after = EntryRecord::contribution(Some(current)).values();
                     let before = EntryRecord::contribution(base.map(|(b, _)| b)).values();
-                    for k in 0..10 {
+                    for k in 0..Counts::LEN {
                         delta[k] += after[k] as i64 - before[k] as i64;
                     }
                     let ver = base.map(|(_, v)| v);

@@ -15,8 +15,9 @@ use std::sync::LazyLock;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, ToSql, Transaction, named_params};
 
 use super::model::{
-    Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord, LocalFile, ManifestRef,
-    OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadOrigin, UploadRecord, Verdict,
+    ContentCheck, ContentOutcome, Counts, DatasetDetail, DatasetRecord, DatasetState, EntryRecord,
+    LocalFile, ManifestRef, OutboxEvent, POLICY_STATE_BYTES, PolicyState, UploadOrigin,
+    UploadRecord, Verdict,
 };
 use super::{
     Committed, DatasetGauges, Outbox, OutboxResult, Store, StoreError, StoreReader, StoreResult,

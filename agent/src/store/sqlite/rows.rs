@@ -36,12 +36,13 @@ columns!(D, DATASET_COLUMNS, DATASET_PARAMS, DATASET_ASSIGN:
     manifest_loaded, manifest_entries, received, matched, mismatched, ignored, rejected,
     first_seen_ms, last_seen_ms, manifest_seen_ms, deadline_ms, decided_ms, note, unjudged,
     local_files, local_bytes, pending, pending_bytes, last_local_ms, policy_name, policy_state,
-    listing_ms, listed_entries);
+    listing_ms, listed_entries, verified, verified_bytes, content_mismatch, unverifiable);
 
 // Rows do not store the set-id: the key's top directory determines it.
 columns!(E, ENTRY_COLUMNS, ENTRY_PARAMS, ENTRY_ASSIGN:
     key, object_key, bucket, size, event_time, verdict, matched, in_manifest, expected_size,
-    modified, local_size, local_mtime, local_dir, local_seen, listed);
+    modified, local_size, local_mtime, local_dir, local_seen, listed, content_outcome, content_time,
+    content_detail);
 
 columns!(O, OUTBOX_COLUMNS, OUTBOX_PARAMS, OUTBOX_ASSIGN:
     seq, id, set_id, detail_type, payload, created_ms);
@@ -97,6 +98,10 @@ pub(super) fn with_dataset_params<T>(
         ":policy_state": p.map(|p| &p.value),
         ":listing_ms": d.listing_ms,
         ":listed_entries": d.listed_entries as i64,
+        ":verified": c.verified as i64,
+        ":verified_bytes": c.verified_bytes as i64,
+        ":content_mismatch": c.content_mismatch as i64,
+        ":unverifiable": c.unverifiable as i64,
     })
 }
 
@@ -127,6 +132,9 @@ pub(super) fn with_entry_params<T>(
         ":local_dir": l.map(|l| l.is_dir),
         ":local_seen": l.map(|l| l.seen_ms),
         ":listed": u.is_some_and(|u| u.origin.is_listed()),
+        ":content_outcome": e.content.as_ref().map(|c| c.outcome.code()),
+        ":content_time": e.content.as_ref().map(|c| c.upload_time),
+        ":content_detail": e.content.as_ref().map(|c| c.detail.as_str()),
     })
 }
 
@@ -180,6 +188,10 @@ pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
                 local_bytes: count(D::local_bytes)?,
                 pending: count(D::pending)?,
                 pending_bytes: count(D::pending_bytes)?,
+                verified: count(D::verified)?,
+                verified_bytes: count(D::verified_bytes)?,
+                content_mismatch: count(D::content_mismatch)?,
+                unverifiable: count(D::unverifiable)?,
             },
             first_seen_ms: r.get(D::first_seen_ms)?,
             last_seen_ms: r.get(D::last_seen_ms)?,
@@ -211,7 +223,8 @@ pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
 
 /// An entry of `set_id` from a row selecting `ENTRY_COLUMNS`.
 pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryRecord> {
-    let read = || -> rusqlite::Result<(EntryRecord, Option<i64>)> {
+    type Read = (EntryRecord, Option<i64>, Option<(i64, i64)>, Option<String>);
+    let read = || -> rusqlite::Result<Read> {
         let key: String = r.get(E::key)?;
         let upload = match r.get::<_, Option<i64>>(E::size)? {
             Some(size) => Some(UploadRecord {
@@ -237,6 +250,14 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             }),
             None => None,
         };
+        let content = match (
+            r.get::<_, Option<i64>>(E::content_outcome)?,
+            r.get::<_, Option<i64>>(E::content_time)?,
+        ) {
+            (Some(code), Some(upload_time)) => Some((code, upload_time)),
+            _ => None,
+        };
+        let content_detail: Option<String> = r.get(E::content_detail)?;
         let in_manifest: bool = r.get(E::in_manifest)?;
         let expected_size: Option<i64> = r.get(E::expected_size)?;
         let entry = EntryRecord {
@@ -245,10 +266,21 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             upload,
             expected: in_manifest.then_some(expected_size.map(|s| s as u64)),
             local,
+            content: None,
         };
-        Ok((entry, r.get(E::verdict)?))
+        Ok((entry, r.get(E::verdict)?, content, content_detail))
     };
-    let (mut entry, verdict) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (mut entry, verdict, content, detail) =
+        read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some((code, upload_time)) = content {
+        let outcome = ContentOutcome::from_code(code)
+            .ok_or_else(|| StoreError::Corrupt(format!("content outcome {code}")))?;
+        entry.content = Some(ContentCheck {
+            upload_time,
+            outcome,
+            detail: detail.unwrap_or_default(),
+        });
+    }
     if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {
         upload.verdict = Verdict::from_code(code)
             .ok_or_else(|| StoreError::Corrupt(format!("verdict {code}")))?;

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped whenever the schema changes; older agents refuse newer files.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS datasets (
@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS datasets (
     pending INTEGER NOT NULL DEFAULT 0, pending_bytes INTEGER NOT NULL DEFAULT 0,
     last_local_ms INTEGER,
     policy_name TEXT, policy_state BLOB,
-    listing_ms INTEGER, listed_entries INTEGER NOT NULL DEFAULT 0
+    listing_ms INTEGER, listed_entries INTEGER NOT NULL DEFAULT 0,
+    verified INTEGER NOT NULL DEFAULT 0, verified_bytes INTEGER NOT NULL DEFAULT 0,
+    content_mismatch INTEGER NOT NULL DEFAULT 0, unverifiable INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 -- One row per path: the reference's upload record (object_key, bucket, size,
 -- event_time; its setId is the key's top directory minus the suffix) and/or
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS entries (
     in_manifest INTEGER NOT NULL DEFAULT 0, expected_size INTEGER,
     modified INTEGER,
     local_size INTEGER, local_mtime INTEGER, local_dir INTEGER, local_seen INTEGER,
-    listed INTEGER NOT NULL DEFAULT 0
+    listed INTEGER NOT NULL DEFAULT 0,
+    content_outcome INTEGER, content_time INTEGER, content_detail TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,6 +106,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE datasets ADD COLUMN listing_ms INTEGER;
          ALTER TABLE datasets ADD COLUMN listed_entries INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE entries ADD COLUMN listed INTEGER NOT NULL DEFAULT 0;",
+    },
+    Migration {
+        to: 7,
+        what: "content verification (each upload's checksum against the file's)",
+        sql: "ALTER TABLE datasets ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN verified_bytes INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN content_mismatch INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE datasets ADD COLUMN unverifiable INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE entries ADD COLUMN content_outcome INTEGER;
+         ALTER TABLE entries ADD COLUMN content_time INTEGER;
+         ALTER TABLE entries ADD COLUMN content_detail TEXT;",
     },
 ];
 

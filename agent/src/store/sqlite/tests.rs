@@ -48,6 +48,11 @@ fn sample_entry(key: &str, size: u64) -> EntryRecord {
             is_dir: false,
             seen_ms: 6,
         }),
+        content: Some(ContentCheck {
+            upload_time: 1_619_863_200,
+            outcome: ContentOutcome::Mismatch,
+            detail: "CRC64NVME: S3 AAAAAAAAAAA=, the share BBBBBBBBBBB=".into(),
+        }),
     }
 }
 
@@ -128,6 +133,7 @@ const FIXTURES: &[(i64, &str)] = &[
     (3, include_str!("fixtures/v3.sql")),
     (4, include_str!("fixtures/v4.sql")),
     (5, include_str!("fixtures/v5.sql")),
+    (6, include_str!("fixtures/v6.sql")),
 ];
 
 #[test]

@@ -1,0 +1,149 @@
+//! `[reconcile] verify_content`: queuing each upload's content check,
+//! recording what it found, queuing again what a re-check finds unchecked,
+//! and what `required` holds back.
+
+use super::*;
+
+/// Files named in a dataset's note on content not proven.
+const NAMED: usize = 5;
+
+impl Reconciler {
+    /// The content mode of a dataset (off without `verify_content`).
+    pub(super) fn content_mode(&self, set_id: &str) -> ContentMode {
+        self.settings
+            .content
+            .as_ref()
+            .map_or(ContentMode::Off, |c| c.mode_for(set_id))
+    }
+
+    /// Queues the check of an upload just recorded (started once the
+    /// batch commits). Directories have no bytes: they count by presence.
+    pub(super) fn check_content(b: &mut Batch, row: &EntryRecord) {
+        let Some(up) = row.upload.as_ref() else {
+            return;
+        };
+        if row.is_directory_upload() {
+            return;
+        }
+        b.effects.content_jobs.push(ContentJob {
+            set_id: row.set_id.clone(),
+            entry: row.key.clone(),
+            bucket: up.bucket.clone(),
+            key: up.object_key.clone(),
+            upload_time: up.event_time,
+        });
+    }
+
+    /// Records a check, unless the entry's upload changed since (a newer
+    /// upload has its own check coming).
+    pub(super) fn apply_content_check(
+        &mut self,
+        b: &mut Batch,
+        job: &ContentJob,
+        check: &ContentCheck,
+    ) -> StoreResult<()> {
+        let Some(mut row) = b.tx.entry(&job.set_id, &job.entry)? else {
+            return Ok(());
+        };
+        if row.upload.as_ref().map(|u| u.event_time) != Some(job.upload_time)
+            || row.content.as_ref() == Some(check)
+        {
+            return Ok(());
+        }
+        let before = EntryRecord::contribution(Some(&row));
+        row.content = Some(check.clone());
+        b.put_entry(before, &row)?;
+        b.effects
+            .content_checked
+            .push((check.outcome, row.upload.as_ref().map_or(0, |u| u.size)));
+        let problems = self.content_problems.entry(job.set_id.clone()).or_default();
+        problems.retain(|p| !p.starts_with(&format!("{} (", job.entry)));
+        if check.outcome != ContentOutcome::Verified {
+            warn!(set_id = %job.set_id, key = %job.key, outcome = check.outcome.as_str(), detail = %check.detail, "content not proven");
+            problems.insert(0, format!("{} ({})", job.entry, check.detail));
+            problems.truncate(NAMED);
+        }
+        Ok(())
+    }
+
+    /// At a re-check: queues again the checks of uploads that have none
+    /// (lost to a restart, a full queue, S3 failing past the retries).
+    pub(super) fn recheck_content(&mut self, b: &mut Batch, set_id: &str) -> StoreResult<()> {
+        let Some(checks) = self.content_checks.clone() else {
+            return Ok(());
+        };
+        if self.content_mode(set_id) == ContentMode::Off || checks.checking(set_id) > 0 {
+            return Ok(());
+        }
+        let ds = b.dataset(set_id)?;
+        if !ds.manifest_loaded || content_pending(&ds.counts) == 0 {
+            return Ok(());
+        }
+        for row in b.tx.manifest_entries(set_id)? {
+            if row.upload.is_some() && row.content_of_upload().is_none() {
+                Self::check_content(b, &row);
+            }
+        }
+        Ok(())
+    }
+
+    /// With `required`: what keeps a dataset the policy calls complete from
+    /// `Successful` (None: every file of the manifest is proven).
+    pub(super) fn content_unproven(&self, ds: &DatasetRecord) -> Option<String> {
+        if self.content_mode(&ds.set_id) != ContentMode::Required
+            || ds.counts.verified >= ds.manifest_entries
+        {
+            return None;
+        }
+        Some(self.content_note(ds))
+    }
+
+    /// "content: 3 of 5 files verified (1 mismatched, 1 unverifiable); not
+    /// proven: a.bin (CRC64NVME: S3 ..., the share ...)".
+    pub(super) fn content_note(&self, ds: &DatasetRecord) -> String {
+        let c = &ds.counts;
+        let mut note = format!(
+            "content: {} of {} manifest entries verified ({} mismatched, {} unverifiable, {} pending)",
+            c.verified,
+            ds.manifest_entries,
+            c.content_mismatch,
+            c.unverifiable,
+            ds.manifest_entries
+                .saturating_sub(c.verified + c.content_mismatch + c.unverifiable)
+        );
+        if let Some(problems) = self.content_problems.get(&ds.set_id)
+            && !problems.is_empty()
+        {
+            note.push_str("; not proven: ");
+            note.push_str(&problems.join("; "));
+        }
+        note
+    }
+
+    /// After a commit: starts the queued checks.
+    pub(super) fn start_content_checks(&mut self, jobs: Vec<ContentJob>) {
+        let Some(checks) = &self.content_checks else {
+            return;
+        };
+        let mut dropped = 0;
+        for job in jobs {
+            if self.content_mode(&job.set_id) == ContentMode::Off {
+                continue;
+            }
+            if !checks.start(job) && checks.queued() >= content::QUEUED_MAX {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "the content-check queue is full; a later re-check queues those checks again"
+            );
+        }
+    }
+}
+
+/// Manifest entries with a counted upload whose content is not judged yet.
+fn content_pending(c: &Counts) -> u64 {
+    (c.matched + c.mismatched).saturating_sub(c.verified + c.content_mismatch + c.unverifiable)
+}
