@@ -170,11 +170,29 @@ fn print_dataset(d: &Value) {
             );
         }
     }
+    let c = &d["content"];
+    let checked = ["verified", "mismatch", "unverifiable"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    if checked > 0 {
+        println!(
+            "{:<20} {} verified ({}), {} mismatched, {} unverifiable, {} pending",
+            "content",
+            c["verified"],
+            bytesize::ByteSize(c["verified-bytes"].as_u64().unwrap_or(0)),
+            c["mismatch"],
+            c["unverifiable"],
+            c["pending"].as_u64().map_or("?".into(), |n| n.to_string()),
+        );
+    }
     for list in [
         "missing-paths",
         "mismatched-paths",
         "unexpected-paths",
         "pending-paths",
+        "content-mismatch-paths",
+        "unverifiable-paths",
     ] {
         let paths = d[list].as_array().map(Vec::as_slice).unwrap_or_default();
         if !paths.is_empty() {

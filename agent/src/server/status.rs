@@ -206,6 +206,8 @@ pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> R
     v["mismatched-paths"] = json!(detail.mismatched);
     v["unexpected-paths"] = json!(detail.unexpected);
     v["pending-paths"] = json!(detail.pending);
+    v["content-mismatch-paths"] = json!(detail.content_mismatch);
+    v["unverifiable-paths"] = json!(detail.unverifiable);
     if let Some(n) = detail.examined {
         // The lists are examples from the first entries; counts are exact.
         v["paths-from-first-entries"] = json!(n);
@@ -230,6 +232,7 @@ fn reply(result: Result<crate::store::StoreResult<Value>, tokio::task::JoinError
 
 pub fn dataset_json(d: &DatasetRecord) -> Value {
     let time = |ms: Option<i64>| ms.map(format_event_time);
+    let c = &d.counts;
     // Confirmed bytes over the time since the dataset was first seen.
     let confirmed = d.counts.local_bytes.saturating_sub(d.counts.pending_bytes);
     let seconds = (crate::notification::time::now_ms() - d.first_seen_ms).max(1) as f64 / 1000.0;
@@ -268,6 +271,16 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "eta-seconds": eta,
         // Uploads recorded from an S3 listing, their notification lost.
         "listed-entries": d.listed_entries,
+        // Manifest entries by content outcome (`verify_content`): their
+        // upload's S3 checksum against the file's on the share.
+        "content": {
+            "verified": c.verified,
+            "verified-bytes": c.verified_bytes,
+            "mismatch": c.content_mismatch,
+            "unverifiable": c.unverifiable,
+            "pending": d.manifest_loaded.then(|| d.manifest_entries
+                .saturating_sub(c.verified + c.content_mismatch + c.unverifiable)),
+        },
     })
 }
 

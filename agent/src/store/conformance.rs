@@ -307,8 +307,26 @@ fn problem_lists_follow_the_rule(open: &Opener, _shared: bool) {
     let mut local_dir = entry("S", "dir", Verdict::Count);
     local_dir.local.as_mut().unwrap().is_dir = true;
     local_dir.local.as_mut().unwrap().size = 4096;
+    let mut bytes_differ = entry("S", "bytes-differ", Verdict::Count);
+    bytes_differ.content.as_mut().unwrap().outcome = ContentOutcome::Mismatch;
+    let mut no_checksum = entry("S", "no-checksum", Verdict::Count);
+    no_checksum.content.as_mut().unwrap().outcome = ContentOutcome::Unverifiable;
+    // A check of an older upload says nothing of the current one.
+    let mut checked_before = entry("S", "checked-before", Verdict::Count);
+    checked_before.content.as_mut().unwrap().outcome = ContentOutcome::Mismatch;
+    checked_before.content.as_mut().unwrap().upload_time -= 1;
     let rows = [
-        missing, mismatched, unexpected, pending, ignored, rejected, unjudged, local_dir,
+        missing,
+        mismatched,
+        unexpected,
+        pending,
+        ignored,
+        rejected,
+        unjudged,
+        local_dir,
+        bytes_differ,
+        no_checksum,
+        checked_before,
     ];
     let mut tx = a.store.begin().unwrap();
     let mut ds = dataset("S");
@@ -335,6 +353,8 @@ fn problem_lists_follow_the_rule(open: &Opener, _shared: bool) {
         ]
     );
     assert_eq!(expected.pending, ["S-vaultjob/pending"]);
+    assert_eq!(expected.content_mismatch, ["S-vaultjob/bytes-differ"]);
+    assert_eq!(expected.unverifiable, ["S-vaultjob/no-checksum"]);
 }
 
 fn outbox_per_sink(open: &Opener, _shared: bool) {

@@ -553,6 +553,10 @@ pub struct DatasetDetail {
     pub mismatched: Vec<String>,
     pub unexpected: Vec<String>,
     pub pending: Vec<String>,
+    /// Manifest entries whose upload's bytes differ from the file's.
+    pub content_mismatch: Vec<String>,
+    /// Manifest entries whose upload has no usable checksum.
+    pub unverifiable: Vec<String>,
     /// When the example paths come from the first entries only (a remote
     /// store reads one page per request, however large the dataset): how
     /// many entries were looked at. None: every entry.
@@ -568,6 +572,8 @@ pub struct EntryProblems {
     pub mismatched: bool,
     pub unexpected: bool,
     pub pending: bool,
+    pub content_mismatch: bool,
+    pub unverifiable: bool,
 }
 
 impl EntryRecord {
@@ -575,6 +581,7 @@ impl EntryRecord {
     pub fn problems(&self, manifest_loaded: bool) -> EntryProblems {
         let counted = self.upload.as_ref().filter(|u| u.verdict == Verdict::Count);
         let expected = self.expected.is_some();
+        let content = self.content_of_upload().map(|c| c.outcome);
         EntryProblems {
             missing: manifest_loaded && expected && counted.is_none(),
             mismatched: manifest_loaded && expected && counted.is_some_and(|u| !u.matched),
@@ -582,6 +589,8 @@ impl EntryRecord {
             pending: self
                 .local
                 .is_some_and(|l| !l.confirmed_by(self.upload.as_ref())),
+            content_mismatch: expected && content == Some(ContentOutcome::Mismatch),
+            unverifiable: expected && content == Some(ContentOutcome::Unverifiable),
         }
     }
 }
@@ -600,6 +609,8 @@ impl DatasetDetail {
             mismatched: Vec::new(),
             unexpected: Vec::new(),
             pending: Vec::new(),
+            content_mismatch: Vec::new(),
+            unverifiable: Vec::new(),
             examined: None,
         };
         let loaded = detail.record.manifest_loaded;
@@ -610,6 +621,8 @@ impl DatasetDetail {
                 (p.mismatched, &mut detail.mismatched),
                 (p.unexpected, &mut detail.unexpected),
                 (p.pending, &mut detail.pending),
+                (p.content_mismatch, &mut detail.content_mismatch),
+                (p.unverifiable, &mut detail.unverifiable),
             ] {
                 if is && list.len() < limit {
                     list.push(e.key.clone());

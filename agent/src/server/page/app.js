@@ -87,6 +87,15 @@ function datasetRow(d) {
   const size = d["local-files"] > 0
     ? progress(confirmed, d["local-bytes"], `${bytes(confirmed)} / ${bytes(d["local-bytes"])}`)
     : el("span", { class: "muted" }, "not on this share");
+  // Bytes proven by S3's checksum against the file's (verify_content).
+  const content = d.content || {};
+  const checked = (content.verified || 0) + (content.mismatch || 0) + (content.unverifiable || 0);
+  const verified = checked === 0
+    ? el("span", { class: "muted" }, "–")
+    : progress(content["verified-bytes"], d["local-bytes"] || content["verified-bytes"],
+      `${bytes(content["verified-bytes"])}` +
+      (content.mismatch ? `, ${content.mismatch} mismatched` : "") +
+      (content.unverifiable ? `, ${content.unverifiable} unverifiable` : ""));
   let deadline = "–";
   if (d.decided) deadline = "decided " + d.decided;
   else if (d.deadline) {
@@ -99,6 +108,7 @@ function datasetRow(d) {
     el("td", { class: "state" }, badge(d.state)),
     el("td", { class: "files" }, files),
     el("td", { class: "bytes" }, size),
+    el("td", { class: "verified" }, verified),
     el("td", { class: "pending" }, d.pending),
     el("td", {}, rate === null ? "–" : bytes(rate) + "/s"),
     el("td", {}, duration(d["eta-seconds"])),
@@ -117,7 +127,7 @@ function pathList(title, paths, count) {
 }
 
 function detailRow(d) {
-  const td = el("td", { colspan: "9" });
+  const td = el("td", { colspan: "10" });
   if (!d) td.append(el("span", { class: "muted" }, "loading…"));
   else if (d["listed-entries"] > 0) {
     td.append(el("p", { class: "muted" },
@@ -127,7 +137,9 @@ function detailRow(d) {
     pathList("Missing", d["missing-paths"], d.missing),
     pathList("Pending", d["pending-paths"], d.pending),
     pathList("Mismatched", d["mismatched-paths"], d.mismatched),
-    pathList("Unexpected", d["unexpected-paths"], d.unexpected)));
+    pathList("Unexpected", d["unexpected-paths"], d.unexpected),
+    pathList("Content mismatch", d["content-mismatch-paths"], (d.content || {}).mismatch),
+    pathList("Unverifiable", d["unverifiable-paths"], (d.content || {}).unverifiable)));
   return el("tr", { class: "detail", "data-detail-of": d ? d["set-id"] : ui.open }, td);
 }
 
@@ -161,7 +173,7 @@ function renderDatasets(status) {
       rows.push(detailRow(ui.detail && ui.detail["set-id"] === ui.open ? ui.detail : null));
     }
   }
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "9", class: "muted" }, "No datasets yet.")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "10", class: "muted" }, "No datasets yet.")));
   patchRows(body, rows);
   const totals = Object.entries(status.totals || {}).map(([k, v]) => `${v} ${k}`);
   const all = Object.values(status.totals || {}).reduce((a, b) => a + b, 0);

@@ -160,12 +160,32 @@ impl StoreReader for SqliteReader {
         } else {
             Vec::new()
         };
+        // EntryRecord::content_of_upload in SQL: a check of the current upload.
+        let content = |outcome: ContentOutcome| {
+            list(&format!(
+                "in_manifest = 1 AND size IS NOT NULL AND content_time = event_time \
+                 AND content_outcome = {}",
+                outcome.code()
+            ))
+        };
+        let content_mismatch = if record.counts.content_mismatch > 0 {
+            content(ContentOutcome::Mismatch)?
+        } else {
+            Vec::new()
+        };
+        let unverifiable = if record.counts.unverifiable > 0 {
+            content(ContentOutcome::Unverifiable)?
+        } else {
+            Vec::new()
+        };
         Ok(Some(DatasetDetail {
             record,
             missing,
             mismatched,
             unexpected,
             pending,
+            content_mismatch,
+            unverifiable,
             examined: None,
         }))
     }
