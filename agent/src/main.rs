@@ -108,6 +108,11 @@ struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Prove every file's bytes: compare S3's checksum of each object
+    /// (CRC64NVME, S3's default) with the file's on the share. Exit 3 when
+    /// only files that cannot be verified remain.
+    #[arg(long)]
+    content: bool,
 }
 
 #[derive(Args)]
@@ -311,9 +316,10 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Exit 0 when S3 holds the dataset, 1 when it does not, 2 when it could
-/// not tell (an error, not an answer).
+/// not tell (an error, not an answer); with `--content`, 3 when only files
+/// that cannot be verified remain.
 async fn verify(args: VerifyArgs) -> ExitCode {
-    let result = async {
+    let result: anyhow::Result<u8> = async {
         let config = match &args.config {
             Some(path) => config::load(path)?,
             None => config::Config::default(),
@@ -325,6 +331,7 @@ async fn verify(args: VerifyArgs) -> ExitCode {
             config,
             manifest: args.manifest,
             json: args.json,
+            content: args.content,
         })
         .await;
         #[cfg(not(feature = "aws"))]
@@ -335,8 +342,7 @@ async fn verify(args: VerifyArgs) -> ExitCode {
     }
     .await;
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

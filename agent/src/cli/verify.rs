@@ -1,6 +1,8 @@
 //! `vault-agent verify SET-ID`: compares a dataset's manifest with the S3
 //! listing of its prefix, read-only and without a running agent. Exit code
 //! 0: complete; 1: incomplete; 2: could not tell (the error says why).
+//! With `--content`, every file's bytes too ([`super::verify_content`]; 3:
+//! only unverifiable files remain).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ pub struct VerifyArgs {
     /// The manifest to compare with (default: the dataset's on the share).
     pub manifest: Option<PathBuf>,
     pub json: bool,
+    /// Also compare each file's checksum with S3's.
+    pub content: bool,
 }
 
 /// What the listing says about the manifest.
@@ -72,7 +76,9 @@ pub fn compare(
     out
 }
 
-pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
+/// Runs the check; returns the exit code (0 complete or proven, 1 not, 3
+/// only unverifiable files left).
+pub async fn run(args: VerifyArgs) -> anyhow::Result<u8> {
     let share = &args.config.share;
     let classifier = Classifier::new(&*share.job_dir_suffix.0, &*share.manifest_suffix.0);
     let dataset_dir = classifier.dataset_dir(&args.set_id);
@@ -103,6 +109,34 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let listing = listing?;
     let local = |entry: &str| manifest::file_size(&share.path, entry);
     let result = compare(&entries, &listing, local);
+    if args.content {
+        let heads = crate::sources::s3_objects::S3Heads::from_sdk(
+            &crate::aws::sdk_config(&args.config.aws).await,
+            args.config
+                .reconcile
+                .verify_content_requests_per_second
+                .get(),
+        );
+        let lines = super::verify_content::check(
+            heads,
+            share.path.clone(),
+            &args.set_id,
+            &bucket,
+            &listing,
+            &result,
+            &entries,
+        )
+        .await;
+        if args.json {
+            let mut report =
+                report_json(&args.set_id, &bucket, &prefix, &entries, &listing, &result);
+            report["content"] = super::verify_content::json(&lines);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            super::verify_content::print(&lines);
+        }
+        return Ok(super::verify_content::exit_code(&lines));
+    }
     if args.json {
         println!(
             "{}",
@@ -118,7 +152,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     } else {
         print_report(&bucket, &prefix, &entries, &listing, &result);
     }
-    Ok(result.complete())
+    Ok(if result.complete() { 0 } else { 1 })
 }
 
 fn read_manifest(
