@@ -4,6 +4,7 @@
 
 mod aws;
 mod cli;
+mod content;
 mod crash;
 mod hardening;
 mod history;
