@@ -276,6 +276,7 @@ fn content_settings(
             routes,
             share: config.share.path.clone(),
             give_up_after: r.wait.0.max(std::time::Duration::from_secs(60)),
+            claim_expires_after: (r.wait.0 * 4).max(std::time::Duration::from_secs(300)),
         })
     }
     // Refused by the preflight check.

@@ -5,8 +5,14 @@
 /// Top-level modules by layer. A new module must be placed here.
 pub const LAYERS: &[&[&str]] = &[
     // Contracts and utilities: the inbound notification, logging, retries,
-    // metric names.
-    &["notification", "logging", "backoff", "telemetry"],
+    // metric names, checksums in S3's terms.
+    &[
+        "notification",
+        "logging",
+        "backoff",
+        "telemetry",
+        "checksum",
+    ],
     // The outbound events and their outbox; health reporting.
     &["outbound", "health"],
     // The sink kinds, each with its settings, and the dispatcher.

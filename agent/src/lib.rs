@@ -14,6 +14,7 @@ pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;
+pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -156,7 +156,9 @@ pub async fn check(
             match judged {
                 Ok((ContentOutcome::Verified, detail)) => Line::Verified { path, detail },
                 Ok((ContentOutcome::Mismatch, detail)) => Line::Mismatch { path, detail },
-                Ok((ContentOutcome::Unverifiable, detail)) => Line::Unverifiable { path, detail },
+                Ok((ContentOutcome::Unverifiable | ContentOutcome::Checking, detail)) => {
+                    Line::Unverifiable { path, detail }
+                }
                 Err(e) => Line::Unverifiable {
                     path,
                     detail: format!("the check failed: {e}"),

@@ -22,8 +22,8 @@ use tracing::warn;
 
 use super::engine::{Command, Step};
 use crate::backoff::Backoff;
-use crate::share::checksum::{self, Algorithm, Stamp};
-use crate::share::checksum_file::Checksums;
+use crate::checksum::file::Checksums;
+use crate::checksum::{self, Algorithm, Stamp};
 use crate::store::{ContentCheck, ContentOutcome};
 
 pub use crate::config::ContentMode;
@@ -61,6 +61,10 @@ pub struct ContentSettings {
     /// How long a failing request is retried before the check is left
     /// pending (a later re-check queues it again).
     pub give_up_after: Duration,
+    /// How old a claim to check an upload must be before another re-check
+    /// (of any agent) claims it again: the claimer died, or its queue was
+    /// full. Also how often a re-check looks for such uploads.
+    pub claim_expires_after: Duration,
 }
 
 impl std::fmt::Debug for ContentSettings {
@@ -243,6 +247,7 @@ async fn check(
             job.upload_time,
             ContentOutcome::Unverifiable,
             detail,
+            crate::notification::time::now_ms(),
         ));
     };
     let (share, key, set_id, sums) = (
@@ -263,7 +268,8 @@ async fn check(
             "reading the file failed".into(),
         )
     });
-    Some(ContentCheck::new(job.upload_time, judged.0, &judged.1))
+    let now = crate::notification::time::now_ms();
+    Some(ContentCheck::new(job.upload_time, judged.0, &judged.1, now))
 }
 
 /// Which of S3's checksums to compare, best first, and why none can be.
@@ -394,7 +400,7 @@ impl ChecksumCache {
     }
 
     fn dataset(&self, share: &Path, set_id: &str) -> Option<Arc<Checksums>> {
-        let path = crate::share::checksum_file::path(share, set_id);
+        let path = crate::checksum::file::path(share, set_id);
         let stamp = Stamp::of(&std::fs::symlink_metadata(&path).ok()?);
         {
             let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -519,7 +525,7 @@ mod tests {
         std::fs::write(dir.join("a.bin"), "abc").unwrap();
         let stamp = Stamp::of(&std::fs::metadata(dir.join("a.bin")).unwrap());
         let mut sums = Checksums::default();
-        sums.insert(crate::share::checksum_file::FileChecksum::new(
+        sums.insert(crate::checksum::file::FileChecksum::new(
             "S-vaultjob/a.bin".into(),
             stamp,
             "RECORDED===".to_owned() + "A",

@@ -12,12 +12,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::checksum::{self, Algorithm, Stamp};
-use super::checksum_file::{ChecksumFileError, Checksums, FileChecksum};
+use crate::checksum::file::{ChecksumFileError, Checksums, FileChecksum};
+use crate::checksum::{self, Algorithm, Stamp};
 use crate::notification::Classifier;
 
 /// Where temporary manifests are written, at the share root.
-pub const TEMP_DIR: &str = ".vault-agent";
+pub const TEMP_DIR: &str = crate::checksum::SHARE_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {

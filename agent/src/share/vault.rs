@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
-use super::checksum::{self, Stamp};
-use super::checksum_file::{Checksums, FileChecksum};
 use super::seal::{self, SealOptions};
+use crate::checksum::file::{Checksums, FileChecksum};
+use crate::checksum::{self, Stamp};
 use crate::notification::Classifier;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::types::ChecksumMode;
 
 use super::s3_listing::Pace;
+use crate::checksum::Algorithm;
 use crate::reconcile::content::{HeadFuture, ObjectChecksums, ObjectHeads};
-use crate::share::checksum::Algorithm;
 use crate::telemetry;
 
 /// Reads objects' checksums, at most `rate` requests per second.

@@ -142,6 +142,7 @@ fn entry(set_id: &str, name: &str, verdict: Verdict) -> EntryRecord {
             upload_time: 1_619_863_200,
             outcome: ContentOutcome::Verified,
             detail: "CRC64NVME AAAAAAAAAAA=".into(),
+            at_ms: 42,
         }),
         key,
         set_id: set_id.into(),

@@ -405,6 +405,8 @@ pub struct ContentCheck {
     /// Both checksums, or why there was nothing to compare (at most
     /// [`CONTENT_DETAIL_BYTES`]).
     pub detail: String,
+    /// Agent clock (ms) of the check, or of the claim to make it.
+    pub at_ms: i64,
 }
 
 /// Longest [`ContentCheck::detail`] kept.
@@ -412,7 +414,12 @@ pub const CONTENT_DETAIL_BYTES: usize = 400;
 
 impl ContentCheck {
     /// A check, its detail cut to [`CONTENT_DETAIL_BYTES`] (on a character).
-    pub fn new(upload_time: i64, outcome: ContentOutcome, detail: &str) -> ContentCheck {
+    pub fn new(
+        upload_time: i64,
+        outcome: ContentOutcome,
+        detail: &str,
+        at_ms: i64,
+    ) -> ContentCheck {
         let mut end = detail.len().min(CONTENT_DETAIL_BYTES);
         while !detail.is_char_boundary(end) {
             end -= 1;
@@ -421,6 +428,7 @@ impl ContentCheck {
             upload_time,
             outcome,
             detail: detail[..end].to_owned(),
+            at_ms,
         }
     }
 }
@@ -438,6 +446,9 @@ pub enum ContentOutcome {
     /// composite multipart checksum), or the file is not on the share to
     /// compare with. Never counts as verified.
     Unverifiable,
+    /// Not checked yet: one agent claimed the check (at `at_ms`); others
+    /// leave it to that agent until the claim is old.
+    Checking,
 }
 
 impl ContentOutcome {
@@ -446,6 +457,7 @@ impl ContentOutcome {
             ContentOutcome::Verified => 0,
             ContentOutcome::Mismatch => 1,
             ContentOutcome::Unverifiable => 2,
+            ContentOutcome::Checking => 3,
         }
     }
 
@@ -454,6 +466,7 @@ impl ContentOutcome {
             0 => ContentOutcome::Verified,
             1 => ContentOutcome::Mismatch,
             2 => ContentOutcome::Unverifiable,
+            3 => ContentOutcome::Checking,
             _ => return None,
         })
     }
@@ -463,6 +476,7 @@ impl ContentOutcome {
             ContentOutcome::Verified => "verified",
             ContentOutcome::Mismatch => "mismatch",
             ContentOutcome::Unverifiable => "unverifiable",
+            ContentOutcome::Checking => "checking",
         }
     }
 }
@@ -522,7 +536,7 @@ impl EntryRecord {
                     }
                     Some(ContentOutcome::Mismatch) => c.content_mismatch = 1,
                     Some(ContentOutcome::Unverifiable) => c.unverifiable = 1,
-                    None => {}
+                    Some(ContentOutcome::Checking) | None => {}
                 }
             }
         }

@@ -1,6 +1,12 @@
 //! `[reconcile] verify_content`: queuing each upload's content check,
 //! recording what it found, queuing again what a re-check finds unchecked,
 //! and what `required` holds back.
+//!
+//! A check is claimed in the entry (`Checking`, with the time) in the same
+//! transaction that records the upload, so with the shared store exactly
+//! one agent fetches an object: the one whose batch committed. Another
+//! agent claims it again only once the claim is older than
+//! `claim_expires_after` (its agent died, or its queue was full).
 
 use super::*;
 
@@ -16,15 +22,19 @@ impl Reconciler {
             .map_or(ContentMode::Off, |c| c.mode_for(set_id))
     }
 
-    /// Queues the check of an upload just recorded (started once the
-    /// batch commits). Directories have no bytes: they count by presence.
-    pub(super) fn check_content(b: &mut Batch, row: &EntryRecord) {
+    /// Claims the check of an entry's upload (written with the entry) and
+    /// queues it, started once the batch commits. Directories have no
+    /// bytes: they count by presence.
+    pub(super) fn claim_content_check(b: &mut Batch, row: &mut EntryRecord) {
         let Some(up) = row.upload.as_ref() else {
             return;
         };
         if row.is_directory_upload() {
             return;
         }
+        let claim = ContentCheck::new(up.event_time, ContentOutcome::Checking, "", b.now);
+        row.content = Some(claim);
+        let up = row.upload.as_ref().expect("checked above");
         b.effects.content_jobs.push(ContentJob {
             set_id: row.set_id.clone(),
             entry: row.key.clone(),
@@ -66,22 +76,41 @@ impl Reconciler {
         Ok(())
     }
 
-    /// At a re-check: queues again the checks of uploads that have none
-    /// (lost to a restart, a full queue, S3 failing past the retries).
+    /// At a re-check: claims again the checks of uploads whose claim is old
+    /// (lost to a restart, a full queue, S3 failing past the retries), at
+    /// most once per `claim_expires_after` per dataset.
     pub(super) fn recheck_content(&mut self, b: &mut Batch, set_id: &str) -> StoreResult<()> {
-        let Some(checks) = self.content_checks.clone() else {
+        let (Some(checks), Some(settings)) =
+            (self.content_checks.clone(), self.settings.content.clone())
+        else {
             return Ok(());
         };
         if self.content_mode(set_id) == ContentMode::Off || checks.checking(set_id) > 0 {
+            return Ok(());
+        }
+        let expires = settings.claim_expires_after.as_millis() as i64;
+        let now = b.now;
+        if self
+            .content_scanned
+            .get(set_id)
+            .is_some_and(|at| now - at < expires)
+        {
             return Ok(());
         }
         let ds = b.dataset(set_id)?;
         if !ds.manifest_loaded || content_pending(&ds.counts) == 0 {
             return Ok(());
         }
-        for row in b.tx.manifest_entries(set_id)? {
-            if row.upload.is_some() && row.content_of_upload().is_none() {
-                Self::check_content(b, &row);
+        self.content_scanned.insert(set_id.to_owned(), now);
+        for mut row in b.tx.manifest_entries(set_id)? {
+            let unclaimed = match row.content_of_upload() {
+                None => true,
+                Some(c) => c.outcome == ContentOutcome::Checking && now - c.at_ms >= expires,
+            };
+            if row.upload.is_some() && unclaimed && !row.is_directory_upload() {
+                let before = EntryRecord::contribution(Some(&row));
+                Self::claim_content_check(b, &mut row);
+                b.put_entry(before, &row)?;
             }
         }
         Ok(())

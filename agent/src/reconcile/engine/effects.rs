@@ -37,6 +37,7 @@ impl Reconciler {
         for ds in work.touched.values() {
             if ds.state.is_decided() {
                 self.content_problems.remove(&ds.set_id);
+                self.content_scanned.remove(&ds.set_id);
                 self.listing_failures.remove(&ds.set_id);
                 self.listed_past_deadline.remove(&ds.set_id);
                 self.manifest_failed.remove(&ds.set_id);

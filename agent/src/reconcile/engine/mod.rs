@@ -305,6 +305,8 @@ struct Reconciler {
     /// Per dataset, the last files whose content was not proven (a few),
     /// for its note and its Timeout's.
     content_problems: HashMap<String, Vec<String>>,
+    /// When a re-check last looked for unclaimed content checks, by dataset.
+    content_scanned: HashMap<String, i64>,
     /// Why each dataset's last listing failed (for its Timeout's note).
     listing_failures: HashMap<String, String>,
     /// Datasets whose listing is queued or running: never claimed again
@@ -374,6 +376,7 @@ impl Engine {
             listings,
             content_checks,
             content_problems: HashMap::new(),
+            content_scanned: HashMap::new(),
             listing_failures: HashMap::new(),
             listing_in_flight: HashSet::new(),
             listed_past_deadline: HashSet::new(),

@@ -936,13 +936,12 @@ struct TableHeads(std::sync::Mutex<HashMap<String, content::ObjectChecksums>>);
 impl TableHeads {
     /// The object at `key` holds `bytes`, with S3's default checksum.
     fn put(&self, key: &str, bytes: &[u8]) {
-        let crc =
-            crate::share::checksum::of_bytes(crate::share::checksum::Algorithm::Crc64Nvme, bytes);
+        let crc = crate::checksum::of_bytes(crate::checksum::Algorithm::Crc64Nvme, bytes);
         self.0.lock().unwrap().insert(
             key.to_owned(),
             content::ObjectChecksums {
                 size: bytes.len() as u64,
-                checksums: vec![(crate::share::checksum::Algorithm::Crc64Nvme, crc)],
+                checksums: vec![(crate::checksum::Algorithm::Crc64Nvme, crc)],
                 checksum_type: Some("FULL_OBJECT".into()),
             },
         );
@@ -964,6 +963,7 @@ async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(
         routes: Vec::new(),
         share: PathBuf::new(),
         give_up_after: Duration::from_secs(5),
+        claim_expires_after: Duration::from_secs(300),
     };
     let h = Harness::with_content(kind, Duration::from_secs(3600), content);
     let lines = h.write_dataset("C1", &["a", "d/b"]);

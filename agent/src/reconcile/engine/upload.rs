@@ -196,10 +196,10 @@ impl Reconciler {
         // put back after (a failed transaction discards both).
         let mut state = b.dataset(set_id)?.policy_state.take();
         let note = self.judge(set_id, &mut row, Some(kind), &mut state);
-        b.put_entry(before, &row)?;
         if self.content_mode(set_id) != ContentMode::Off {
-            Self::check_content(b, &row);
+            Self::claim_content_check(b, &mut row);
         }
+        b.put_entry(before, &row)?;
 
         let deadline = self.settings.deadline.as_millis() as i64;
         let ds = b.dataset(set_id)?;

@@ -128,6 +128,7 @@ pub fn entry_item(e: &EntryRecord, ver: i64) -> Item {
         item.insert("contentOutcome".into(), n(c.outcome.code()));
         item.insert("contentTime".into(), n(c.upload_time));
         item.insert("contentDetail".into(), s(&c.detail));
+        item.insert("contentMs".into(), n(c.at_ms));
     }
     item
 }
@@ -167,7 +168,8 @@ pub fn entry_from_item(item: &Item) -> StoreResult<(EntryRecord, i64)> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown content outcome {code}")))?;
         let upload_time = required(get_n(item, "contentTime")?, item, "contentTime")?;
         let detail = get_s(item, "contentDetail").unwrap_or_default();
-        e.content = Some(ContentCheck::new(upload_time, outcome, detail));
+        let at_ms = get_n(item, "contentMs")?.unwrap_or(0);
+        e.content = Some(ContentCheck::new(upload_time, outcome, detail, at_ms));
     }
     Ok((e, get_n(item, VERSION)?.unwrap_or(0)))
 }

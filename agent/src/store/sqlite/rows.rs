@@ -42,7 +42,7 @@ columns!(D, DATASET_COLUMNS, DATASET_PARAMS, DATASET_ASSIGN:
 columns!(E, ENTRY_COLUMNS, ENTRY_PARAMS, ENTRY_ASSIGN:
     key, object_key, bucket, size, event_time, verdict, matched, in_manifest, expected_size,
     modified, local_size, local_mtime, local_dir, local_seen, listed, content_outcome, content_time,
-    content_detail);
+    content_detail, content_ms);
 
 columns!(O, OUTBOX_COLUMNS, OUTBOX_PARAMS, OUTBOX_ASSIGN:
     seq, id, set_id, detail_type, payload, created_ms);
@@ -135,6 +135,7 @@ pub(super) fn with_entry_params<T>(
         ":content_outcome": e.content.as_ref().map(|c| c.outcome.code()),
         ":content_time": e.content.as_ref().map(|c| c.upload_time),
         ":content_detail": e.content.as_ref().map(|c| c.detail.as_str()),
+        ":content_ms": e.content.as_ref().map(|c| c.at_ms),
     })
 }
 
@@ -223,7 +224,12 @@ pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
 
 /// An entry of `set_id` from a row selecting `ENTRY_COLUMNS`.
 pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryRecord> {
-    type Read = (EntryRecord, Option<i64>, Option<(i64, i64)>, Option<String>);
+    type Read = (
+        EntryRecord,
+        Option<i64>,
+        Option<(i64, i64)>,
+        (Option<String>, Option<i64>),
+    );
     let read = || -> rusqlite::Result<Read> {
         let key: String = r.get(E::key)?;
         let upload = match r.get::<_, Option<i64>>(E::size)? {
@@ -258,6 +264,7 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             _ => None,
         };
         let content_detail: Option<String> = r.get(E::content_detail)?;
+        let content_ms: Option<i64> = r.get(E::content_ms)?;
         let in_manifest: bool = r.get(E::in_manifest)?;
         let expected_size: Option<i64> = r.get(E::expected_size)?;
         let entry = EntryRecord {
@@ -268,9 +275,14 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             local,
             content: None,
         };
-        Ok((entry, r.get(E::verdict)?, content, content_detail))
+        Ok((
+            entry,
+            r.get(E::verdict)?,
+            content,
+            (content_detail, content_ms),
+        ))
     };
-    let (mut entry, verdict, content, detail) =
+    let (mut entry, verdict, content, (detail, at_ms)) =
         read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let Some((code, upload_time)) = content {
         let outcome = ContentOutcome::from_code(code)
@@ -279,6 +291,7 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             upload_time,
             outcome,
             detail: detail.unwrap_or_default(),
+            at_ms: at_ms.unwrap_or(0),
         });
     }
     if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {

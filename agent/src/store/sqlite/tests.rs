@@ -52,6 +52,7 @@ fn sample_entry(key: &str, size: u64) -> EntryRecord {
             upload_time: 1_619_863_200,
             outcome: ContentOutcome::Mismatch,
             detail: "CRC64NVME: S3 AAAAAAAAAAA=, the share BBBBBBBBBBB=".into(),
+            at_ms: 7,
         }),
     }
 }

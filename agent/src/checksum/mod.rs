@@ -1,4 +1,5 @@
-//! Checksums of files on the share, in S3's own terms: S3 keeps a
+//! Checksums of files on the share, in S3's own terms ([`file`] keeps a
+//! dataset's on the share): S3 keeps a
 //! full-object CRC64NVME of every object uploaded since December 2024 (and
 //! CRC32, CRC32C, SHA-1 or SHA-256 when the uploader asked for one), as the
 //! base64 of the big-endian digest. Computing the same here and comparing
@@ -8,9 +9,15 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+pub mod file;
+
 use base64::Engine as _;
 use crc_fast::{CrcAlgorithm, Digest as Crc};
 use sha1::Digest as _;
+
+/// The agent's folder at the share root, outside every dataset: temporary
+/// manifests, and the datasets' checksum files.
+pub const SHARE_DIR: &str = ".vault-agent";
 
 /// The checksum algorithms S3 reports, by the name it gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -17,8 +17,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::checksum::Stamp;
-use super::seal::TEMP_DIR;
+use std::io::Read;
+
+use super::{SHARE_DIR, Stamp};
 
 /// Largest checksum file read (about 2.5 million files).
 pub const MAX_BYTES: u64 = 512 << 20;
@@ -62,7 +63,7 @@ pub enum ChecksumFileError {
 /// Where a dataset's checksums are kept.
 pub fn path(share: &Path, set_id: &str) -> PathBuf {
     share
-        .join(TEMP_DIR)
+        .join(SHARE_DIR)
         .join("checksums")
         .join(format!("{set_id}.jsonl"))
 }
@@ -81,24 +82,33 @@ impl Checksums {
         if !valid_set_id(set_id) {
             return Ok(Checksums::default());
         }
-        let bytes = match crate::reconcile::manifest::read_regular_file(&file, MAX_BYTES) {
-            Ok(bytes) => bytes,
-            Err(crate::reconcile::manifest::ManifestError::TooLarge { max, .. }) => {
-                return Err(ChecksumFileError::TooLarge {
-                    path: file.display().to_string(),
-                    max,
-                });
-            }
-            Err(_) if std::fs::symlink_metadata(&file).is_err() => {
+        let io = |e: std::io::Error| ChecksumFileError::Io {
+            path: file.display().to_string(),
+            message: e.to_string(),
+        };
+        // A regular file only (no link, no FIFO), and never past the cap.
+        let (handle, meta) = match super::open_regular(&file) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Checksums::default());
             }
-            Err(e) => {
-                return Err(ChecksumFileError::Io {
-                    path: file.display().to_string(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(io(e)),
         };
+        let too_large = || ChecksumFileError::TooLarge {
+            path: file.display().to_string(),
+            max: MAX_BYTES,
+        };
+        if meta.len() > MAX_BYTES {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        handle
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(too_large());
+        }
         let mut checksums = Checksums::default();
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             match serde_json::from_slice::<FileChecksum>(line) {
@@ -121,7 +131,8 @@ impl Checksums {
         };
         let dir = target.parent().unwrap_or(share);
         std::fs::create_dir_all(dir).map_err(fail)?;
-        if std::fs::symlink_metadata(share.join(TEMP_DIR)).is_ok_and(|m| m.file_type().is_symlink())
+        if std::fs::symlink_metadata(share.join(SHARE_DIR))
+            .is_ok_and(|m| m.file_type().is_symlink())
             || std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink())
         {
             return Err(fail(std::io::Error::other(
