@@ -305,6 +305,23 @@ fn two_agents_on_the_shared_store_list_a_dataset_once_and_send_one_event() {
         assert_eq!(env.events_for(set_id).len(), 1, "{set_id}");
         assert!(a.status(Some(set_id))["listed-entries"].as_u64().unwrap() > 0);
     }
+    // verify_content (report, as with AWS by default): every file's bytes
+    // proven, each object fetched by exactly one agent, notified or listed
+    // (6 files and the manifest per dataset; directories have no bytes).
+    for set_id in set_ids {
+        crate::support::wait_until("every file's content checked", crate::support::LONG, || {
+            let d = a.status(Some(set_id));
+            d["content"]["verified"] == d["manifest-entries"]
+        });
+    }
+    crate::support::wait_rechecks(&a, 2);
+    crate::support::wait_rechecks(&b, 2);
+    let heads = counter(&[&a, &b], "vault_agent_s3_head_requests_total");
+    assert_eq!(
+        heads,
+        (set_ids.len() * 7) as f64,
+        "one HeadObject per object"
+    );
 }
 
 /// A proxy in front of moto's S3 that answers the first `refuse` listing
