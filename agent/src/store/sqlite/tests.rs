@@ -229,3 +229,32 @@ fn newer_schema_is_refused() {
         .unwrap();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+/// Values are bound by position to statements that name their parameters:
+/// each statement's parameters must be the columns, in `rows.rs`'s order.
+#[test]
+fn every_write_names_its_parameters_in_column_order() {
+    let (_dir, store) = open();
+    let names = |sql: &str| {
+        let stmt = store.conn.prepare(sql).unwrap();
+        (1..=stmt.parameter_count())
+            .map(|i| stmt.parameter_name(i).unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let columns = |list: &str| {
+        list.split(", ")
+            .map(|c| format!(":{c}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&tx::PUT_DATASET), columns(DATASET_COLUMNS));
+    assert_eq!(names(&tx::INSERT_ENTRY), columns(ENTRY_COLUMNS));
+    let numbered: Vec<String> = (1..=columns(ENTRY_COLUMNS).len())
+        .map(|i| format!("?{i}"))
+        .collect();
+    assert_eq!(names(&tx::UPDATE_ENTRY), numbered);
+    assert!(
+        !tx::UPDATE_ENTRY.contains("SET key") && !tx::UPDATE_ENTRY.contains(", key ="),
+        "the key is never assigned: {}",
+        *tx::UPDATE_ENTRY
+    );
+}

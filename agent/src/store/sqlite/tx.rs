@@ -47,15 +47,26 @@ impl SqliteTx<'_> {
 /// The statements, written once from the column lists (`rows.rs`).
 static SELECT_DATASET: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE set_id = :set_id"));
-static PUT_DATASET: LazyLock<String> = LazyLock::new(|| {
+pub(super) static PUT_DATASET: LazyLock<String> = LazyLock::new(|| {
     format!("INSERT OR REPLACE INTO datasets ({DATASET_COLUMNS}) VALUES ({DATASET_PARAMS})")
 });
 static SELECT_ENTRY: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE key = :key"));
-static INSERT_ENTRY: LazyLock<String> =
+pub(super) static INSERT_ENTRY: LazyLock<String> =
     LazyLock::new(|| format!("INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({ENTRY_PARAMS})"));
-static UPDATE_ENTRY: LazyLock<String> =
-    LazyLock::new(|| format!("UPDATE entries SET {ENTRY_ASSIGN} WHERE key = :key"));
+/// Every column but the key, numbered as in `ENTRY_COLUMNS` (`?1` the
+/// key): the same positional values as the INSERT. Never `SET key = ...`:
+/// assigning a WITHOUT ROWID table's primary key, even its own value,
+/// deletes and re-inserts the row (measured: -15% notifications/s).
+pub(super) static UPDATE_ENTRY: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = ENTRY_COLUMNS
+        .split(", ")
+        .enumerate()
+        .skip(1)
+        .map(|(i, column)| format!("{column} = ?{}", i + 1))
+        .collect();
+    format!("UPDATE entries SET {} WHERE key = ?1", sets.join(", "))
+});
 static UNJUDGED_ENTRIES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {ENTRY_COLUMNS} FROM entries WHERE {IN_DATASET} AND verdict = {} LIMIT :limit",
