@@ -163,8 +163,7 @@ impl StoreReader for SqliteReader {
         // EntryRecord::content_of_upload in SQL: a check of the current upload.
         let content = |outcome: ContentOutcome| {
             list(&format!(
-                "in_manifest = 1 AND size IS NOT NULL AND content_time = event_time \
-                 AND content_outcome = {}",
+                "in_manifest = 1 AND size IS NOT NULL AND content LIKE '{} ' || event_time || ' %'",
                 outcome.code()
             ))
         };

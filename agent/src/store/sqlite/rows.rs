@@ -36,8 +36,7 @@ columns!(D, DATASET_COLUMNS, DATASET_PARAMS:
 // Rows do not store the set-id: the key's top directory determines it.
 columns!(E, ENTRY_COLUMNS, ENTRY_PARAMS:
     key, object_key, bucket, size, event_time, verdict, matched, in_manifest, expected_size,
-    modified, local_size, local_mtime, local_dir, local_seen, listed, content_outcome, content_time,
-    content_detail, content_ms);
+    modified, local_size, local_mtime, local_dir, local_seen, listed, content);
 
 columns!(O, OUTBOX_COLUMNS, OUTBOX_PARAMS:
     seq, id, set_id, detail_type, payload, created_ms);
@@ -109,25 +108,22 @@ pub(super) fn with_entry_params<T>(e: &EntryRecord, f: impl FnOnce(&[&dyn ToSql]
     // (directory keys with their '/'): most rows get shorter.
     let object_key = u.map(|u| u.object_key.as_str()).filter(|k| *k != e.key);
     f(&[
-        &e.key,                                         // :key
-        &object_key,                                    // :object_key
-        &u.map(|u| &u.bucket),                          // :bucket
-        &u.map(|u| u.size as i64),                      // :size
-        &u.map(|u| u.event_time),                       // :event_time
-        &u.map(|u| u.verdict.code()),                   // :verdict
-        &u.is_some_and(|u| u.matched),                  // :matched
-        &e.expected.is_some(),                          // :in_manifest
-        &e.expected.flatten().map(|s| s as i64),        // :expected_size
-        &u.and_then(|u| u.modified),                    // :modified
-        &l.map(|l| l.size as i64),                      // :local_size
-        &l.map(|l| l.mtime),                            // :local_mtime
-        &l.map(|l| l.is_dir),                           // :local_dir
-        &l.map(|l| l.seen_ms),                          // :local_seen
-        &u.is_some_and(|u| u.origin.is_listed()),       // :listed
-        &e.content.as_ref().map(|c| c.outcome.code()),  // :content_outcome
-        &e.content.as_ref().map(|c| c.upload_time),     // :content_time
-        &e.content.as_ref().map(|c| c.detail.as_str()), // :content_detail
-        &e.content.as_ref().map(|c| c.at_ms),           // :content_ms
+        &e.key,                                   // :key
+        &object_key,                              // :object_key
+        &u.map(|u| &u.bucket),                    // :bucket
+        &u.map(|u| u.size as i64),                // :size
+        &u.map(|u| u.event_time),                 // :event_time
+        &u.map(|u| u.verdict.code()),             // :verdict
+        &u.is_some_and(|u| u.matched),            // :matched
+        &e.expected.is_some(),                    // :in_manifest
+        &e.expected.flatten().map(|s| s as i64),  // :expected_size
+        &u.and_then(|u| u.modified),              // :modified
+        &l.map(|l| l.size as i64),                // :local_size
+        &l.map(|l| l.mtime),                      // :local_mtime
+        &l.map(|l| l.is_dir),                     // :local_dir
+        &l.map(|l| l.seen_ms),                    // :local_seen
+        &u.is_some_and(|u| u.origin.is_listed()), // :listed
+        &e.content.as_ref().map(encode_content),  // :content
     ])
 }
 
@@ -216,13 +212,7 @@ pub(super) fn dataset_from_row(r: &Row<'_>) -> StoreResult<DatasetRecord> {
 
 /// An entry of `set_id` from a row selecting `ENTRY_COLUMNS`.
 pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryRecord> {
-    type Read = (
-        EntryRecord,
-        Option<i64>,
-        Option<(i64, i64)>,
-        (Option<String>, Option<i64>),
-    );
-    let read = || -> rusqlite::Result<Read> {
+    let read = || -> rusqlite::Result<(EntryRecord, Option<i64>, Option<String>)> {
         let key: String = r.get(E::key)?;
         let upload = match r.get::<_, Option<i64>>(E::size)? {
             Some(size) => Some(UploadRecord {
@@ -248,15 +238,7 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             }),
             None => None,
         };
-        let content = match (
-            r.get::<_, Option<i64>>(E::content_outcome)?,
-            r.get::<_, Option<i64>>(E::content_time)?,
-        ) {
-            (Some(code), Some(upload_time)) => Some((code, upload_time)),
-            _ => None,
-        };
-        let content_detail: Option<String> = r.get(E::content_detail)?;
-        let content_ms: Option<i64> = r.get(E::content_ms)?;
+        let content: Option<String> = r.get(E::content)?;
         let in_manifest: bool = r.get(E::in_manifest)?;
         let expected_size: Option<i64> = r.get(E::expected_size)?;
         let entry = EntryRecord {
@@ -267,28 +249,38 @@ pub(super) fn entry_from_row(r: &Row<'_>, set_id: &str) -> StoreResult<EntryReco
             local,
             content: None,
         };
-        Ok((
-            entry,
-            r.get(E::verdict)?,
-            content,
-            (content_detail, content_ms),
-        ))
+        Ok((entry, r.get(E::verdict)?, content))
     };
-    let (mut entry, verdict, content, (detail, at_ms)) =
-        read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    if let Some((code, upload_time)) = content {
-        let outcome = ContentOutcome::from_code(code)
-            .ok_or_else(|| StoreError::Corrupt(format!("content outcome {code}")))?;
-        entry.content = Some(ContentCheck {
-            upload_time,
-            outcome,
-            detail: detail.unwrap_or_default(),
-            at_ms: at_ms.unwrap_or(0),
-        });
+    let (mut entry, verdict, content) = read().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(text) = content {
+        let check = decode_content(&text)
+            .ok_or_else(|| StoreError::Corrupt(format!("content check {text:?}")))?;
+        entry.content = Some(check);
     }
     if let (Some(upload), Some(code)) = (entry.upload.as_mut(), verdict) {
         upload.verdict = Verdict::from_code(code)
             .ok_or_else(|| StoreError::Corrupt(format!("verdict {code}")))?;
     }
     Ok(entry)
+}
+
+/// A content check in one column (`outcome upload_time at_ms detail`): one
+/// column costs an entry write less than four.
+fn encode_content(c: &ContentCheck) -> String {
+    format!(
+        "{} {} {} {}",
+        c.outcome.code(),
+        c.upload_time,
+        c.at_ms,
+        c.detail
+    )
+}
+
+fn decode_content(text: &str) -> Option<ContentCheck> {
+    let mut parts = text.splitn(4, ' ');
+    let outcome = ContentOutcome::from_code(parts.next()?.parse().ok()?)?;
+    let upload_time = parts.next()?.parse().ok()?;
+    let at_ms = parts.next()?.parse().ok()?;
+    let detail = parts.next().unwrap_or_default();
+    Some(ContentCheck::new(upload_time, outcome, detail, at_ms))
 }

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS entries (
     modified INTEGER,
     local_size INTEGER, local_mtime INTEGER, local_dir INTEGER, local_seen INTEGER,
     listed INTEGER NOT NULL DEFAULT 0,
-    content_outcome INTEGER, content_time INTEGER, content_detail TEXT, content_ms INTEGER
+    content TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,10 +114,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
          ALTER TABLE datasets ADD COLUMN verified_bytes INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE datasets ADD COLUMN content_mismatch INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE datasets ADD COLUMN unverifiable INTEGER NOT NULL DEFAULT 0;
-         ALTER TABLE entries ADD COLUMN content_outcome INTEGER;
-         ALTER TABLE entries ADD COLUMN content_time INTEGER;
-         ALTER TABLE entries ADD COLUMN content_detail TEXT;
-         ALTER TABLE entries ADD COLUMN content_ms INTEGER;",
+         ALTER TABLE entries ADD COLUMN content TEXT;",
     },
 ];
 
