@@ -176,6 +176,7 @@ impl Agent {
                 .as_ref()
                 .filter(|_| *config.http.protect_reads.get_ref())
                 .map(|k| k.0.clone()),
+            shutdown: shutdown.clone(),
         };
         let mut source_routes = Vec::new();
         if let SourceConfig::Http = config.source {

@@ -41,6 +41,9 @@ enum Command {
     },
     /// Show the datasets of a running agent.
     Status(StatusArgs),
+    /// Block until every named dataset is decided. Exit 0: all Successful;
+    /// 1: any timed out; 124: --timeout passed first; 2: cannot tell.
+    Wait(WaitArgs),
     /// Compare a dataset's manifest with the S3 listing of its prefix
     /// (read-only; no agent needed). Exit 0: complete, 1: incomplete, 2: error.
     Verify(VerifyArgs),
@@ -64,6 +67,47 @@ enum Command {
     /// Print a shell completion script (e.g. `vault-agent completions bash >
     /// /etc/bash_completion.d/vault-agent`).
     Completions { shell: clap_complete::Shell },
+}
+
+/// How `wait`, `vault --wait` and `seal --wait` reach the agent.
+#[derive(Args)]
+struct AgentArgs {
+    /// The agent's base URL, e.g. http://127.0.0.1:8787 (default: the
+    /// `[http] listen` of --config).
+    #[arg(long)]
+    url: Option<String>,
+    /// The API key, for an agent with `[http] protect_reads` (with --config
+    /// it is read from the config).
+    #[arg(long, env = "VAULT_AGENT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// What waiting prints and how long it may take.
+#[derive(Args)]
+struct WaitOptions {
+    /// Give up after this long (exit 124, as timeout(1)).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Print each dataset's final `/status` record as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print only the outcome.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// The datasets to wait for (set-ids not seen yet are waited for).
+    #[arg(required = true)]
+    set_ids: Vec<String>,
+    /// The agent's config (its `[http] listen` is asked).
+    #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    options: WaitOptions,
 }
 
 #[derive(Args)]
@@ -121,7 +165,14 @@ struct SealArgs {
     dir: PathBuf,
     /// How long to wait for files still open for writing.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    wait: std::time::Duration,
+    wait_for_writers: std::time::Duration,
+    /// Then wait until the agent decides the dataset (exit codes of `wait`).
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    wait_options: WaitOptions,
     /// Write the manifest even if one exists.
     #[arg(long)]
     force: bool,
@@ -150,6 +201,14 @@ struct VaultArgs {
     /// Take the share and the suffixes from this config.
     #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Then wait until the agent decides the dataset (exit codes of `wait`;
+    /// the set-id is still printed first).
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+    #[command(flatten)]
+    wait_options: WaitOptions,
 }
 
 #[derive(Args)]
@@ -279,8 +338,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { config } => cli::check_config::run(&config).await,
         Command::Status(args) => status(args).await,
+        Command::Wait(args) => {
+            let config = args.config.as_deref().map(config::load).transpose()?;
+            wait(args.set_ids, config.as_ref(), args.agent, args.options).await
+        }
         Command::Verify(args) => Ok(verify(args).await),
-        Command::Seal(args) => seal(args),
+        Command::Seal(args) => seal(args).await,
         Command::Vault(args) => vault(args).await,
         Command::GenData(args) => gen_data(args),
         Command::Plugin { command } => plugin(command).await,
@@ -394,10 +457,31 @@ async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
+/// Waits for datasets through the agent (`wait`, `vault --wait`, `seal
+/// --wait`); the exit code says how they ended.
+async fn wait(
+    set_ids: Vec<String>,
+    config: Option<&config::Config>,
+    agent: AgentArgs,
+    options: WaitOptions,
+) -> anyhow::Result<ExitCode> {
+    let (base, api_key) = cli::wait::agent_of(agent.url, config, agent.api_key)?;
+    let code = cli::wait::run(cli::wait::WaitArgs {
+        set_ids,
+        base,
+        api_key,
+        timeout: options.timeout,
+        json: options.json,
+        quiet: options.quiet,
+    })
+    .await;
+    Ok(ExitCode::from(code))
+}
+
+async fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
     let c = classifier(args.config.as_deref())?;
     let options = vault_agent::share::seal::SealOptions {
-        wait_for_writers: args.wait,
+        wait_for_writers: args.wait_for_writers,
         force: args.force,
         checksums: (!args.no_checksums).then(Default::default),
     };
@@ -418,6 +502,16 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             bytesize::ByteSize(*read)
         );
     }
+    if args.wait {
+        let config = args.config.as_deref().map(config::load).transpose()?;
+        return wait(
+            vec![r.set_id],
+            config.as_ref(),
+            args.agent,
+            args.wait_options,
+        )
+        .await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,6 +522,9 @@ async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
         set_id,
         jobs,
         config,
+        wait: and_wait,
+        agent,
+        wait_options,
     } = args;
     let loaded = config.as_deref().map(config::load).transpose()?;
     let share = match (share, &loaded) {
@@ -454,6 +551,9 @@ async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("{}", r.set_id);
+    if and_wait {
+        return wait(vec![r.set_id], loaded.as_ref(), agent, wait_options).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

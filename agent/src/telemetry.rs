@@ -32,6 +32,7 @@ pub const SINK_FAILURES: &str = "vault_agent_sink_failures_total";
 pub const SINK_REFUSED: &str = "vault_agent_sink_refused_total";
 pub const S3_HEAD_REQUESTS: &str = "vault_agent_s3_head_requests_total";
 pub const S3_HEAD_FAILURES: &str = "vault_agent_s3_head_failures_total";
+pub const HTTP_WAITERS: &str = "vault_agent_http_waiters";
 pub const CONTENT_FILES: &str = "vault_agent_content_checks_total";
 pub const CONTENT_VERIFIED_BYTES: &str = "vault_agent_content_verified_bytes_total";
 pub const SINK_LAG: &str = "vault_agent_sink_lag_seconds";
@@ -150,6 +151,10 @@ fn describe() {
     describe_counter!(SINK_DELIVERED, "Events delivered, by sink");
     describe_counter!(SINK_FAILURES, "Failed delivery attempts, by sink");
     describe_counter!(S3_HEAD_REQUESTS, "S3 HeadObject requests (content checks)");
+    describe_gauge!(
+        HTTP_WAITERS,
+        "Long polls waiting for a dataset to change (GET /status/{set-id}?wait=)"
+    );
     describe_counter!(S3_HEAD_FAILURES, "S3 HeadObject requests that failed");
     describe_counter!(
         CONTENT_FILES,

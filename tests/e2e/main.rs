@@ -24,4 +24,5 @@ mod store;
 mod support;
 mod trust;
 mod verify;
+mod wait;
 mod watcher;

@@ -76,6 +76,21 @@ impl Env {
         agent
     }
 
+    /// Stops `agent` (SIGTERM) and starts it again on the same port, with
+    /// the same config and state: what a client connected to it sees of a
+    /// restart.
+    pub fn restart(&self, agent: &mut AgentProcess) {
+        agent.stop();
+        let port: u16 = agent
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the agent's port");
+        *agent = self.spawn(port, None);
+        agent.wait_healthy();
+    }
+
     /// Writes the config (state in `state`) and returns its port.
     pub fn start_config(&self) -> u16 {
         self.write_config("state")

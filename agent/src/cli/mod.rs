@@ -9,4 +9,5 @@ pub mod status;
 pub mod verify;
 #[cfg(feature = "aws")]
 pub mod verify_content;
+pub mod wait;
 pub mod watch;

@@ -131,7 +131,7 @@ async fn fetch_page(
 
 /// Set-ids are printable, but a query string still needs `&`, `#`, `%`,
 /// `+` and spaces escaped.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

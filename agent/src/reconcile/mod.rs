@@ -11,4 +11,6 @@ pub mod manifest_reader;
 pub mod plugin;
 pub mod policy;
 
-pub use engine::{Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt, LocalChange};
+pub use engine::{
+    CommitNews, Engine, EngineError, EngineHandle, EngineSettings, IngestReceipt, LocalChange,
+};

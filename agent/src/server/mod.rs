@@ -5,6 +5,7 @@ pub mod listener;
 mod page;
 mod prometheus;
 mod status;
+mod wait;
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub share: ShareStatus,
     /// `[http] protect_reads`: the API key `/status` and `/metrics` need.
     pub read_key: Option<String>,
+    /// Cancelled when the agent stops: long polls answer at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Health, status and metrics, plus the routes of the sources that take

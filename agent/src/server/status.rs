@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::notification::time::format_event_time;
-use crate::store::DatasetRecord;
+use crate::store::{DatasetDetail, DatasetRecord};
 
 /// Example paths listed per problem in `/status/{set-id}`.
 const EXAMPLES: usize = 100;
@@ -186,20 +186,62 @@ fn active_first_page(
     Ok((records, next))
 }
 
-pub async fn one(State(state): State<AppState>, Path(set_id): Path<String>) -> Reply {
+/// `?wait=DURATION[&since=VERSION]`: a long poll (see [`super::wait`]).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct WaitQuery {
+    wait: Option<String>,
+    since: Option<String>,
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    Path(set_id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Reply {
+    let wait = match query.wait.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(wait)) => Some(wait.min(super::wait::MAX_WAIT)),
+        Some(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("wait: {e} (a duration like `30s`)")})),
+            );
+        }
+    };
+    let found = match wait {
+        Some(wait) => {
+            super::wait::until_changed(&state, &set_id, query.since.as_deref(), wait).await
+        }
+        None => read_detail(&state, set_id).await,
+    };
+    detail_reply(found)
+}
+
+/// A dataset with its example paths (`None`: no such dataset).
+pub(super) async fn read_detail(
+    state: &AppState,
+    set_id: String,
+) -> Result<Option<DatasetDetail>, String> {
     let reader = state.reader.clone();
-    let result =
-        tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, EXAMPLES)).await;
-    let detail = match result {
-        Ok(Ok(Some(d))) => d,
-        Ok(Ok(None)) => {
+    match tokio::task::spawn_blocking(move || reader.dataset_detail(&set_id, EXAMPLES)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn detail_reply(found: Result<Option<DatasetDetail>, String>) -> Reply {
+    let detail = match found {
+        Ok(Some(d)) => d,
+        Ok(None) => {
             return (
                 StatusCode::NOT_FOUND,
                 Json(json!({"error": "no such dataset"})),
             );
         }
-        Ok(Err(e)) => return reply(Ok(Err(e))),
-        Err(e) => return reply(Err(e)),
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e})));
+        }
     };
     let mut v = dataset_json(&detail.record);
     v["missing-paths"] = json!(detail.missing);
@@ -228,6 +270,25 @@ fn reply(result: Result<crate::store::StoreResult<Value>, tokio::task::JoinError
             Json(json!({"error": e.to_string()})),
         ),
     }
+}
+
+/// A short fingerprint of what a dataset's record says: it changes when
+/// anything a waiter shows changes (not with the clock).
+pub fn version(d: &DatasetRecord) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        d.state.as_str(),
+        d.counts.values(),
+        d.manifest_loaded,
+        d.manifest_entries,
+        &d.note,
+        d.decided_ms,
+        d.deadline_ms,
+        d.listed_entries,
+    )
+        .hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 pub fn dataset_json(d: &DatasetRecord) -> Value {
@@ -271,6 +332,8 @@ pub fn dataset_json(d: &DatasetRecord) -> Value {
         "eta-seconds": eta,
         // Uploads recorded from an S3 listing, their notification lost.
         "listed-entries": d.listed_entries,
+        // Changes whenever the dataset does (`?wait=...&since=VERSION`).
+        "version": version(d),
         // Manifest entries by content outcome (`verify_content`): their
         // upload's S3 checksum against the file's on the share.
         "content": {

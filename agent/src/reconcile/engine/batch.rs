@@ -56,6 +56,12 @@ impl Engine {
             effects.touched.remove(set_id);
         }
         self.reconciler.committed(&mut effects);
+        if !effects.touched.is_empty() {
+            let seq = self.news.borrow().seq + 1;
+            let set_ids = effects.touched.keys().cloned().collect();
+            self.news
+                .send_replace(Arc::new(CommitNews { seq, set_ids }));
+        }
         if let Some(max) = effects.events.iter().map(|e| e.seq).max() {
             self.outbox.send_replace(max);
         }

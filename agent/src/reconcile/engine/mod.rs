@@ -171,6 +171,16 @@ const CONFLICT_RETRIES: u32 = 10;
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     classifier: Arc<Classifier>,
+    news: watch::Receiver<Arc<CommitNews>>,
+}
+
+/// What the latest commit changed: the datasets it wrote. Waiters
+/// (`GET /status/{set-id}?wait=`) look at their dataset again only when it
+/// is named, or when they missed a commit (`seq` jumped).
+#[derive(Debug, Default)]
+pub struct CommitNews {
+    pub seq: u64,
+    pub set_ids: Vec<String>,
 }
 
 impl EngineHandle {
@@ -257,6 +267,11 @@ impl EngineHandle {
         let _ = self.tx.send(Step::Shutdown.into()).await;
     }
 
+    /// What each commit changes, as it happens.
+    pub fn news(&self) -> watch::Receiver<Arc<CommitNews>> {
+        self.news.clone()
+    }
+
     /// False once the engine thread has stopped.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
@@ -323,6 +338,8 @@ pub struct Engine {
     store: Box<dyn Store>,
     reconciler: Reconciler,
     outbox: watch::Sender<i64>,
+    /// Told the datasets of every commit, for waiters.
+    news: watch::Sender<Arc<CommitNews>>,
     rx: mpsc::Receiver<Command>,
     /// What the share watcher saw that a failed batch did not record: it
     /// has no sender to retry it, so the next batch does (first).
@@ -349,9 +366,11 @@ impl Engine {
         policy.set_waker(Arc::new(move || {
             let _ = waker.try_send(Step::Recheck.into());
         }));
+        let (news, news_rx) = watch::channel(Arc::new(CommitNews::default()));
         let handle = EngineHandle {
             tx: tx.clone(),
             classifier: Arc::new(settings.classifier.clone()),
+            news: news_rx,
         };
         let reader_settings = ReaderSettings {
             share: settings.share_path.clone(),
@@ -387,6 +406,7 @@ impl Engine {
                 store,
                 reconciler,
                 outbox,
+                news,
                 rx,
                 unrecorded_local: Vec::new(),
             },
