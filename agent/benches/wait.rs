@@ -22,6 +22,9 @@ struct Args {
     /// Datasets decided, one after the other, each with every waiter on it.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn rss_kib(pid: u32) -> u64 {

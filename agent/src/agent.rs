@@ -177,6 +177,7 @@ impl Agent {
                 .filter(|_| *config.http.protect_reads.get_ref())
                 .map(|k| k.0.clone()),
             shutdown: shutdown.clone(),
+            shared_reads: Default::default(),
         };
         let mut source_routes = Vec::new();
         if let SourceConfig::Http = config.source {

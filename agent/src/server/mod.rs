@@ -5,7 +5,7 @@ pub mod listener;
 mod page;
 mod prometheus;
 mod status;
-mod wait;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ pub struct AppState {
     pub read_key: Option<String>,
     /// Cancelled when the agent stops: long polls answer at once.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Long polls on one dataset share one read per commit.
+    pub shared_reads: wait::SharedReads,
 }
 
 /// Health, status and metrics, plus the routes of the sources that take
