@@ -217,3 +217,30 @@ fn two_hundred_waiters_are_all_released_by_one_decision() {
     });
     assert_eq!(env.events_for(set_id).len(), 1);
 }
+
+/// With the shared DynamoDB store, a `wait` on one agent hears of a
+/// decision another agent took (no commit of its own names the dataset).
+#[test]
+fn a_wait_on_one_agent_reports_another_agents_decision() {
+    let moto = crate::moto::Moto::start();
+    let rt = crate::aws::runtime();
+    let ddb = aws_sdk_dynamodb::Client::new(&rt.block_on(moto.sdk()));
+    rt.block_on(crate::moto::create_table(&ddb, "vault-agent"));
+    let mut env = Env::new(&format!(
+        "[reconcile]\nverify = \"off\"\nverify_content = \"off\"\n\
+         [store]\nbackend = \"dynamodb\"\ntable = \"vault-agent\"\n\
+         [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    ));
+    env.envs = moto.envs();
+    let a = env.start_with_state("state-a");
+    let b = env.start_with_state("state-b");
+    let set_id = "SHAREDWAIT0001";
+    let lines = env.write_dataset(set_id, &file_names(3));
+    // B waits; every notification goes to A, which decides.
+    let waiter = spawn(&["wait", set_id, "--url", &b.base, "--quiet"]);
+    upload(&env, &a, &lines);
+    let (code, out, err) = finish(waiter);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Successful"), "{out}");
+}
