@@ -18,6 +18,7 @@ fn main() {
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    write_commit(root);
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     // OUT_DIR is <target>/<profile>/build/<pkg>/out.
@@ -181,6 +182,35 @@ fn ensure_target() {
     if !ok {
         panic!(
             "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and build again"
+        );
+    }
+}
+
+/// `VAULT_AGENT_COMMIT`: the git commit built, for `--version` and
+/// `vault_agent_build_info` (`unknown` outside a git checkout, as from a
+/// source tarball). Rebuilt when HEAD moves.
+fn write_commit(root: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=VAULT_AGENT_COMMIT={commit}");
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let git_dir = PathBuf::from(git_dir);
+        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
+        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", git_dir.join(head).display());
+        }
+        println!(
+            "cargo:rerun-if-changed={}",
+            git_dir.join("packed-refs").display()
         );
     }
 }

@@ -16,7 +16,7 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VAULT_AGENT_COMMIT"), ")"),
     about = "Tells you when a dataset written to a File Gateway share is completely in S3"
 )]
 struct Cli {

@@ -88,7 +88,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => env!("VAULT_AGENT_COMMIT")
+            )
+            .set(1.0);
             Some(handle)
         })
         .as_ref()

@@ -340,3 +340,23 @@ fn status_watch_redraws_in_a_terminal_and_quits_on_q() {
         tmux.screen().contains("WATCH-EXITED")
     });
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = crate::support::run_ok(["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commit = text
+        .trim()
+        .strip_prefix(concat!(
+            "vault-agent ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit "
+        ))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}
