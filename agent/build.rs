@@ -204,13 +204,13 @@ fn write_commit(root: &Path) {
     println!("cargo:rustc-env=VAULT_AGENT_COMMIT={commit}");
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
         let git_dir = PathBuf::from(git_dir);
-        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
+        let mut watched = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
         if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", git_dir.join(head).display());
+            watched.push(git_dir.join(head));
         }
-        println!(
-            "cargo:rerun-if-changed={}",
-            git_dir.join("packed-refs").display()
-        );
+        // Only files that exist: a missing one would rerun this every build.
+        for path in watched.into_iter().filter(|p| p.is_file()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
 }
