@@ -48,13 +48,8 @@ impl S3Lister {
 
     /// With the AWS configuration the agent already loaded.
     pub fn from_sdk(sdk: &aws_config::SdkConfig, rate: u32) -> S3Lister {
-        let mut config = aws_sdk_s3::config::Builder::from(sdk);
-        if sdk.endpoint_url().is_some() {
-            // Emulators (and most S3-compatible stores) serve path-style URLs.
-            config = config.force_path_style(true);
-        }
         S3Lister {
-            client: Client::from_conf(config.build()),
+            client: client(sdk),
             pace: Arc::new(Pace::new(rate)),
         }
     }
@@ -128,6 +123,16 @@ impl crate::reconcile::listing::PrefixLister for S3Lister {
                 .map_err(|e| e.message)
         })
     }
+}
+
+/// An S3 client with the agent's AWS configuration.
+pub(crate) fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let mut config = aws_sdk_s3::config::Builder::from(sdk);
+    if sdk.endpoint_url().is_some() {
+        // Emulators (and most S3-compatible stores) serve path-style URLs.
+        config = config.force_path_style(true);
+    }
+    Client::from_conf(config.build())
 }
 
 /// Spaces requests at least `1/rate` apart (a token bucket of one).

@@ -23,13 +23,8 @@ pub struct S3Heads {
 
 impl S3Heads {
     pub fn from_sdk(sdk: &aws_config::SdkConfig, rate: u32) -> S3Heads {
-        let mut config = aws_sdk_s3::config::Builder::from(sdk);
-        if sdk.endpoint_url().is_some() {
-            // Emulators (and most S3-compatible stores) serve path-style URLs.
-            config = config.force_path_style(true);
-        }
         S3Heads {
-            client: Client::from_conf(config.build()),
+            client: super::s3_listing::client(sdk),
             pace: Arc::new(Pace::new(rate)),
         }
     }
