@@ -108,6 +108,8 @@ struct Queue {
     jobs: VecDeque<ContentJob>,
     /// (set-id, entry) queued or running: never twice.
     in_flight: HashSet<(String, String)>,
+    /// How many of those each dataset has (a re-check asks per dataset).
+    by_dataset: HashMap<String, usize>,
     stopped: bool,
 }
 
@@ -129,22 +131,17 @@ impl ContentChecks {
         if !q.in_flight.insert((job.set_id.clone(), job.entry.clone())) {
             return false;
         }
+        *q.by_dataset.entry(job.set_id.clone()).or_default() += 1;
         q.jobs.push_back(job);
         drop(q);
         self.wake.notify_one();
         true
     }
 
-    /// Whether a check of this entry is queued or running.
-    pub fn is_checking(&self, set_id: &str, entry: &str) -> bool {
-        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.in_flight.contains(&(set_id.to_owned(), entry.to_owned()))
-    }
-
     /// Checks of `set_id` queued or running.
     pub fn checking(&self, set_id: &str) -> usize {
         let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.in_flight.iter().filter(|(s, _)| s == set_id).count()
+        q.by_dataset.get(set_id).copied().unwrap_or(0)
     }
 
     pub fn queued(&self) -> usize {
@@ -157,7 +154,14 @@ impl ContentChecks {
 
     fn done(&self, job: &ContentJob) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.in_flight.remove(&(job.set_id.clone(), job.entry.clone()));
+        if q.in_flight.remove(&(job.set_id.clone(), job.entry.clone()))
+            && let Some(n) = q.by_dataset.get_mut(&job.set_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                q.by_dataset.remove(&job.set_id);
+            }
+        }
     }
 
     async fn next(&self) -> Option<ContentJob> {

@@ -80,15 +80,13 @@ impl Reconciler {
     /// (lost to a restart, a full queue, S3 failing past the retries), at
     /// most once per `claim_expires_after` per dataset.
     pub(super) fn recheck_content(&mut self, b: &mut Batch, set_id: &str) -> StoreResult<()> {
-        let (Some(checks), Some(settings)) =
-            (self.content_checks.clone(), self.settings.content.clone())
-        else {
+        let (Some(checks), Some(settings)) = (&self.content_checks, &self.settings.content) else {
             return Ok(());
         };
+        let expires = settings.claim_expires_after.as_millis() as i64;
         if self.content_mode(set_id) == ContentMode::Off || checks.checking(set_id) > 0 {
             return Ok(());
         }
-        let expires = settings.claim_expires_after.as_millis() as i64;
         let now = b.now;
         if self
             .content_scanned
