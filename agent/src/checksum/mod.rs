@@ -155,24 +155,13 @@ pub fn of_file(
 ) -> std::io::Result<(Stamp, String)> {
     let (mut file, meta) = open_regular(path)?;
     let before = Stamp::of(&meta);
-    let mut hasher = Hasher::new(algorithm);
-    let mut buf = vec![0u8; CHUNK];
-    let mut read = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        read += n as u64;
-        progress(n as u64);
-    }
+    let (read, checksum) = hash_stream(&mut file, algorithm, |_| Ok(()), &mut progress)?;
     if read != before.size || Stamp::of(&file.metadata()?) != before {
         return Err(std::io::Error::other(
             "the file changed while it was read; read it again once it is still",
         ));
     }
-    Ok((before, hasher.finish()))
+    Ok((before, checksum))
 }
 
 /// Copies `from` to a new file `to`, computing the CRC64NVME of the bytes
@@ -187,20 +176,32 @@ pub fn copy_with_crc64nvme(
         .write(true)
         .create_new(true)
         .open(to)?;
-    let mut hasher = Hasher::new(Algorithm::Crc64Nvme);
+    let write = |bytes: &[u8]| output.write_all(bytes);
+    hash_stream(&mut input, Algorithm::Crc64Nvme, write, &mut progress)
+}
+
+/// Reads `input` to its end in [`CHUNK`]s, each hashed, handed to `each`
+/// and its size to `progress`; returns the bytes read and the checksum.
+fn hash_stream(
+    input: &mut impl Read,
+    algorithm: Algorithm,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    progress: &mut impl FnMut(u64),
+) -> std::io::Result<(u64, String)> {
+    let mut hasher = Hasher::new(algorithm);
     let mut buf = vec![0u8; CHUNK];
-    let mut copied = 0u64;
+    let mut read = 0u64;
     loop {
         let n = input.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
-        copied += n as u64;
+        each(&buf[..n])?;
+        read += n as u64;
         progress(n as u64);
     }
-    Ok((copied, hasher.finish()))
+    Ok((read, hasher.finish()))
 }
 
 #[cfg(test)]
