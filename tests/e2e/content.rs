@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::aws::runtime;
 use crate::moto::Moto;
-use crate::support::{BIN, Env, LONG, run_ok, wait_rechecks, wait_until};
+use crate::support::{AgentProcess, BIN, Env, LONG, run_ok, wait_rechecks, wait_until};
 
 /// The bucket of `support::gateway_event`'s notifications.
 const BUCKET: &str = "e2e-bucket";
@@ -22,6 +22,27 @@ fn config(moto: &Moto, reconcile: &str) -> String {
          [aws]\nregion = \"us-east-1\"\naccount = \"123456789012\"\nendpoint_url = \"{}\"\n",
         moto.endpoint
     )
+}
+
+/// moto with the bucket, and an agent on it with `reconcile` settings.
+fn start(
+    reconcile: &str,
+) -> (
+    Moto,
+    tokio::runtime::Runtime,
+    aws_sdk_s3::Client,
+    Env,
+    AgentProcess,
+) {
+    let moto = Moto::start();
+    let rt = runtime();
+    let s3 = moto.s3(&rt);
+    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
+        .unwrap();
+    let mut env = Env::new(&config(&moto, reconcile));
+    env.envs = moto.envs();
+    let agent = env.start();
+    (moto, rt, s3, env, agent)
 }
 
 /// Puts an object as the gateway would: `checksum` None puts it with no
@@ -123,17 +144,8 @@ fn notifications(env: &Env, lines: &[&String], time: &str) -> Vec<Value> {
 
 #[test]
 fn a_same_size_stale_copy_never_succeeds_and_the_reupload_is_proven() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let s3 = moto.s3(&rt);
-    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
-        .unwrap();
-    let mut env = Env::new(&config(
-        &moto,
-        "verify_content = \"required\"\nwait = \"1s\"\niterations = 3600",
-    ));
-    env.envs = moto.envs();
-    let agent = env.start();
+    let (moto, rt, s3, env, agent) =
+        start("verify_content = \"required\"\nwait = \"1s\"\niterations = 3600");
     let set_id = "CONTENT00000001";
     let lines = vault(&env, set_id, 5);
     let checksums = env
@@ -217,18 +229,9 @@ fn a_same_size_stale_copy_never_succeeds_and_the_reupload_is_proven() {
 
 #[test]
 fn an_object_without_a_checksum_is_unverifiable_and_times_out_by_name() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let s3 = moto.s3(&rt);
-    rt.block_on(s3.create_bucket().bucket(BUCKET).send())
-        .unwrap();
     // A deadline of 4 re-checks.
-    let mut env = Env::new(&config(
-        &moto,
-        "verify_content = \"required\"\nverify = \"off\"\nwait = \"1s\"\niterations = 4",
-    ));
-    env.envs = moto.envs();
-    let agent = env.start();
+    let (moto, rt, s3, env, agent) =
+        start("verify_content = \"required\"\nverify = \"off\"\nwait = \"1s\"\niterations = 4");
     let set_id = "UNVERIFIABLE001";
     // Written by another tool and sealed without checksums: the agent
     // reads each file itself.
