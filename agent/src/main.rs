@@ -166,13 +166,8 @@ struct SealArgs {
     /// How long to wait for files still open for writing.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wait_for_writers: std::time::Duration,
-    /// Then wait until the agent decides the dataset (exit codes of `wait`).
-    #[arg(long)]
-    wait: bool,
     #[command(flatten)]
-    agent: AgentArgs,
-    #[command(flatten)]
-    wait_options: WaitOptions,
+    then: ThenWait,
     /// Write the manifest even if one exists.
     #[arg(long)]
     force: bool,
@@ -201,14 +196,35 @@ struct VaultArgs {
     /// Take the share and the suffixes from this config.
     #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    then: ThenWait,
+}
+
+/// `--wait` of `vault` and `seal`: once done, wait as `wait` does.
+#[derive(Args)]
+struct ThenWait {
     /// Then wait until the agent decides the dataset (exit codes of `wait`;
-    /// the set-id is still printed first).
+    /// `vault` still prints the set-id first).
     #[arg(long)]
     wait: bool,
     #[command(flatten)]
     agent: AgentArgs,
     #[command(flatten)]
-    wait_options: WaitOptions,
+    options: WaitOptions,
+}
+
+impl ThenWait {
+    /// Waits for `set_id` if `--wait` was given; else the command succeeded.
+    async fn run(
+        self,
+        set_id: String,
+        config: Option<&config::Config>,
+    ) -> anyhow::Result<ExitCode> {
+        if !self.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        wait(vec![set_id], config, self.agent, self.options).await
+    }
 }
 
 #[derive(Args)]
@@ -502,17 +518,11 @@ async fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             bytesize::ByteSize(*read)
         );
     }
-    if args.wait {
-        let config = args.config.as_deref().map(config::load).transpose()?;
-        return wait(
-            vec![r.set_id],
-            config.as_ref(),
-            args.agent,
-            args.wait_options,
-        )
-        .await;
-    }
-    Ok(ExitCode::SUCCESS)
+    let config = match args.then.wait {
+        true => args.config.as_deref().map(config::load).transpose()?,
+        false => None,
+    };
+    args.then.run(r.set_id, config.as_ref()).await
 }
 
 async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
@@ -522,9 +532,7 @@ async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
         set_id,
         jobs,
         config,
-        wait: and_wait,
-        agent,
-        wait_options,
+        then,
     } = args;
     let loaded = config.as_deref().map(config::load).transpose()?;
     let share = match (share, &loaded) {
@@ -551,10 +559,7 @@ async fn vault(args: VaultArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("{}", r.set_id);
-    if and_wait {
-        return wait(vec![r.set_id], loaded.as_ref(), agent, wait_options).await;
-    }
-    Ok(ExitCode::SUCCESS)
+    then.run(r.set_id, loaded.as_ref()).await
 }
 
 async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
