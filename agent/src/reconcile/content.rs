@@ -188,7 +188,7 @@ pub fn spawn(settings: &ContentSettings, commands: mpsc::Sender<Command>) -> Con
         wake: Arc::new(Notify::new()),
     };
     let worker = checks.clone();
-    let settings = settings.clone();
+    let settings = Arc::new(settings.clone());
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     let sums = Arc::new(ChecksumCache::default());
     tokio::spawn(async move {
