@@ -94,7 +94,7 @@ fn status_page_shows_progress_paths_pages_and_a_timeout_reason() {
             "active first, got {state}"
         );
     }
-    let row = format!("tr[data-set-id='{uploading}']");
+    let row = format!("#datasets tr.dataset[data-set-id='{uploading}']");
     let files = browser.text(&format!("{row} td.files"));
     assert!(
         files.contains(&format!("{uploaded} / {entries}")),
@@ -120,7 +120,16 @@ fn status_page_shows_progress_paths_pages_and_a_timeout_reason() {
 
     // Page two: the rest, and the timed-out dataset with its reason.
     browser.click("#next");
-    let row = format!("tr[data-set-id='{timed_out}']");
+    wait_until("page two is drawn", SEE_WITHIN, || {
+        browser
+            .texts("#pageinfo")
+            .first()
+            .is_some_and(|t| t.starts_with("page 2:"))
+    });
+    // Only the datasets table: the recent decisions name it too, and a
+    // selector matching both once passed on page one and failed (two
+    // rows) when page two was drawn before the first look.
+    let row = format!("#datasets tr.dataset[data-set-id='{timed_out}']");
     browser.wait_for_count(&row, 1);
     assert_eq!(browser.text(&format!("{row} td.state")), "timed-out");
     let note = browser.text(&format!("{row} td.note"));
