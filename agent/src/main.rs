@@ -1,217 +1,31 @@
 //! The `vault-agent` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
 use vault_agent::config;
 use vault_agent::logging::{self, LogFormat};
 use vault_agent::{Agent, cli};
 
+mod args;
+use args::{
+    AgentArgs, Cli, Command, GenDataArgs, PluginCommand, SealArgs, ServiceArgs, StatusArgs,
+    ThenWait, VaultArgs, VerifyArgs, WaitOptions,
+};
+
+/// `--version`: the version and the git commit built (see `build/`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VAULT_AGENT_COMMIT"),
+    ")"
+);
+
 /// SIGTERM exits within this, committed or not.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
-
-#[derive(Parser)]
-#[command(
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VAULT_AGENT_COMMIT"), ")"),
-    about = "Tells you when a dataset written to a File Gateway share is completely in S3"
-)]
-struct Cli {
-    /// Log format on standard error.
-    #[arg(long, global = true, value_enum, default_value = "human")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent as a service until SIGINT or SIGTERM.
-    Run {
-        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-        config: PathBuf,
-    },
-    /// Validate a config file and print what it resolves to.
-    CheckConfig {
-        #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-        config: PathBuf,
-    },
-    /// Show the datasets of a running agent.
-    Status(StatusArgs),
-    /// Block until every named dataset is decided. Exit 0: all Successful;
-    /// 1: any timed out; 124: --timeout passed first; 2: cannot tell.
-    Wait(WaitArgs),
-    /// Compare a dataset's manifest with the S3 listing of its prefix
-    /// (read-only; no agent needed). Exit 0: complete, 1: incomplete, 2: error.
-    Verify(VerifyArgs),
-    /// Write a dataset's manifest (reference format, crash-safe).
-    Seal(SealArgs),
-    /// Copy a directory onto the share as a dataset, then write its manifest.
-    Vault(VaultArgs),
-    /// Generate test data: random files in 10 to 50 sub-directories.
-    GenData(GenDataArgs),
-    /// Reconcile policy plugins: list, test, scaffold.
-    Plugin {
-        #[command(subcommand)]
-        command: PluginCommand,
-    },
-    /// Watch a dataset reconcile end to end on this machine: no AWS, no set-up.
-    Demo {
-        /// Files in the sample dataset.
-        #[arg(long, default_value_t = 300)]
-        files: usize,
-    },
-    /// Print a shell completion script (e.g. `vault-agent completions bash >
-    /// /etc/bash_completion.d/vault-agent`).
-    Completions { shell: clap_complete::Shell },
-}
-
-/// How `wait`, `vault --wait` and `seal --wait` reach the agent.
-#[derive(Args)]
-struct AgentArgs {
-    /// The agent's base URL, e.g. http://127.0.0.1:8787 (default: the
-    /// `[http] listen` of --config).
-    #[arg(long)]
-    url: Option<String>,
-    /// The API key, for an agent with `[http] protect_reads` (with --config
-    /// it is read from the config).
-    #[arg(long, env = "VAULT_AGENT_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-}
-
-/// What waiting prints and how long it may take.
-#[derive(Args)]
-struct WaitOptions {
-    /// Give up after this long (exit 124, as timeout(1)).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<std::time::Duration>,
-    /// Print each dataset's final `/status` record as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Print only the outcome.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-#[derive(Args)]
-struct WaitArgs {
-    /// The datasets to wait for (set-ids not seen yet are waited for).
-    #[arg(required = true)]
-    set_ids: Vec<String>,
-    /// The agent's config (its `[http] listen` is asked).
-    #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
-    config: Option<PathBuf>,
-    #[command(flatten)]
-    agent: AgentArgs,
-    #[command(flatten)]
-    options: WaitOptions,
-}
-
-#[derive(Args)]
-struct StatusArgs {
-    /// The agent's config (its `[http] listen` is asked).
-    #[arg(long, short, env = "VAULT_AGENT_CONFIG", conflicts_with = "url")]
-    config: Option<PathBuf>,
-    /// The agent's base URL, e.g. http://127.0.0.1:8787.
-    #[arg(long)]
-    url: Option<String>,
-    /// The API key, for an agent with `[http] protect_reads` (with --config
-    /// it is read from the config).
-    #[arg(long, env = "VAULT_AGENT_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// One dataset, with example paths of what it waits for.
-    #[arg(long)]
-    set_id: Option<String>,
-    /// A live view, redrawn every second; q or Ctrl-C quits.
-    #[arg(long, conflicts_with_all = ["set_id", "pending", "json"])]
-    watch: bool,
-    /// List the paths of a dataset still pending (written here, not yet confirmed).
-    #[arg(long, value_name = "SET-ID", conflicts_with = "set_id")]
-    pending: Option<String>,
-    /// Print the JSON the agent answered.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct VerifyArgs {
-    /// The dataset: lists s3://BUCKET/<SET-ID><job_dir_suffix>/.
-    set_id: String,
-    /// The bucket behind the share (default: `[share] bucket` of --config).
-    #[arg(long)]
-    bucket: Option<String>,
-    /// Take the share, suffixes, bucket and AWS settings from this config.
-    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Compare with this manifest instead of the one on the share.
-    #[arg(long, value_name = "FILE")]
-    manifest: Option<PathBuf>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Prove every file's bytes: compare S3's checksum of each object
-    /// (CRC64NVME, S3's default) with the file's on the share. Exit 3 when
-    /// only files that cannot be verified remain.
-    #[arg(long)]
-    content: bool,
-}
-
-#[derive(Args)]
-struct SealArgs {
-    /// The dataset directory, <share>/<SET-ID>-vaultjob.
-    dir: PathBuf,
-    /// How long to wait for files still open for writing.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    wait_for_writers: std::time::Duration,
-    #[command(flatten)]
-    then: ThenWait,
-    /// Write the manifest even if one exists.
-    #[arg(long)]
-    force: bool,
-    /// Skip the checksums (`<share>/.vault-agent/checksums/<SET-ID>.jsonl`):
-    /// the agent then computes each file's when it verifies its content.
-    #[arg(long)]
-    no_checksums: bool,
-    /// Take the suffixes from this config.
-    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct VaultArgs {
-    #[arg(long)]
-    source: PathBuf,
-    /// The share's mount point (default: `[share] path` of --config).
-    #[arg(long, required_unless_present = "config")]
-    share: Option<PathBuf>,
-    /// Default: 16 random letters and digits.
-    #[arg(long)]
-    set_id: Option<String>,
-    /// Files copied in parallel.
-    #[arg(long, default_value_t = 8)]
-    jobs: usize,
-    /// Take the share and the suffixes from this config.
-    #[arg(long, short, env = "VAULT_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(flatten)]
-    then: ThenWait,
-}
-
-/// `--wait` of `vault` and `seal`: once done, wait as `wait` does.
-#[derive(Args)]
-struct ThenWait {
-    /// Then wait until the agent decides the dataset (exit codes of `wait`;
-    /// `vault` still prints the set-id first).
-    #[arg(long)]
-    wait: bool,
-    #[command(flatten)]
-    agent: AgentArgs,
-    #[command(flatten)]
-    options: WaitOptions,
-}
 
 impl ThenWait {
     /// Waits for `set_id` if `--wait` was given; else the command succeeded.
@@ -227,70 +41,6 @@ impl ThenWait {
     }
 }
 
-#[derive(Args)]
-struct GenDataArgs {
-    #[arg(long)]
-    target: PathBuf,
-    /// Total size, e.g. 1GiB.
-    #[arg(long, value_parser = parse_size)]
-    total: u64,
-    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
-    min: u64,
-    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
-    max: u64,
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// The bundled policies and the supported plugin interface.
-    List,
-    /// Run a policy on a manifest and upload events, without an agent.
-    /// Exits 0 if the dataset comes out complete, 2 if not.
-    Test {
-        /// A bundled policy's name or a .wasm file.
-        #[arg(long)]
-        policy: String,
-        /// The dataset's manifest (reference format; `path<TAB>size` lines give sizes).
-        #[arg(long)]
-        manifest: PathBuf,
-        /// Upload notifications: one EventBridge event per line, or a JSON
-        /// array of them (what `POST /events` takes).
-        #[arg(long)]
-        events: PathBuf,
-        /// A setting for the policy's init, repeatable.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
-        settings: Vec<(String, String)>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Compile a component into IN's loadable artifact OUT (the agent runs
-    /// this as a bounded child process).
-    #[command(hide = true)]
-    Compile { wasm: PathBuf, out: PathBuf },
-    /// Run a policy crate's unit tests (cargo's runner in a crate made by
-    /// `plugin new`): TEST is the wasm32-wasip2 test binary.
-    RunTests {
-        test: PathBuf,
-        /// Passed to the test harness (e.g. a test name filter).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Scaffold a policy crate that builds with one cargo command.
-    New {
-        name: String,
-        /// Where to create it.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-    },
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    text.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{text:?}: {e}"))
-}
-
 /// The dataset naming of a config, or the reference's defaults.
 fn classifier(
     config: Option<&std::path::Path>,
@@ -303,13 +53,6 @@ fn classifier(
         c.share.job_dir_suffix.0,
         c.share.manifest_suffix.0,
     ))
-}
-
-fn parse_setting(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 fn main() -> ExitCode {
@@ -351,8 +94,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 /// One function per command.
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => run(&config).await,
-        Command::CheckConfig { config } => cli::check_config::run(&config).await,
+        Command::Run(args) => run(args).await,
+        Command::CheckConfig(args) => {
+            cli::check_config::run(&args.config, args.state_dir.as_deref()).await
+        }
         Command::Status(args) => status(args).await,
         Command::Wait(args) => {
             let config = args.config.as_deref().map(config::load).transpose()?;
@@ -454,8 +199,8 @@ async fn demo(files: usize) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = config::load(path)?;
+async fn run(args: ServiceArgs) -> anyhow::Result<ExitCode> {
+    let config = config::load(&args.config)?.with_state_dir(args.state_dir);
     let agent = Agent::start(&config)
         .await
         .context("cannot start vault-agent")?;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use crate::config::{self, Config, SourceConfig, StoreBackend, VerifyMode};
 use crate::reconcile::plugin::{self, PolicyHealth};
 
-pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let c = config::load(path)?;
+/// `state_dir` overrides the config's, as `run --state-dir` does.
+pub async fn run(path: &Path, state_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let c = config::load(path)?.with_state_dir(state_dir.map(Path::to_owned));
     let mut problems = Vec::new();
     if let Err(e) = crate::preflight::check(&c) {
         problems.push(e.to_string());

@@ -223,6 +223,15 @@ pub struct StoreSection {
 }
 
 impl Config {
+    /// This config with its state kept in `dir` instead, if given (`run
+    /// --state-dir`: one config file can serve several instances).
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> Config {
+        if let Some(dir) = dir {
+            self.agent.state_dir = dir;
+        }
+        self
+    }
+
     /// The parts of this config that talk to AWS (empty: none).
     pub fn aws_users(&self) -> Vec<String> {
         let mut users = Vec::new();

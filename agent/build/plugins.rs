@@ -12,20 +12,15 @@ const TARGET: &str = "wasm32-wasip2";
 /// Folders of `plugins/` that hold no bundled policy.
 const NOT_POLICIES: &[&str] = &["sdk", "fixtures", "target"];
 
-fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("agent/ sits in the workspace");
+pub fn build(root: &Path, out_dir: &Path) {
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    write_commit(root);
-
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     // OUT_DIR is <target>/<profile>/build/<pkg>/out.
     let target_dir = out_dir
         .ancestors()
         .nth(4)
-        .unwrap_or(&out_dir)
+        .unwrap_or(out_dir)
         .join("wasm-plugins");
     ensure_target();
 
@@ -67,8 +62,8 @@ fn main() {
         let file = format!("{}.wasm", name.replace('-', "_"));
         copy(&built.join(&file), &dest.join(&file));
     }
-    write_lists(&out_dir, &policies);
-    write_wit_package(&root.join("wit"), &out_dir);
+    write_lists(out_dir, &policies);
+    write_wit_package(&root.join("wit"), out_dir);
 }
 
 /// `wit_package.rs`: the WIT packages this agent implements, read from the
@@ -183,34 +178,5 @@ fn ensure_target() {
         panic!(
             "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and build again"
         );
-    }
-}
-
-/// `VAULT_AGENT_COMMIT`: the git commit built, for `--version` and
-/// `vault_agent_build_info` (`unknown` outside a git checkout, as from a
-/// source tarball). Rebuilt when HEAD moves.
-fn write_commit(root: &Path) {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=VAULT_AGENT_COMMIT={commit}");
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let git_dir = PathBuf::from(git_dir);
-        let mut watched = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
-        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watched.push(git_dir.join(head));
-        }
-        // Only files that exist: a missing one would rerun this every build.
-        for path in watched.into_iter().filter(|p| p.is_file()) {
-            println!("cargo:rerun-if-changed={}", path.display());
-        }
     }
 }
