@@ -1,6 +1,7 @@
 //! The command line around `run`: config checking, refusing unsafe state
 //! directories, `status`, and the log lines.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::{BIN, Env, gateway_event};
@@ -179,10 +180,14 @@ fn the_demo_runs_end_to_end() {
 
 #[test]
 fn the_example_configs_are_valid() {
+    // Both keep their state in /var/lib/vault-agent, as on a host; here
+    // --state-dir puts it in a folder of the test's.
+    let state = tempfile::tempdir().unwrap();
     for name in ["vault-agent.toml", "vault-agent-aws.toml"] {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/").to_owned() + name;
         let out = Command::new(BIN)
-            .args(["check-config", "--config", &path])
+            .args(["check-config", "--config", &path, "--state-dir"])
+            .arg(state.path())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -190,6 +195,10 @@ fn the_example_configs_are_valid() {
             out.status.success(),
             "{name}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("state_dir  {}", state.path().display())),
+            "{stdout}"
         );
         if name.contains("aws") {
             assert!(
@@ -206,34 +215,77 @@ fn the_example_configs_are_valid() {
     }
 }
 
-/// The shipped systemd unit passes `systemd-analyze verify` (with the
-/// binary path pointed at this build), with no warning either.
+/// The package's units, `vault-agent.service` and the template
+/// `vault-agent@.service`, pass `systemd-analyze verify` (with the binary
+/// path pointed at this build) with no warning, and are alike but for the
+/// instance's names and paths.
 #[test]
-fn the_systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/vault-agent.service"
-    ))
-    .unwrap();
+fn the_systemd_units_verify() {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}/debian/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let unit = read("vault-agent.service");
+    let template = read("vault-agent@.service");
     for setting in [
         "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/vault-agent",
+        "ProtectSystem=full",
+        "StateDirectory=vault-agent",
         "LimitNOFILE=",
         "Restart=on-failure",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting}");
     }
+    // Each instance: its own config and state.
+    for setting in [
+        "run --config /etc/vault-agent/%i.toml --state-dir /var/lib/vault-agent/%i",
+        "StateDirectory=vault-agent/%i",
+    ] {
+        assert!(template.contains(setting), "the template lacks {setting}");
+    }
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                l.replace(
+                    "/etc/vault-agent/%i.toml --state-dir /var/lib/vault-agent/%i",
+                    "/etc/vault-agent/vault-agent.toml",
+                )
+                .replace("vault-agent/%i", "vault-agent")
+            })
+            .filter(|l| !l.starts_with("Description="))
+            .collect()
+    };
+    assert_eq!(
+        settings(&unit),
+        settings(&template),
+        "the units drifted apart"
+    );
+
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vault-agent.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/vault-agent", BIN)).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze runs (.ci/run installs it)");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    let plain = dir.path().join("vault-agent.service");
+    std::fs::write(&plain, unit.replace("/usr/bin/vault-agent", BIN)).unwrap();
+    std::fs::write(
+        dir.path().join("vault-agent@.service"),
+        template.replace("/usr/bin/vault-agent", BIN),
+    )
+    .unwrap();
+    // `Documentation=man:vault-agent(1)` is checked too: against the pages
+    // this build wrote (build/docs.rs).
+    let man = Path::new(BIN).with_file_name("dist").join("man");
+    for path in [plain, dir.path().join("vault-agent@.service")] {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .env("MANPATH", &man)
+            .output()
+            .expect("systemd-analyze runs (tests/run installs it)");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{}: {said}",
+            path.display()
+        );
+    }
 }
 
 #[test]

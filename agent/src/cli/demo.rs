@@ -196,7 +196,7 @@ pub async fn run(files: usize) -> anyhow::Result<()> {
         "  the reference pipeline polls every 30 s: ~15 s on average from the last upload to its event"
     );
     println!(
-        "\nnext: `vault-agent check-config --config config/vault-agent.toml`, then `vault-agent run --config ...`"
+        "\nnext: `vault-agent check-config --config config/vault-agent.toml --state-dir state`, then `vault-agent run` with the same options"
     );
     agent.shutdown().await;
     Ok(())
