@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod durable_file;
 pub mod health;
 pub mod layering;
 pub mod logging;

@@ -121,19 +121,16 @@ impl Checksums {
         Ok(checksums)
     }
 
-    /// Writes the file whole, atomically (a temporary file in
-    /// `<share>/.vault-agent/`, fsynced, renamed), sorted by path.
+    /// Writes the file whole, atomically (`durable_file`), sorted by path.
     pub fn write(&self, share: &Path, set_id: &str) -> Result<PathBuf, ChecksumFileError> {
         let target = path(share, set_id);
         let fail = |e: std::io::Error| ChecksumFileError::Io {
             path: target.display().to_string(),
             message: e.to_string(),
         };
-        let dir = target.parent().unwrap_or(share);
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        // Checked before any folder is made under it.
         if std::fs::symlink_metadata(share.join(SHARE_DIR))
             .is_ok_and(|m| m.file_type().is_symlink())
-            || std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink())
         {
             return Err(fail(std::io::Error::other(
                 "a symbolic link stands in the way; not written",
@@ -146,14 +143,11 @@ impl Checksums {
             serde_json::to_writer(&mut text, line).map_err(|e| fail(e.into()))?;
             text.push(b'\n');
         }
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-        use std::io::Write;
-        temp.write_all(&text).map_err(fail)?;
-        temp.as_file().sync_all().map_err(fail)?;
-        temp.persist(&target).map_err(|e| fail(e.error))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
+        let dir = target.parent().unwrap_or(share);
+        crate::durable_file::write(dir, &target, &text).map_err(|e| ChecksumFileError::Io {
+            path: target.display().to_string(),
+            message: e.to_string(),
+        })?;
         Ok(target)
     }
 

@@ -8,12 +8,12 @@
 //! unrelated key), fsynced, renamed into place, and the dataset directory
 //! fsynced: a crash leaves no manifest or the whole one, never a torn one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::checksum::file::{ChecksumFileError, Checksums, FileChecksum};
 use crate::checksum::{self, Algorithm, Stamp};
+use crate::durable_file::{self, DurableFileError};
 use crate::notification::Classifier;
 
 /// Where temporary manifests are written, at the share root.
@@ -35,6 +35,8 @@ pub enum SealError {
     StillWriting { paths: Vec<String> },
     #[error("checksums: {0}")]
     Checksums(#[from] ChecksumFileError),
+    #[error("manifest: {0}")]
+    Write(#[from] DurableFileError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -159,19 +161,18 @@ pub fn seal(
         text.push_str(line);
         text.push('\n');
     }
+    let staged = durable_file::stage(&share.join(TEMP_DIR), &manifest, text.as_bytes())?;
+    // The manifest's own checksum, of the file that is renamed into place,
+    // and the checksum file before the manifest appears: an agent seeing
+    // the manifest finds every checksum.
     let mut checksums = None;
-    write_atomically(share, &manifest, &set_id, text.as_bytes(), |temp| {
-        // The manifest's own checksum, of the file that is renamed into
-        // place, and the checksum file before the manifest appears: an
-        // agent seeing the manifest finds every checksum.
-        if let Some((sums, read)) = sums.as_mut() {
-            let meta = std::fs::metadata(temp).map_err(io(temp))?;
-            let crc = checksum::of_bytes(Algorithm::Crc64Nvme, text.as_bytes());
-            sums.insert(FileChecksum::new(manifest_line, Stamp::of(&meta), crc));
-            checksums = Some((sums.write(share, &set_id)?, *read));
-        }
-        Ok(())
-    })?;
+    if let Some((sums, read)) = sums.as_mut() {
+        let meta = std::fs::metadata(staged.path()).map_err(io(staged.path()))?;
+        let crc = checksum::of_bytes(Algorithm::Crc64Nvme, text.as_bytes());
+        sums.insert(FileChecksum::new(manifest_line, Stamp::of(&meta), crc));
+        checksums = Some((sums.write(share, &set_id)?, *read));
+    }
+    staged.commit()?;
     Ok(SealReport {
         manifest,
         set_id,
@@ -263,43 +264,6 @@ fn wait_for_writers(dir: &Path, wait: Duration) -> Result<(), SealError> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// temp file (outside the dataset) -> fsync -> `before_rename` -> rename
-/// -> fsync the directory.
-fn write_atomically(
-    share: &Path,
-    target: &Path,
-    set_id: &str,
-    bytes: &[u8],
-    before_rename: impl FnOnce(&Path) -> Result<(), SealError>,
-) -> Result<(), SealError> {
-    let temp_dir = share.join(TEMP_DIR);
-    std::fs::create_dir_all(&temp_dir).map_err(io(&temp_dir))?;
-    if std::fs::symlink_metadata(&temp_dir).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(SealError::Link {
-            path: temp_dir.display().to_string(),
-        });
-    }
-    let temp = temp_dir.join(format!("{set_id}.manifest.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
-        file.write_all(bytes).map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
-        drop(file);
-        before_rename(&temp)?;
-        std::fs::rename(&temp, target).map_err(io(target))?;
-        if let Some(parent) = target.parent() {
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io(parent))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
 }
 
 #[cfg(test)]
