@@ -115,38 +115,45 @@ impl Reconciler {
     }
 
     /// With `required`: what keeps a dataset the policy calls complete from
-    /// `Successful` (None: every file of the manifest is proven).
+    /// `Successful` (None: every file of the manifest is proven). It names
+    /// the files this engine saw fail (it runs at every batch: no scan).
     pub(super) fn content_unproven(&self, ds: &DatasetRecord) -> Option<String> {
         if self.content_mode(&ds.set_id) != ContentMode::Required
             || ds.counts.verified >= ds.manifest_entries
         {
             return None;
         }
-        Some(self.content_note(ds))
+        let seen = self.content_problems.get(&ds.set_id);
+        Some(content_note(ds, seen.map_or(&[], Vec::as_slice)))
     }
 
-    /// "content: 3 of 5 files verified (1 mismatched, 1 unverifiable); not
-    /// proven: a.bin (CRC64NVME: S3 ..., the share ...)".
-    pub(super) fn content_note(&self, ds: &DatasetRecord) -> String {
-        let c = &ds.counts;
-        let mut note = format!(
-            "content: {} of {} manifest entries verified ({} mismatched, {} unverifiable, {} pending)",
-            c.verified,
-            ds.manifest_entries,
-            c.content_mismatch,
-            c.unverifiable,
-            ds.manifest_entries
-                .saturating_sub(c.verified + c.content_mismatch + c.unverifiable)
-        );
-        if let Some(problems) = self.content_problems.get(&ds.set_id)
-            && !problems.is_empty()
-        {
-            note.push_str("; not proven: ");
-            note.push_str(&problems.join("; "));
-        }
-        note
+    /// The note of a Timeout for content not proven. It names the files
+    /// from the store, so a restarted engine, or another agent's check,
+    /// still names them (once per dataset, so the scan is affordable).
+    pub(super) fn content_timeout_note(&self, tx: &mut dyn StoreTx, ds: &DatasetRecord) -> String {
+        let named = match tx.manifest_entries(&ds.set_id) {
+            Ok(entries) => entries
+                .iter()
+                .filter_map(|row| {
+                    let check = row.content_of_upload()?;
+                    matches!(
+                        check.outcome,
+                        ContentOutcome::Mismatch | ContentOutcome::Unverifiable
+                    )
+                    .then(|| format!("{} ({})", row.key, check.detail))
+                })
+                .take(NAMED)
+                .collect(),
+            Err(e) => {
+                warn!(set_id = %ds.set_id, error = %e, "cannot list the files not proven; the Timeout names the ones this agent saw");
+                self.content_problems
+                    .get(&ds.set_id)
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        content_note(ds, &named)
     }
-
     /// After a commit: starts the queued checks.
     pub(super) fn start_content_checks(&mut self, jobs: Vec<ContentJob>) {
         let Some(checks) = &self.content_checks else {
@@ -173,4 +180,25 @@ impl Reconciler {
 /// Manifest entries with a counted upload whose content is not judged yet.
 fn content_pending(c: &Counts) -> u64 {
     (c.matched + c.mismatched).saturating_sub(c.verified + c.content_mismatch + c.unverifiable)
+}
+
+/// "content: 3 of 5 manifest entries verified (1 mismatched, 1
+/// unverifiable, 0 pending); not proven: a.bin (CRC64NVME: S3 ..., the
+/// share ...)".
+fn content_note(ds: &DatasetRecord, named: &[String]) -> String {
+    let c = &ds.counts;
+    let mut note = format!(
+        "content: {} of {} manifest entries verified ({} mismatched, {} unverifiable, {} pending)",
+        c.verified,
+        ds.manifest_entries,
+        c.content_mismatch,
+        c.unverifiable,
+        ds.manifest_entries
+            .saturating_sub(c.verified + c.content_mismatch + c.unverifiable)
+    );
+    if !named.is_empty() {
+        note.push_str("; not proven: ");
+        note.push_str(&named.join("; "));
+    }
+    note
 }

@@ -118,7 +118,7 @@ impl Reconciler {
                 if self.content_mode(&ds.set_id) != ContentMode::Off
                     && ds.counts.verified < ds.manifest_entries
                 {
-                    let content = self.content_note(ds);
+                    let content = self.content_timeout_note(&mut *b.tx, ds);
                     ds.note = Some(
                         match ds.note.take().filter(|n| !n.starts_with("content: ")) {
                             Some(note) => format!("{note}; {content}"),

@@ -161,10 +161,18 @@ impl Harness {
     }
 
     async fn restart(&mut self, deadline: Duration) {
+        self.stop().await;
+        self.start_again(deadline, None);
+    }
+
+    async fn stop(&mut self) {
         self.handle.shutdown().await;
         self.thread.take().unwrap().join().unwrap();
+    }
+
+    fn start_again(&mut self, deadline: Duration, content: Option<ContentSettings>) {
         let (handle, (reader, outbox), thread) =
-            Self::start(&self.open, &self.share, deadline, None, None);
+            Self::start(&self.open, &self.share, deadline, None, content);
         (self.handle, self.reader, self.outbox, self.thread) =
             (handle, reader, outbox, Some(thread));
     }
@@ -1027,5 +1035,95 @@ async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(
     assert_eq!(
         (d.counts.verified, d.counts.content_mismatch),
         (d.manifest_entries, 0)
+    );
+}
+
+/// Found in review: a Timeout named the files not proven only from the
+/// deciding engine's memory, so after a restart (or when another agent had
+/// checked them) its note gave counts and no names. The test moves the
+/// stored deadline into the past, which DynamoDB's transactions do not
+/// allow (a deadline changes only with its manifest), so it runs on the
+/// local backends; the names are read through `manifest_entries`, which
+/// the conformance suite checks on every backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_timeout_names_the_files_not_proven_after_a_restart_memory() {
+    a_content_timeout_names_the_files_not_proven_after_a_restart(Kind::Memory).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_timeout_names_the_files_not_proven_after_a_restart_sqlite() {
+    a_content_timeout_names_the_files_not_proven_after_a_restart(Kind::Sqlite).await
+}
+
+async fn a_content_timeout_names_the_files_not_proven_after_a_restart(kind: Kind) {
+    let heads = Arc::new(TableHeads::default());
+    let content = ContentSettings {
+        heads: Arc::new(heads.clone()),
+        default: ContentMode::Required,
+        routes: Vec::new(),
+        share: PathBuf::new(),
+        give_up_after: Duration::from_secs(5),
+        claim_expires_after: Duration::from_secs(300),
+    };
+    let mut h = Harness::with_content(kind, HOUR, content.clone());
+    let lines = h.write_dataset("C2", &["a", "b"]);
+    for line in &lines {
+        let path = h.share.join(line);
+        if path.is_file() {
+            heads.put(line, &std::fs::read(&path).unwrap());
+        }
+    }
+    heads.put("C2-vaultjob/a", b"x");
+    for line in &lines {
+        let path = h.share.join(line);
+        if path.is_dir() {
+            h.send(&format!("{line}/"), 0, 5).await;
+        } else {
+            h.send(line, std::fs::metadata(&path).unwrap().len(), 5)
+                .await;
+        }
+    }
+    h.wait_for("every file checked", |h| {
+        h.dataset("C2").is_some_and(|d| {
+            d.counts.verified + d.counts.content_mismatch == d.manifest_entries
+                && d.manifest_entries > 0
+        })
+    })
+    .await;
+    // A new engine, whose deadline for the dataset has passed.
+    h.stop().await;
+    tokio::task::block_in_place(|| {
+        let mut store = (h.open)().store;
+        let mut tx = store.begin().unwrap();
+        let mut d = tx.dataset("C2").unwrap().unwrap();
+        d.deadline_ms = Some(1);
+        tx.put_dataset(&d).unwrap();
+        tx.commit().unwrap();
+    });
+    let c = content.clone();
+    h.start_again(
+        HOUR,
+        Some(ContentSettings {
+            share: h.share.clone(),
+            ..c
+        }),
+    );
+    let start = Instant::now();
+    while h.events().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            h.dataset("C2")
+        );
+        h.handle.recheck().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let d = h.dataset("C2").unwrap();
+    assert_eq!(d.state, DatasetState::TimedOut, "{d:?}");
+    let note = d.note.unwrap();
+    assert!(note.contains("1 mismatched"), "{note}");
+    assert!(
+        note.contains("not proven: C2-vaultjob/a (CRC64NVME: S3 "),
+        "{note}"
     );
 }
