@@ -963,7 +963,13 @@ impl content::ObjectHeads for Arc<TableHeads> {
     }
 }
 
-async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(kind: Kind) {
+/// `required` content checks of dataset `set_id` (files `a`, `d/b`) whose
+/// `a` S3 holds with other bytes of the same size, once every file is
+/// checked: every name is there, the count says complete, the bytes say no.
+async fn a_checked_dataset_with_a_mismatch(
+    kind: Kind,
+    set_id: &str,
+) -> (Harness, Arc<TableHeads>, ContentSettings) {
     let heads = Arc::new(TableHeads::default());
     let content = ContentSettings {
         heads: Arc::new(heads.clone()),
@@ -973,17 +979,15 @@ async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(
         give_up_after: Duration::from_secs(5),
         claim_expires_after: Duration::from_secs(300),
     };
-    let h = Harness::with_content(kind, Duration::from_secs(3600), content);
-    let lines = h.write_dataset("C1", &["a", "d/b"]);
+    let h = Harness::with_content(kind, HOUR, content.clone());
+    let lines = h.write_dataset(set_id, &["a", "d/b"]);
     for line in &lines {
         let path = h.share.join(line);
         if path.is_file() {
             heads.put(line, &std::fs::read(&path).unwrap());
         }
     }
-    // S3 holds other bytes of the same size under `a`: every name is
-    // there, the count says complete, the bytes say no.
-    heads.put("C1-vaultjob/a", b"x");
+    heads.put(&format!("{set_id}-vaultjob/a"), b"x");
     for line in &lines {
         let path = h.share.join(line);
         if path.is_dir() {
@@ -994,12 +998,21 @@ async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(
         }
     }
     h.wait_for("every file checked", |h| {
-        h.dataset("C1").is_some_and(|d| {
+        h.dataset(set_id).is_some_and(|d| {
             d.counts.verified + d.counts.content_mismatch == d.manifest_entries
                 && d.manifest_entries > 0
         })
     })
     .await;
+    let content = ContentSettings {
+        share: h.share.clone(),
+        ..content
+    };
+    (h, heads, content)
+}
+
+async fn required_content_holds_a_mismatch_until_a_newer_upload_proves_the_file(kind: Kind) {
+    let (h, heads, _) = a_checked_dataset_with_a_mismatch(kind, "C1").await;
     for _ in 0..3 {
         h.handle.recheck().await.unwrap();
     }
@@ -1056,40 +1069,7 @@ async fn a_content_timeout_names_the_files_not_proven_after_a_restart_sqlite() {
 }
 
 async fn a_content_timeout_names_the_files_not_proven_after_a_restart(kind: Kind) {
-    let heads = Arc::new(TableHeads::default());
-    let content = ContentSettings {
-        heads: Arc::new(heads.clone()),
-        default: ContentMode::Required,
-        routes: Vec::new(),
-        share: PathBuf::new(),
-        give_up_after: Duration::from_secs(5),
-        claim_expires_after: Duration::from_secs(300),
-    };
-    let mut h = Harness::with_content(kind, HOUR, content.clone());
-    let lines = h.write_dataset("C2", &["a", "b"]);
-    for line in &lines {
-        let path = h.share.join(line);
-        if path.is_file() {
-            heads.put(line, &std::fs::read(&path).unwrap());
-        }
-    }
-    heads.put("C2-vaultjob/a", b"x");
-    for line in &lines {
-        let path = h.share.join(line);
-        if path.is_dir() {
-            h.send(&format!("{line}/"), 0, 5).await;
-        } else {
-            h.send(line, std::fs::metadata(&path).unwrap().len(), 5)
-                .await;
-        }
-    }
-    h.wait_for("every file checked", |h| {
-        h.dataset("C2").is_some_and(|d| {
-            d.counts.verified + d.counts.content_mismatch == d.manifest_entries
-                && d.manifest_entries > 0
-        })
-    })
-    .await;
+    let (mut h, _heads, content) = a_checked_dataset_with_a_mismatch(kind, "C2").await;
     // A new engine, whose deadline for the dataset has passed.
     h.stop().await;
     tokio::task::block_in_place(|| {
@@ -1100,14 +1080,7 @@ async fn a_content_timeout_names_the_files_not_proven_after_a_restart(kind: Kind
         tx.put_dataset(&d).unwrap();
         tx.commit().unwrap();
     });
-    let c = content.clone();
-    h.start_again(
-        HOUR,
-        Some(ContentSettings {
-            share: h.share.clone(),
-            ..c
-        }),
-    );
+    h.start_again(HOUR, Some(content));
     let start = Instant::now();
     while h.events().is_empty() {
         assert!(
