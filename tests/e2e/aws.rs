@@ -486,11 +486,11 @@ fn put_events_partial_failures_and_throttling_lose_nothing() {
         "only failed entries are re-sent: {seen:?}"
     );
     // Every fault was injected: the throttled request (which the SDK
-    // retries itself), the partial failures, then clean requests. The log
-    // names one failed entry's error per attempt (the last), which one
-    // depends on how the events were batched: under load, 18 events in
-    // 10 + 8 once ended on an InternalFailure, and the test asked for a
-    // ThrottlingException.
+    // retries itself), the partial failures, then clean requests. Which
+    // entry errors the agent met depends on how the events were batched
+    // (a request of 1 to 3 entries fails only ThrottlingException ones);
+    // the test once asked for ThrottlingException in a log line that then
+    // named only the last failed entry's error, an InternalFailure.
     let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
     assert!(calls > 3, "PutEvents requests: {calls}");
     let logs = agent.logs();

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::retry::FailureSummary;
 use super::{Delivery, Retry, Sink, SinkError};
 use crate::backoff::Backoff;
 use crate::notification::time::now_ms;
@@ -102,11 +103,11 @@ async fn run_with_lease(
                 Attempt::HoldLost => break,
                 Attempt::Cancelled => return,
             };
-            let (again, error) = judge(&name, todo, results, &delivered, &refused);
+            let (again, failed) = judge(&name, todo, results, &delivered, &refused);
             todo = again;
-            if let Some(error) = error {
+            if !failed.is_empty() {
                 failures.increment(1);
-                warn!(sink = %name, %error, events = todo.len(), attempt = backoff.attempts() + 1, "delivery failed; will retry");
+                warn!(sink = %name, error = %failed, events = todo.len(), attempt = backoff.attempts() + 1, "delivery failed; will retry");
                 if !backoff.wait(&cancel).await {
                     return;
                 }
@@ -177,8 +178,8 @@ impl Hold {
 }
 
 /// The dispatcher's one retry rule: of the events a sink was given, those
-/// that failed retryably are delivered again (returned, with the last such
-/// error); those it refused for good are reported and moved past. A sink
+/// that failed retryably are delivered again (returned, with a summary of
+/// their failures); those it refused for good are reported and moved past. A sink
 /// that answered for fewer events than it was given is retried for the rest.
 fn judge(
     sink: &str,
@@ -186,9 +187,9 @@ fn judge(
     results: Delivery,
     delivered: &metrics::Counter,
     refused: &metrics::Counter,
-) -> (Vec<OutboxEvent>, Option<SinkError>) {
+) -> (Vec<OutboxEvent>, FailureSummary) {
     let mut again = Vec::new();
-    let mut last = None;
+    let mut failed = FailureSummary::default();
     let mut results = results.into_iter();
     for event in events {
         match results.next() {
@@ -201,11 +202,11 @@ fn judge(
                 );
             }
             Some(Err(e)) => {
-                last = Some(e);
+                failed.add(&e);
                 again.push(event);
             }
             None => {
-                last = Some(SinkError::new(
+                failed.add(&SinkError::new(
                     sink,
                     Retry::Later,
                     "the sink did not say what became of every event",
@@ -214,7 +215,7 @@ fn judge(
             }
         }
     }
-    (again, last)
+    (again, failed)
 }
 
 enum Attempt {

@@ -70,9 +70,64 @@ pub fn all(total: usize, result: Result<(), SinkError>) -> Delivery {
     }
 }
 
+/// The failures of one attempt, for its log line: each distinct message
+/// once, with how many events it failed (the first `KINDS` messages; the
+/// rest counted), so the line names every kind of failure, not only the
+/// last, and stays short whatever the sink answered.
+#[derive(Debug, Default)]
+pub struct FailureSummary {
+    kinds: Vec<(String, usize)>,
+    others: usize,
+}
+
+impl FailureSummary {
+    const KINDS: usize = 3;
+
+    pub fn add(&mut self, error: &SinkError) {
+        if let Some((_, n)) = self.kinds.iter_mut().find(|(m, _)| *m == error.message) {
+            *n += 1;
+        } else if self.kinds.len() < Self::KINDS {
+            self.kinds.push((error.message.clone(), 1));
+        } else {
+            self.others += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+}
+
+impl std::fmt::Display for FailureSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (message, n)) in self.kinds.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            let events = if *n == 1 { "event" } else { "events" };
+            write!(f, "{sep}{message} ({n} {events})")?;
+        }
+        if self.others > 0 {
+            write!(f, "; {} more with other errors", self.others)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_summary_names_each_kind_once_and_stays_short() {
+        let mut summary = FailureSummary::default();
+        assert!(summary.is_empty());
+        for message in ["throttled", "internal", "throttled", "a", "b", "b"] {
+            summary.add(&SinkError::new("s", Retry::Later, message));
+        }
+        assert_eq!(
+            summary.to_string(),
+            "throttled (2 events); internal (1 event); a (1 event); 2 more with other errors"
+        );
+    }
 
     fn error(retry: Retry) -> SinkError {
         SinkError::new("s", retry, "boom")
