@@ -29,7 +29,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DurableFileError + '_ {
 /// and not yet in place: `commit` renames it over `target`. Dropped
 /// without a commit, the temporary file is removed.
 pub struct Staged {
-    temp: Option<tempfile::TempPath>,
+    temp: tempfile::TempPath,
     target: PathBuf,
 }
 
@@ -53,7 +53,7 @@ pub fn stage(temp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<Staged, Dur
     drop(file);
     written.map_err(io(&temp))?;
     Ok(Staged {
-        temp: Some(temp),
+        temp,
         target: target.to_owned(),
     })
 }
@@ -61,22 +61,20 @@ pub fn stage(temp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<Staged, Dur
 impl Staged {
     /// The temporary file, complete and synced.
     pub fn path(&self) -> &Path {
-        self.temp.as_deref().unwrap_or(&self.target)
+        &self.temp
     }
 
     /// Renames the file into place and syncs the directory, so the rename
     /// itself survives power loss.
-    pub fn commit(mut self) -> Result<PathBuf, DurableFileError> {
-        if let Some(temp) = self.temp.take() {
-            temp.persist(&self.target)
-                .map_err(|e| io(&self.target)(e.error))?;
-        }
-        if let Some(dir) = self.target.parent() {
+    pub fn commit(self) -> Result<PathBuf, DurableFileError> {
+        let Staged { temp, target } = self;
+        temp.persist(&target).map_err(|e| io(&target)(e.error))?;
+        if let Some(dir) = target.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(dir))?;
         }
-        Ok(std::mem::take(&mut self.target))
+        Ok(target)
     }
 }
 
